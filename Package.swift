@@ -1,0 +1,80 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let settings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "viewportd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "viewportd", targets: ["viewportd"]),
+        .executable(name: "viewportd-bench", targets: ["viewportd-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
+    ],
+    targets: [
+        // C shims: one per C library, each imported by exactly one Swift module.
+        .systemLibrary(
+            name: "CWebSockets", path: "Sources/CWebSockets", pkgConfig: "libwebsockets",
+            providers: [.apt(["libwebsockets-dev"])]),
+
+        // Frames, the frame hub and the session model. Imports nothing local.
+        .target(name: "ViewportCore", swiftSettings: settings),
+        // The only importer of CWebSockets: the service thread, HTTP and WebSocket server and clients.
+        .target(name: "WebSocketIO", dependencies: ["CWebSockets"], swiftSettings: settings),
+        // Chrome DevTools Protocol screencast source.
+        .target(
+            name: "CDPSource",
+            dependencies: ["ViewportCore", "WebSocketIO", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings),
+        // WebSocket viewers fed from the frame hub, and the watch page.
+        .target(
+            name: "ViewerGateway",
+            dependencies: ["ViewportCore", "WebSocketIO", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings),
+        // SQLite persistence.
+        .target(
+            name: "Store",
+            dependencies: ["ViewportCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: settings),
+        // Config, auth, REST, session lifecycle: the only module that wires sources and sinks.
+        .target(
+            name: "ViewportDaemon",
+            dependencies: [
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: settings),
+        .executableTarget(
+            name: "viewportd",
+            dependencies: ["ViewportDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: settings),
+        .executableTarget(
+            name: "viewportd-bench",
+            dependencies: [
+                "ViewportDaemon", "WebSocketIO",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: settings),
+
+        .testTarget(name: "ViewportCoreTests", dependencies: ["ViewportCore"], swiftSettings: settings),
+        .testTarget(
+            name: "ViewportDaemonTests",
+            dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: settings),
+    ]
+)

@@ -1,0 +1,205 @@
+public import Logging
+public import ViewportCore
+public import WebSocketIO
+import Foundation
+import Synchronization
+
+/// How a viewer wants frames.
+public enum ViewerFormat: String, Sendable {
+    /// Binary messages: the 24-byte `VPF1` header, then the JPEG (docs/protocol.md).
+    case binary
+    /// Text messages shaped like the platform's existing viewer expects, with the JPEG in base64.
+    case json
+}
+
+/// Feeds WebSocket viewers from their sessions' frame hubs.
+///
+/// Each viewer reads its own bounded hub queue when its socket can take data, so a slow viewer skips to newer
+/// frames and never holds up the source or other viewers. Frame bytes are written from the hub's shared buffer;
+/// the JSON form of a frame is built once and shared by every JSON viewer.
+///
+/// `@unchecked Sendable`: viewer bookkeeping is confined to the event loop's service thread.
+public final class ViewerGateway: @unchecked Sendable {
+    /// Largest message a viewer may send; bigger ones close the socket with 1009.
+    public static let maxInboundMessageBytes = 64 * 1024
+
+    private let loop: EventLoop
+    private let logger: Logger
+    private let viewers = Mutex<[ObjectIdentifier: Viewer]>([:])
+    private var jsonCache: [String: (sequence: UInt64, payload: Payload)] = [:]
+    private var closingAll = false
+
+    public init(loop: EventLoop, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+    }
+
+    /// Accepts an authenticated viewer of `hub`; call from the upgrade callback.
+    public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int) -> WebSocketUpgrade {
+        guard !closingAll else {
+            return .reject(HTTPResponse(status: 503, contentType: "application/json",
+                                        body: Data(#"{"detail":"viewportd is shutting down"}"#.utf8)))
+        }
+        let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames)
+        return .accept(viewer, maxMessageBytes: Self.maxInboundMessageBytes)
+    }
+
+    /// Number of connected viewers.
+    public var viewerCount: Int { viewers.withLock { $0.count } }
+
+    /// Queue statistics of every viewer of `sessionID`.
+    public func viewerStats(sessionID: String) -> [FrameSubscription.Stats] {
+        viewers.withLock { $0.values.filter { $0.sessionID == sessionID }.compactMap { $0.stats } }
+    }
+
+    /// Closes every viewer with 1001 (going away) and waits up to `timeout` seconds for them to go.
+    public func closeAll(timeout: Double = 2) async {
+        let deadline = Date().addingTimeInterval(timeout)
+        loop.execute {
+            self.closingAll = true
+            for viewer in self.viewers.withLock({ Array($0.values) }) {
+                viewer.close(code: 1001, reason: "viewportd is shutting down")
+            }
+        }
+        while viewerCount > 0, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+
+    fileprivate func opened(_ viewer: Viewer) { viewers.withLock { $0[ObjectIdentifier(viewer)] = viewer } }
+
+    fileprivate func closed(_ viewer: Viewer) {
+        let sessionWatched = viewers.withLock { viewers in
+            viewers[ObjectIdentifier(viewer)] = nil
+            return viewers.values.contains { $0.sessionID == viewer.sessionID }
+        }
+        if !sessionWatched { jsonCache[viewer.sessionID] = nil }
+    }
+
+    /// The platform-compatible JSON message of `frame`, built once per frame.
+    fileprivate func jsonMessage(_ frame: Frame, sessionID: String) -> Payload {
+        if let cached = jsonCache[sessionID], cached.sequence == frame.sequence { return cached.payload }
+        var object: [String: Any] = [
+            "browser_session_id": sessionID, "status": "running", "format": "jpeg",
+            "screenshot": frame.jpeg.data.base64EncodedString(),
+            "viewport_width": frame.width, "viewport_height": frame.height,
+            "sequence": frame.sequence, "captured_at_us": frame.captureTime,
+        ]
+        object["url"] = frame.url ?? NSNull()
+        let payload = Payload(copying: (try? JSONSerialization.data(withJSONObject: object, options: .withoutEscapingSlashes)) ?? Data())
+        jsonCache[sessionID] = (frame.sequence, payload)
+        return payload
+    }
+}
+
+/// One connected viewer. Lives on the service thread.
+private final class Viewer: WebSocketDelegate, @unchecked Sendable {
+    unowned let gateway: ViewerGateway
+    let sessionID: String
+    let hub: FrameHub
+    let format: ViewerFormat
+    let queueFrames: Int
+    private var subscription: FrameSubscription? {
+        didSet { subscriptionForStats.withLock { $0 = subscription } }
+    }
+    /// Read from other threads for statistics.
+    private let subscriptionForStats = Mutex<FrameSubscription?>(nil)
+    var stats: FrameSubscription.Stats? { subscriptionForStats.withLock { $0?.stats } }
+    private weak var socket: WebSocket?
+    private var control: [OutboundMessage] = []
+    /// A frame held back while the `page` message announcing its new URL goes first.
+    private var heldFrame: Frame?
+    private var announcedURL: String?
+    private var closeAfterControl: (code: UInt16, reason: String)?
+
+    init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int) {
+        self.gateway = gateway
+        self.sessionID = sessionID
+        self.hub = hub
+        self.format = format
+        self.queueFrames = queueFrames
+    }
+
+    func close(code: UInt16, reason: String) { socket?.close(code: code, reason: reason) }
+
+    func webSocketDidOpen(_ socket: WebSocket) {
+        self.socket = socket
+        gateway.opened(self)
+        let latest = hub.latest
+        sendJSON(["type": "hello", "browser_session_id": sessionID, "protocol": 1, "format": "jpeg",
+                  "width": latest?.width ?? 0, "height": latest?.height ?? 0])
+        subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
+    }
+
+    func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
+        guard !message.isBinary,
+              let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
+              let type = object["type"] as? String
+        else {
+            sendJSON(["type": "error", "message": "expected a JSON text message with a \"type\""])
+            return
+        }
+        switch type {
+        case "ping":
+            sendJSON(["type": "pong", "t": object["t"] ?? NSNull(), "server_time_us": wallClockMicros()])
+        default:
+            sendJSON(["type": "error", "message": "unknown message type \"\(type.prefix(64))\""])
+        }
+    }
+
+    func nextMessage(for socket: WebSocket) -> OutboundMessage? {
+        if let status = subscription?.statusChange() { announce(status) }
+        if !control.isEmpty { return control.removeFirst() }
+        if let closing = closeAfterControl {
+            socket.close(code: closing.code, reason: closing.reason)
+            return nil
+        }
+        guard let frame = heldFrame ?? subscription?.next() else { return nil }
+        heldFrame = nil
+        if format == .binary, let url = frame.url, url != announcedURL {
+            announcedURL = url
+            heldFrame = frame
+            return .text(["type": "page", "url": url])
+        }
+        switch format {
+        case .binary:
+            return .binary(Payload(owner: frame.jpeg, start: frame.wireMessage, count: frame.wireMessageCount,
+                                   headroom: Frame.wireMessageHeadroom))
+        case .json:
+            return .text(gateway.jsonMessage(frame, sessionID: sessionID))
+        }
+    }
+
+    func hasMessages(for socket: WebSocket) -> Bool {
+        !control.isEmpty || closeAfterControl != nil || heldFrame != nil || subscription?.hasFrames == true
+    }
+
+    func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
+        subscription?.cancel()
+        subscription = nil
+        gateway.closed(self)
+    }
+
+    private func announce(_ status: StreamStatus) {
+        switch status {
+        case .live: sendJSON(["type": "status", "status": "running"])
+        case .reconnecting: sendJSON(["type": "status", "status": "reconnecting"])
+        case .closed:
+            sendJSON(["type": "status", "status": "closed"])
+            closeAfterControl = (1000, "session closed")
+        case .failed(let reason):
+            sendJSON(["type": "status", "status": "failed", "reason": reason])
+            closeAfterControl = (1000, "session failed")
+        }
+    }
+
+    private func sendJSON(_ object: [String: Any]) {
+        control.append(.text(object))
+        socket?.requestWrite()
+    }
+}
+
+extension OutboundMessage {
+    /// A text message holding `object` as JSON.
+    fileprivate static func text(_ object: [String: Any]) -> OutboundMessage {
+        .text(Payload(copying: (try? JSONSerialization.data(withJSONObject: object, options: .withoutEscapingSlashes)) ?? Data()))
+    }
+}

@@ -1,0 +1,243 @@
+import CDPSource
+import Foundation
+import ViewerGateway
+import ViewportCore
+import WebSocketIO
+
+/// The HTTP API, the watch page and the viewer WebSocket endpoint.
+///
+/// REST answers JSON in snake_case with ISO-8601 UTC times; errors are `{"detail": "..."}`. Paths are served
+/// under `/v1/...` and `/api/v1/...`; viewers connect to `/stream/browser/{id}` (also under `/v1` and `/api/v1`).
+final class API: HTTPServerDelegate {
+    private let sessions: Sessions
+    private let auth: Auth
+    private let gateway: ViewerGateway
+    private let config: Config
+
+    init(sessions: Sessions, auth: Auth, gateway: ViewerGateway, config: Config) {
+        self.sessions = sessions
+        self.auth = auth
+        self.gateway = gateway
+        self.config = config
+    }
+
+    // MARK: - HTTP
+
+    func respond(to request: HTTPRequest) async -> HTTPResponse {
+        do {
+            return try await route(request)
+        } catch let error as APIError {
+            return .json(error.status, ["detail": error.detail])
+        } catch {
+            return .json(500, ["detail": "internal error: \(error)"])
+        }
+    }
+
+    private typealias Handler = @Sendable (API, HTTPRequest, [String]) async throws -> HTTPResponse
+
+    /// Path patterns (`*` captures one component) and their handlers by method.
+    private static let routes: [(pattern: [String], methods: [String: Handler])] = [
+        (["healthz"], ["GET": { _, _, _ in .json(200, ["status": "ok"]) }]),
+        (["watch", "*"], ["GET": { api, request, ids in api.watchPage(sessionID: ids[0], token: request.query["token"]) }]),
+        (["v1", "browser_sessions"], ["POST": { api, request, _ in try await api.createSession(request) },
+                                      "GET": { api, request, _ in try api.listSessions(request) }]),
+        (["v1", "browser_sessions", "*"], ["GET": { api, request, ids in try api.getSession(request, ids[0]) }]),
+        (["v1", "browser_sessions", "*", "close"], ["POST": { api, request, ids in try await api.closeSession(request, ids[0]) }]),
+        (["v1", "browser_sessions", "*", "viewer_tokens"],
+         ["POST": { api, request, ids in try api.mintViewerToken(request, ids[0]) }]),
+    ]
+
+    private func route(_ request: HTTPRequest) async throws -> HTTPResponse {
+        let path = Self.components(request.path)
+        for route in Self.routes {
+            guard let captured = Self.match(path, route.pattern) else { continue }
+            guard let handler = route.methods[request.method == "HEAD" ? "GET" : request.method] else {
+                throw APIError(405, "method \(request.method) not allowed on \(request.path)")
+            }
+            return try await handler(self, request, captured)
+        }
+        throw APIError(404, "not found: \(request.path)")
+    }
+
+    private static func match(_ path: [String], _ pattern: [String]) -> [String]? {
+        guard path.count == pattern.count else { return nil }
+        var captured: [String] = []
+        for (part, expected) in zip(path, pattern) {
+            if expected == "*" { captured.append(part) } else if part != expected { return nil }
+        }
+        return captured
+    }
+
+    private func createSession(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
+        let organization = try organization(request)
+        let body = try Self.jsonBody(request)
+        guard let address = body["browser_address"] as? String, !address.isEmpty else {
+            throw APIError(422, "browser_address is required: http://host:port or ws://host:port/devtools/...")
+        }
+        do { try CDPSource.validate(address: address) } catch {
+            throw APIError(422, "browser_address: \(error)")
+        }
+        let timeout = try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
+        var id: String?
+        if let given = body["browser_session_id"], !(given is NSNull) {
+            guard let text = given as? String,
+                  text.range(of: #"^pbs_[A-Za-z0-9_-]{1,64}$"#, options: .regularExpression) != nil
+            else { throw APIError(422, "browser_session_id must be pbs_ followed by 1-64 of A-Z a-z 0-9 _ -") }
+            id = text
+        }
+        let record = try await sessions.create(organizationID: organization, browserAddress: address,
+                                               timeoutMinutes: timeout, id: id)
+        return .json(201, sessionJSON(record))
+    }
+
+    private func listSessions(_ request: HTTPRequest) throws(APIError) -> HTTPResponse {
+        .json(200, sessions.active(organizationID: try organization(request)).map(sessionJSON))
+    }
+
+    private func getSession(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
+        .json(200, sessionJSON(try sessions.session(id: id, organizationID: try organization(request))))
+    }
+
+    private func closeSession(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        .json(200, sessionJSON(try await sessions.close(id: id, organizationID: try organization(request))))
+    }
+
+    private func mintViewerToken(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
+        let record = try sessions.session(id: id, organizationID: try organization(request))
+        let body = try Self.jsonBody(request)
+        let ttl = try Self.int(body, "ttl_seconds", in: 10...86400, default: config.viewerTokenTTLSeconds, unit: "seconds")
+        guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
+        let expiresAt = Date().addingTimeInterval(Double(ttl))
+        let token = auth.viewerToken(sessionID: id, expiresAt: expiresAt)
+        return .json(201, ["token": token, "expires_at": Self.iso(expiresAt), "watch_url": watchURL(id, token: token)])
+    }
+
+    private func organization(_ request: HTTPRequest) throws(APIError) -> String {
+        guard let key = request.headers["x-api-key"], !key.isEmpty else {
+            throw APIError(401, "missing x-api-key header")
+        }
+        guard let organization = auth.organization(apiKey: key) else { throw APIError(401, "invalid API key") }
+        return organization
+    }
+
+    private func watchPage(sessionID: String, token: String?) -> HTTPResponse {
+        guard let token, !token.isEmpty else {
+            return .html(401, Self.message("This watch link has no token. Ask the API for one: POST /v1/browser_sessions/\(sessionID)/viewer_tokens."))
+        }
+        do {
+            _ = try auth.verifyViewerToken(token, sessionID: sessionID)
+        } catch {
+            return .html(401, Self.message(error == .expired ? "This watch link has expired." : "This watch link is not valid."))
+        }
+        return .html(200, WatchPage.html(sessionID: sessionID))
+    }
+
+    private func watchURL(_ id: String, token: String) -> String {
+        "\(config.effectivePublicURL)/watch/\(id)?token=\(token)"
+    }
+
+    private func sessionJSON(_ record: SessionRecord) -> [String: Any] {
+        [
+            "browser_session_id": record.id,
+            "organization_id": record.organizationID,
+            "status": record.status.rawValue,
+            "created_at": Self.iso(record.createdAt),
+            "modified_at": Self.iso(record.modifiedAt),
+            "started_at": record.startedAt.map(Self.iso) ?? NSNull(),
+            "completed_at": record.completedAt.map(Self.iso) ?? NSNull(),
+            "timeout": record.timeoutMinutes,
+            "browser_address": record.browserAddress,
+            "app_url": "\(config.effectivePublicURL)/watch/\(record.id)",
+            "vnc_streaming_supported": false,
+            "recordings": [Any](),
+            "failure_reason": record.failureReason ?? NSNull(),
+        ]
+    }
+
+    // MARK: - Viewers
+
+    func upgrade(_ request: HTTPRequest) -> WebSocketUpgrade {
+        let path = Self.components(request.path)
+        guard path.count == 3, path[0] == "stream", path[1] == "browser" else {
+            return .reject(.json(404, ["detail": "not found: \(request.path)"]))
+        }
+        let id = path[2]
+        let format: ViewerFormat
+        switch request.query["format"] ?? "binary" {
+        case "binary": format = .binary
+        case "json": format = .json
+        default: return .reject(.json(400, ["detail": "format must be binary or json"]))
+        }
+        var organization: String?
+        if let key = request.headers["x-api-key"], !key.isEmpty {
+            guard let owner = auth.organization(apiKey: key) else {
+                return .reject(.json(401, ["detail": "invalid API key"]))
+            }
+            organization = owner
+        } else if let token = request.query["token"], !token.isEmpty {
+            do { _ = try auth.verifyViewerToken(token, sessionID: id) } catch {
+                return .reject(.json(401, ["detail": error == .expired ? "viewer token expired" : "invalid viewer token"]))
+            }
+        } else {
+            return .reject(.json(401, ["detail": "missing credentials: an x-api-key header or a ?token= viewer token"]))
+        }
+        guard let (owner, hub) = sessions.hubForViewer(id: id), organization == nil || organization == owner else {
+            return .reject(.json(404, ["detail": "browser session \(id) not found"]))
+        }
+        return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames)
+    }
+
+    // MARK: - Helpers
+
+    /// Path components without the `/api` prefix and with `/v1/stream/...` folded onto `/stream/...`.
+    private static func components(_ path: String) -> [String] {
+        var parts = path.split(separator: "/").map(String.init)
+        if parts.first == "api", parts.dropFirst().first == "v1" { parts.removeFirst() }
+        if parts.count >= 2, parts[0] == "v1", parts[1] == "stream" { parts.removeFirst() }
+        return parts
+    }
+
+    private static func jsonBody(_ request: HTTPRequest) throws(APIError) -> [String: Any] {
+        if request.body.isEmpty { return [:] }
+        guard let object = try? JSONSerialization.jsonObject(with: request.body) else {
+            throw APIError(400, "request body is not valid JSON")
+        }
+        guard let dictionary = object as? [String: Any] else { throw APIError(400, "request body must be a JSON object") }
+        return dictionary
+    }
+
+    private static func int(_ body: [String: Any], _ key: String, in range: ClosedRange<Int>, default value: Int,
+                            unit: String) throws(APIError) -> Int
+    {
+        guard let raw = body[key], !(raw is NSNull) else { return value }
+        guard !(raw is Bool), let int = raw as? Int, range.contains(int)
+        else { throw APIError(422, "\(key) must be an integer from \(range.lowerBound) to \(range.upperBound) \(unit)") }
+        return int
+    }
+
+    static func iso(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    private static func message(_ text: String) -> String {
+        let escaped = text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        return "<!doctype html><meta charset=utf-8><title>viewportd</title>"
+            + "<body style=\"font:15px system-ui;background:#111;color:#ddd;padding:2em\"><p>\(escaped)</p></body>"
+    }
+}
+
+extension HTTPResponse {
+    static func json(_ status: Int, _ object: Any) -> HTTPResponse {
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
+        return HTTPResponse(status: status, contentType: "application/json", headers: [("cache-control", "no-store")],
+                            body: body)
+    }
+
+    static func html(_ status: Int, _ html: String) -> HTTPResponse {
+        HTTPResponse(status: status, contentType: "text/html; charset=utf-8",
+                     headers: [("cache-control", "no-store"), ("referrer-policy", "no-referrer"),
+                               ("x-content-type-options", "nosniff")],
+                     body: Data(html.utf8))
+    }
+}

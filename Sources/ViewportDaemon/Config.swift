@@ -1,0 +1,250 @@
+public import Foundation
+import Yams
+
+/// The daemon's configuration: compiled defaults, overridden by the YAML file, overridden by the environment.
+///
+/// Keys (type, default): meaning
+/// - `listen` (host:port, `127.0.0.1:8200`): HTTP and WebSocket address; port 0 picks a free one.
+/// - `state_dir` (path, `/var/lib/viewportd`): SQLite database and generated secrets.
+/// - `public_url` (URL, `http://<listen>`): base of the URLs handed out (watch pages); no trailing slash.
+/// - `log_level` (trace|debug|info|notice|warning|error|critical, `info`).
+/// - `api_keys` (list of `{key, organization_id}`, empty): who may use the API; keys at least 16 characters.
+/// - `viewer_token_secret` (string, generated into `state_dir/viewer-token.key`): HMAC key of viewer tokens.
+/// - `screencast.quality` (1-100, 75), `screencast.max_width` (16-4096, 1280), `screencast.max_height`
+///   (16-4096, 720): the CDP screencast's JPEG quality and size limit.
+/// - `viewer.queue_frames` (1-64, 2): frames queued per viewer before the oldest is dropped.
+/// - `viewer.token_ttl_seconds` (10-86400, 300): default lifetime of viewer tokens.
+/// - `cdp.retry_seconds` (0-3600, 30): how long a lost browser connection is retried before the session fails.
+///
+/// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
+/// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`). `VIEWPORTD_API_KEY` with
+/// `VIEWPORTD_ORGANIZATION_ID` adds one API key.
+public struct Config: Sendable, Equatable {
+    public struct APIKey: Sendable, Equatable {
+        public var key: String
+        public var organizationID: String
+        public init(key: String, organizationID: String) {
+            self.key = key
+            self.organizationID = organizationID
+        }
+    }
+
+    public var listenHost = "127.0.0.1"
+    public var listenPort = 8200
+    public var stateDir = "/var/lib/viewportd"
+    public var publicURL: String?
+    public var logLevel = "info"
+    public var apiKeys: [APIKey] = []
+    public var viewerTokenSecret: String?
+    public var screencastQuality = 75
+    public var screencastMaxWidth = 1280
+    public var screencastMaxHeight = 720
+    public var viewerQueueFrames = 2
+    public var viewerTokenTTLSeconds = 300
+    public var cdpRetrySeconds = 30
+
+    /// The compiled defaults.
+    public init() {}
+
+    /// Base URL for links handed out.
+    public var effectivePublicURL: String { publicURL ?? "http://\(listenHost):\(listenPort)" }
+
+    static let logLevels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+
+    /// Every leaf key, as written in the file.
+    static let keys = [
+        "listen", "state_dir", "public_url", "log_level", "api_keys", "viewer_token_secret",
+        "screencast.quality", "screencast.max_width", "screencast.max_height",
+        "viewer.queue_frames", "viewer.token_ttl_seconds", "cdp.retry_seconds",
+    ]
+
+    /// Loads `yaml` (nil: defaults only) and applies `environment` overrides.
+    public static func load(yaml: String?, environment: [String: String] = [:]) throws(ConfigError) -> Config {
+        var tree: [String: Any] = [:]
+        if let yaml, !yaml.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            let parsed: Any?
+            do { parsed = try Yams.load(yaml: yaml) } catch { throw ConfigError(key: "(file)", "not valid YAML: \(error)") }
+            guard let mapping = parsed as? [String: Any] else {
+                throw ConfigError(key: "(file)", "the top level must be a mapping of keys")
+            }
+            tree = mapping
+        }
+        try applyEnvironment(environment, to: &tree)
+        return try Config(tree: tree)
+    }
+
+    /// Loads the file at `path` (nil: defaults only) with the process environment.
+    public static func load(path: String?, environment: [String: String] = ProcessInfo.processInfo.environment)
+        throws(ConfigError) -> Config
+    {
+        guard let path else { return try load(yaml: nil, environment: environment) }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(key: "(file)", "cannot read \(path)")
+        }
+        return try load(yaml: text, environment: environment)
+    }
+
+    private static func applyEnvironment(_ environment: [String: String], to tree: inout [String: Any])
+        throws(ConfigError)
+    {
+        for key in keys where key != "api_keys" {
+            let name = "VIEWPORTD_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
+                .replacingOccurrences(of: "-", with: "_")
+            guard let value = environment[name] else { continue }
+            tree.set(path: key.split(separator: ".").map(String.init), value)
+        }
+        if let key = environment["VIEWPORTD_API_KEY"] {
+            guard let organization = environment["VIEWPORTD_ORGANIZATION_ID"] else {
+                throw ConfigError(key: "VIEWPORTD_ORGANIZATION_ID", "must be set with VIEWPORTD_API_KEY")
+            }
+            var list = tree["api_keys"] as? [Any] ?? []
+            list.append(["key": key, "organization_id": organization])
+            tree["api_keys"] = list
+        }
+    }
+
+    private init(tree: [String: Any]) throws(ConfigError) {
+        var root = ConfigReader(tree, path: "")
+        if let listen = try root.string("listen") {
+            let parts = listen.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port),
+                  Self.isIPv4(String(parts[0]))
+            else { throw ConfigError(key: "listen", "must be IPv4-address:port, e.g. 127.0.0.1:8200 (got \"\(listen)\")") }
+            listenHost = String(parts[0])
+            listenPort = port
+        }
+        if let dir = try root.string("state_dir") {
+            guard !dir.isEmpty else { throw ConfigError(key: "state_dir", "must not be empty") }
+            stateDir = dir
+        }
+        if let url = try root.string("public_url") {
+            let trimmed = url.hasSuffix("/") ? String(url.dropLast()) : url
+            guard let components = URLComponents(string: trimmed), ["http", "https"].contains(components.scheme ?? ""),
+                  components.host?.isEmpty == false
+            else { throw ConfigError(key: "public_url", "must be an http:// or https:// URL (got \"\(url)\")") }
+            publicURL = trimmed
+        }
+        if let level = try root.string("log_level") {
+            guard Self.logLevels.contains(level) else {
+                throw ConfigError(key: "log_level", "must be one of \(Self.logLevels.joined(separator: ", ")) (got \"\(level)\")")
+            }
+            logLevel = level
+        }
+        for (index, item) in try root.list("api_keys").enumerated() {
+            let path = "api_keys[\(index)]"
+            guard let entry = item as? [String: Any] else { throw ConfigError(key: path, "must be a mapping {key, organization_id}") }
+            var reader = ConfigReader(entry, path: path)
+            guard let key = try reader.string("key"), key.count >= 16 else {
+                throw ConfigError(key: "\(path).key", "must be a string of at least 16 characters")
+            }
+            guard let organization = try reader.string("organization_id"),
+                  organization.range(of: #"^[A-Za-z0-9_.-]{1,64}$"#, options: .regularExpression) != nil
+            else { throw ConfigError(key: "\(path).organization_id", "must be 1-64 characters of A-Z a-z 0-9 _ . -") }
+            try reader.finish()
+            guard !apiKeys.contains(where: { $0.key == key }) else { throw ConfigError(key: "\(path).key", "is listed twice") }
+            apiKeys.append(APIKey(key: key, organizationID: organization))
+        }
+        if let secret = try root.string("viewer_token_secret") {
+            guard secret.count >= 32 else { throw ConfigError(key: "viewer_token_secret", "must be at least 32 characters") }
+            viewerTokenSecret = secret
+        }
+        if var screencast = try root.section("screencast") {
+            screencastQuality = try screencast.int("quality", in: 1...100) ?? screencastQuality
+            screencastMaxWidth = try screencast.int("max_width", in: 16...4096) ?? screencastMaxWidth
+            screencastMaxHeight = try screencast.int("max_height", in: 16...4096) ?? screencastMaxHeight
+            try screencast.finish()
+        }
+        if var viewer = try root.section("viewer") {
+            viewerQueueFrames = try viewer.int("queue_frames", in: 1...64) ?? viewerQueueFrames
+            viewerTokenTTLSeconds = try viewer.int("token_ttl_seconds", in: 10...86400) ?? viewerTokenTTLSeconds
+            try viewer.finish()
+        }
+        if var cdp = try root.section("cdp") {
+            cdpRetrySeconds = try cdp.int("retry_seconds", in: 0...3600) ?? cdpRetrySeconds
+            try cdp.finish()
+        }
+        try root.finish()
+    }
+
+    private static func isIPv4(_ host: String) -> Bool {
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts.allSatisfy { UInt8($0) != nil }
+    }
+}
+
+/// A configuration problem, naming the key.
+public struct ConfigError: Error, CustomStringConvertible, Equatable {
+    public var key: String
+    public var message: String
+    init(key: String, _ message: String) {
+        self.key = key
+        self.message = message
+    }
+    public var description: String { "config key \(key): \(message)" }
+}
+
+/// Reads one mapping of the YAML tree, remembering which keys were used so unknown ones are reported.
+private struct ConfigReader {
+    let values: [String: Any]
+    let path: String
+    var used: Set<String> = []
+
+    init(_ values: [String: Any], path: String) {
+        self.values = values
+        self.path = path
+    }
+
+    private func name(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    mutating func string(_ key: String) throws(ConfigError) -> String? {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return nil }
+        switch value {
+        case let text as String: return text
+        case let number as Int: return String(number)
+        default: throw ConfigError(key: name(key), "must be a string")
+        }
+    }
+
+    mutating func int(_ key: String, in range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return nil }
+        guard let number = (value as? Int) ?? (value as? String).flatMap({ Int($0) }), range.contains(number) else {
+            throw ConfigError(key: name(key), "must be an integer from \(range.lowerBound) to \(range.upperBound) (got \"\(value)\")")
+        }
+        return number
+    }
+
+    mutating func list(_ key: String) throws(ConfigError) -> [Any] {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return [] }
+        guard let list = value as? [Any] else { throw ConfigError(key: name(key), "must be a list") }
+        return list
+    }
+
+    mutating func section(_ key: String) throws(ConfigError) -> ConfigReader? {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return nil }
+        guard let mapping = value as? [String: Any] else { throw ConfigError(key: name(key), "must be a mapping") }
+        return ConfigReader(mapping, path: name(key))
+    }
+
+    func finish() throws(ConfigError) {
+        if let unknown = values.keys.sorted().first(where: { !used.contains($0) }) {
+            throw ConfigError(key: name(unknown), "is not a known key")
+        }
+    }
+}
+
+extension Dictionary where Key == String, Value == Any {
+    fileprivate mutating func set(path: [String], _ value: Any) {
+        guard let first = path.first else { return }
+        if path.count == 1 {
+            self[first] = value
+        } else {
+            var child = self[first] as? [String: Any] ?? [:]
+            child.set(path: Array(path.dropFirst()), value)
+            self[first] = child
+        }
+    }
+}

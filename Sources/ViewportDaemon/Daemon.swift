@@ -1,0 +1,132 @@
+import Foundation
+public import Logging
+public import ServiceLifecycle
+import Store
+import Synchronization
+public import UnixSignals
+import ViewerGateway
+public import ViewportCore
+import WebSocketIO
+
+/// The whole daemon, built from a config: one event loop, the store, the sessions, the viewer gateway and the
+/// API. ``run(signals:)`` runs its services in one `ServiceGroup` until SIGTERM/SIGINT or ``shutdown()``.
+public final class Daemon: Sendable {
+    public let config: Config
+    /// The port the API listens on (the kernel's pick when `listen` says port 0).
+    public let port: Int
+    let loop: EventLoop
+    let sessions: Sessions
+    let gateway: ViewerGateway
+    let auth: Auth
+    private let logger: Logger
+    private let group = Mutex<ServiceGroup?>(nil)
+    private let shutdownRequested = Atomic(false)
+
+    init(config: Config, logger: Logger) throws {
+        self.config = config
+        self.logger = logger
+        do {
+            try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
+        } catch {
+            throw DaemonError("cannot create state_dir \(config.stateDir): \(error.localizedDescription)")
+        }
+        let store: Store
+        do { store = try Store(path: config.stateDir + "/viewportd.sqlite") } catch {
+            throw DaemonError("cannot open the database in \(config.stateDir): \(error)")
+        }
+        auth = Auth(apiKeys: config.apiKeys, tokenSecret: try Auth.tokenSecret(config: config))
+        do {
+            loop = try EventLoop(.init(host: config.listenHost, port: config.listenPort, customHeaders: ["x-api-key"]))
+        } catch {
+            throw DaemonError("cannot listen on \(config.listenHost):\(config.listenPort): \(error)")
+        }
+        port = loop.port ?? config.listenPort
+        sessions = Sessions(store: store, loop: loop, config: config, logger: logger)
+        gateway = ViewerGateway(loop: loop, logger: logger)
+    }
+
+    /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
+    public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
+        let api = API(sessions: sessions, auth: auth, gateway: gateway, config: config)
+        // Started in this order, shut down in reverse: viewers are told first, then sources stop, then the loop.
+        let services: [any Service] = [
+            LoopService(loop: loop, api: api, logger: logger, address: "\(config.listenHost):\(port)"),
+            SessionService(sessions: sessions),
+            ViewerService(gateway: gateway),
+        ]
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
+        self.group.withLock { $0 = group }
+        if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
+        try await group.run()
+    }
+
+    /// Starts a graceful shutdown: viewers get close 1001, sources stop, sessions stay open for the next start.
+    public func shutdown() async {
+        shutdownRequested.store(true, ordering: .releasing)
+        await group.withLock { $0 }?.triggerGracefulShutdown()
+    }
+
+    /// Registers a session for `organizationID` (as `POST /v1/browser_sessions` does) and returns its id.
+    public func createSession(organizationID: String, browserAddress: String, timeoutMinutes: Int = 60) async throws
+        -> String
+    {
+        try await sessions.create(organizationID: organizationID, browserAddress: browserAddress,
+                                  timeoutMinutes: timeoutMinutes, id: nil).id
+    }
+
+    /// A watch-page URL for `sessionID` with a viewer token valid for `seconds`.
+    public func watchURL(sessionID: String, validFor seconds: Double) -> String {
+        let token = auth.viewerToken(sessionID: sessionID, expiresAt: Date().addingTimeInterval(seconds))
+        return "\(config.effectivePublicURL)/watch/\(sessionID)?token=\(token)"
+    }
+
+    /// The frame hub of an open session.
+    public func hub(sessionID: String) -> FrameHub? { sessions.hub(id: sessionID) }
+
+    /// Queue statistics of the viewers of `sessionID`.
+    public func viewerStats(sessionID: String) -> [FrameSubscription.Stats] { gateway.viewerStats(sessionID: sessionID) }
+}
+
+/// Builds the daemon for `config`: opens the store, binds the listener. Nothing runs until ``Daemon/run(signals:)``.
+public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewportd")) throws -> Daemon {
+    try Daemon(config: config, logger: logger)
+}
+
+/// The service thread: serves from start until the group shuts down, then closes every connection.
+private struct LoopService: Service {
+    let loop: EventLoop
+    let api: API
+    let logger: Logger
+    let address: String
+
+    func run() async throws {
+        loop.start(server: api)
+        logger.info("listening", metadata: ["address": "\(address)"])
+        try? await gracefulShutdown()
+        loop.shutdown()
+    }
+}
+
+/// Re-attaches sessions on start, enforces timeouts, stops sources on shutdown.
+private struct SessionService: Service {
+    let sessions: Sessions
+
+    func run() async throws {
+        try sessions.reattach()
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+            sessions.closeExpired()
+        }
+        await sessions.stopAll()
+    }
+}
+
+/// Tells viewers the daemon is going away (close 1001) before anything else stops.
+private struct ViewerService: Service {
+    let gateway: ViewerGateway
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await gateway.closeAll()
+    }
+}

@@ -1,0 +1,175 @@
+internal import CWebSockets
+public import Foundation
+import Synchronization
+
+extension EventLoop {
+    /// Opens a WebSocket to a `ws://` URL. The delegate hears `webSocketDidOpen` or, if the connection
+    /// fails, `webSocketDidClose` with a nil code.
+    public func connectWebSocket(to url: String, delegate: any WebSocketDelegate, maxMessageBytes: Int) throws
+        -> WebSocket
+    {
+        let endpoint = try Endpoint(url)
+        let socket = WebSocket(loop: self, delegate: delegate, maxMessageBytes: maxMessageBytes, request: nil)
+        connect(WebSocketClientConnection(loop: self, socket: socket), to: endpoint, method: nil)
+        return socket
+    }
+
+    /// Performs an HTTP request to an `http://` URL and returns the status and body.
+    public func httpRequest(_ method: String, _ url: String, headers: [(name: String, value: String)] = [],
+                            body: Data? = nil, timeout: Double = 10) async throws -> (status: Int, body: Data)
+    {
+        let endpoint = try Endpoint(url)
+        return try await withCheckedThrowingContinuation { continuation in
+            let connection = HTTPClientConnection(loop: self, headers: headers, body: body,
+                                                  continuation: continuation)
+            connect(connection, to: endpoint, method: method)
+            schedule(after: timeout) { connection.fail("no answer from \(endpoint.hostHeader) within \(timeout) s") }
+        }
+    }
+}
+
+final class WebSocketClientConnection: Connection, @unchecked Sendable {
+    private let socket: WebSocket
+
+    init(loop: EventLoop, socket: WebSocket) {
+        self.socket = socket
+        super.init(loop: loop, wsi: nil)
+    }
+
+    override func handle(_ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+                         _ input: UnsafeMutableRawPointer?, _ length: Int) -> Int32
+    {
+        guard let wsi else { return -1 }
+        switch reason {
+        case LWS_CALLBACK_CLIENT_ESTABLISHED:
+            socket.opened(wsi)
+            return 0
+        case LWS_CALLBACK_CLIENT_RECEIVE:
+            return socket.receive(wsi, input, length)
+        case LWS_CALLBACK_CLIENT_WRITEABLE:
+            return socket.writable(wsi, client: true)
+        case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+            socket.peerInitiatedClose(input, length)
+            return 0
+        case LWS_CALLBACK_CLIENT_CLOSED:
+            socket.closed()
+            return 0
+        case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+            socket.closed(error: Self.errorText(input, length) ?? "connection failed")
+            return 0
+        default:
+            return lws_callback_http_dummy(wsi, reason, user, input, length)
+        }
+    }
+
+    override func destroyed() {
+        socket.closed(error: "connection closed")
+        super.destroyed()
+    }
+
+    override func connectFailed(_ reason: String) { socket.closed(error: reason) }
+
+    static func errorText(_ input: UnsafeMutableRawPointer?, _ length: Int) -> String? {
+        guard let input else { return nil }
+        return String(cString: input.assumingMemoryBound(to: CChar.self))
+    }
+}
+
+final class HTTPClientConnection: Connection, @unchecked Sendable {
+    private let headers: [(name: String, value: String)]
+    private let body: Data?
+    private var status = 0
+    private var received = Data()
+    private let maxBodyBytes = 16 << 20
+    private let continuation: Mutex<CheckedContinuation<(status: Int, body: Data), any Error>?>
+
+    init(loop: EventLoop, headers: [(name: String, value: String)], body: Data?,
+         continuation: CheckedContinuation<(status: Int, body: Data), any Error>)
+    {
+        self.headers = headers
+        self.body = body
+        self.continuation = Mutex(continuation)
+        super.init(loop: loop, wsi: nil)
+    }
+
+    /// Ends the request with an error (once); safe from any thread.
+    func fail(_ reason: String) {
+        finish(.failure(NetworkError(reason)))
+        loop.execute { [self] in
+            if let wsi { lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC) }
+        }
+    }
+
+    private func finish(_ result: Result<(status: Int, body: Data), any Error>) {
+        continuation.withLock { $0.take() }?.resume(with: result)
+    }
+
+    override func handle(_ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+                         _ input: UnsafeMutableRawPointer?, _ length: Int) -> Int32
+    {
+        guard let wsi else { return -1 }
+        switch reason {
+        case LWS_CALLBACK_CLIENT_APPEND_HANDSHAKE_HEADER:
+            guard let input else { return -1 }
+            let p = input.assumingMemoryBound(to: UnsafeMutablePointer<UInt8>?.self)
+            guard let start = p.pointee else { return -1 }
+            let end = start + length
+            var all = headers
+            if let body { all.append(("content-length", String(body.count))) }
+            for header in all {
+                let value = Array(header.value.utf8)
+                if lws_add_http_header_by_name(wsi, header.name.lowercased() + ":", value, Int32(value.count), p, end)
+                    != 0 { return -1 }
+            }
+            if body != nil {
+                lws_client_http_body_pending(wsi, 1)
+                lws_callback_on_writable(wsi)
+            }
+            return 0
+        case LWS_CALLBACK_CLIENT_HTTP_WRITEABLE:
+            guard let body else { return 0 }
+            let payload = Payload(copying: body)
+            let written = withExtendedLifetime(payload.owner) {
+                lws_write(wsi, payload.start.assumingMemoryBound(to: UInt8.self), payload.count, LWS_WRITE_HTTP_FINAL)
+            }
+            lws_client_http_body_pending(wsi, 0)
+            return written < 0 ? -1 : 0
+        case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
+            status = Int(lws_http_client_http_response(wsi))
+            return 0
+        case LWS_CALLBACK_RECEIVE_CLIENT_HTTP:
+            var buffer = [CChar](repeating: 0, count: EventLoop.requiredHeadroom + 16 * 1024)
+            return buffer.withUnsafeMutableBufferPointer { b -> Int32 in
+                var p: UnsafeMutablePointer<CChar>? = b.baseAddress! + EventLoop.requiredHeadroom
+                var count = Int32(16 * 1024)
+                return lws_http_client_read(wsi, &p, &count) < 0 ? -1 : 0
+            }
+        case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
+            guard let input else { return 0 }
+            if received.count + length > maxBodyBytes {
+                finish(.failure(NetworkError("response body over \(maxBodyBytes) bytes")))
+                return -1
+            }
+            received.append(input.assumingMemoryBound(to: UInt8.self), count: length)
+            return 0
+        case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
+            finish(.success((status, received)))
+            return 0
+        case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
+            finish(status > 0 ? .success((status, received)) : .failure(NetworkError("connection closed")))
+            return 0
+        case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+            finish(.failure(NetworkError(WebSocketClientConnection.errorText(input, length) ?? "connection failed")))
+            return 0
+        default:
+            return lws_callback_http_dummy(wsi, reason, user, input, length)
+        }
+    }
+
+    override func destroyed() {
+        finish(.failure(NetworkError("connection closed")))
+        super.destroyed()
+    }
+
+    override func connectFailed(_ reason: String) { finish(.failure(NetworkError(reason))) }
+}

@@ -1,0 +1,257 @@
+internal import CWebSockets
+import Foundation
+import Synchronization
+
+/// One libwebsockets context served by one thread: the HTTP and WebSocket server and the WebSocket and HTTP
+/// clients all live here.
+///
+/// Everything that touches lws runs on the service thread. Other threads hand work over with ``execute(_:)``,
+/// which queues it and wakes the thread with `lws_cancel_service`.
+///
+/// `@unchecked Sendable`: mutable state is either confined to the service thread (connections, `server`
+/// after ``start(server:)``) or guarded by a `Mutex`/`Atomic`.
+public final class EventLoop: @unchecked Sendable {
+    /// Bytes a payload needs in front of it for lws to write the WebSocket frame header (`LWS_PRE`).
+    public static let requiredHeadroom = Int(vpd_lws_pre())
+
+    /// How the loop listens.
+    public struct Configuration: Sendable {
+        /// IP address to listen on; `0.0.0.0` for every interface.
+        public var host: String
+        /// Port to listen on, 0 for one picked by the kernel, nil for no listener (clients only).
+        public var port: Int?
+        /// Names of non-standard request headers to capture (lower-case), e.g. `x-api-key`.
+        public var customHeaders: [String]
+        /// Larger request bodies are answered with 413.
+        public var maxRequestBodyBytes: Int
+
+        public init(host: String = "127.0.0.1", port: Int? = 0, customHeaders: [String] = [],
+                    maxRequestBodyBytes: Int = 1 << 20) {
+            self.host = host
+            self.port = port
+            self.customHeaders = customHeaders
+            self.maxRequestBodyBytes = maxRequestBodyBytes
+        }
+    }
+
+    let configuration: Configuration
+    private var context: OpaquePointer?
+    private let protocols: UnsafeMutablePointer<lws_protocols>
+    private let protocolName: UnsafeMutablePointer<CChar>
+    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let stopping = Atomic(false)
+    private let serviceThreadID = Atomic<UInt>(0)
+    private let finished = DispatchSemaphore(value: 0)
+    private var started = false
+    /// Set before the service thread starts; read only on it.
+    private(set) var server: (any HTTPServerDelegate)?
+    /// The port the server listens on (the kernel's pick when configured with 0), or nil without a listener.
+    public private(set) var port: Int?
+
+    /// Creates the context and, when a port is configured, binds the listener.
+    public init(_ configuration: Configuration) throws {
+        self.configuration = configuration
+        vpd_lws_quiet_logs()
+        protocolName = strdup("viewportd")
+        protocols = .allocate(capacity: 2)
+        protocols.initialize(repeating: lws_protocols(), count: 2)
+        protocols[0].name = UnsafePointer(protocolName)
+        protocols[0].callback = { wsi, reason, user, input, length in
+            EventLoop.dispatch(wsi, reason, user, input, length)
+        }
+        protocols[0].rx_buffer_size = 64 * 1024
+
+        var info = lws_context_creation_info()
+        info.protocols = UnsafePointer(protocols)
+        info.port = Int32(configuration.port ?? -1)  // CONTEXT_PORT_NO_LISTEN is -1
+        info.max_http_header_data = 8192
+        info.pt_serv_buf_size = 64 * 1024
+        info.timeout_secs = 20
+        info.connect_timeout_secs = 5
+        info.ka_time = 60
+        info.ka_probes = 3
+        info.ka_interval = 10
+        info.options = UInt64(LWS_SERVER_OPTION_DISABLE_IPV6)
+            | UInt64(LWS_SERVER_OPTION_VALIDATE_UTF8)
+        let host = configuration.host == "0.0.0.0" ? nil : strdup(configuration.host)
+        defer { free(host) }
+        info.iface = UnsafePointer(host)
+        info.user = Unmanaged.passUnretained(self).toOpaque()
+        guard let context = lws_create_context(&info) else {
+            protocols.deallocate()
+            free(protocolName)
+            throw NetworkError(
+                "cannot listen on \(configuration.host):\(configuration.port.map(String.init) ?? "-") (address in use or not local)")
+        }
+        self.context = context
+        if configuration.port != nil, let vhost = lws_get_vhost_by_name(context, "default") {
+            port = Int(lws_get_vhost_listen_port(vhost))
+        }
+    }
+
+    deinit {
+        if let context { lws_context_destroy(context) }
+        protocols.deallocate()
+        free(protocolName)
+    }
+
+    /// Starts the service thread; `server` answers HTTP requests and WebSocket upgrades.
+    public func start(server: (any HTTPServerDelegate)?) {
+        precondition(!started, "EventLoop.start called twice")
+        started = true
+        self.server = server
+        let thread = Thread { [self] in
+            serviceThreadID.store(UInt(pthread_self()), ordering: .releasing)
+            while !stopping.load(ordering: .acquiring) {
+                if lws_service(context, 0) < 0 { break }
+            }
+            finished.signal()
+        }
+        thread.name = "lws-service"
+        thread.start()
+    }
+
+    /// Stops the service thread and destroys the context, closing every connection. Idempotent.
+    public func shutdown() {
+        guard let context else { return }
+        if started, !stopping.exchange(true, ordering: .acquiringAndReleasing) {
+            lws_cancel_service(context)
+            finished.wait()
+        }
+        // Callbacks fired while destroying run on this thread, which now owns the loop.
+        serviceThreadID.store(UInt(pthread_self()), ordering: .releasing)
+        lws_context_destroy(context)
+        self.context = nil
+    }
+
+    /// True on the service thread.
+    public var inLoop: Bool { serviceThreadID.load(ordering: .acquiring) == UInt(pthread_self()) }
+
+    /// Runs `work` on the service thread: at once when called there, else queued.
+    public func execute(_ work: @escaping @Sendable () -> Void) {
+        if inLoop { work(); return }
+        enqueue(work)
+    }
+
+    /// Queues `work` for the service thread, even when called on it (it then runs after the current callback).
+    public func enqueue(_ work: @escaping @Sendable () -> Void) {
+        pending.withLock { $0.append(work) }
+        if let context { lws_cancel_service(context) }
+    }
+
+    /// Runs `work` on the service thread after `delay` seconds.
+    public func schedule(after delay: Double, _ work: @escaping @Sendable () -> Void) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [weak self] in self?.enqueue(work) }
+    }
+
+    private func runPending() {
+        let work = pending.withLock { queue -> [@Sendable () -> Void] in
+            defer { queue.removeAll(keepingCapacity: true) }
+            return queue
+        }
+        for item in work { item() }
+    }
+
+    // MARK: - Callback dispatch
+
+    private static func dispatch(_ wsi: OpaquePointer?, _ reason: lws_callback_reasons,
+                                 _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?,
+                                 _ length: Int) -> Int32
+    {
+        guard let wsi, let ctx = lws_get_context(wsi), let raw = lws_context_user(ctx) else {
+            return lws_callback_http_dummy(wsi, reason, user, input, length)
+        }
+        return Unmanaged<EventLoop>.fromOpaque(raw).takeUnretainedValue().handle(wsi, reason, user, input, length)
+    }
+
+    private func handle(_ wsi: OpaquePointer, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
+                        _ input: UnsafeMutableRawPointer?, _ length: Int) -> Int32
+    {
+        switch reason {
+        case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+            runPending()
+            return 0
+        case LWS_CALLBACK_WSI_DESTROY:
+            if let raw = lws_get_opaque_user_data(wsi) {
+                lws_set_opaque_user_data(wsi, nil)
+                let connection = Unmanaged<Connection>.fromOpaque(raw).takeRetainedValue()
+                connection.destroyed()
+            }
+            return 0
+        default:
+            break
+        }
+        if let raw = lws_get_opaque_user_data(wsi) {
+            let connection = Unmanaged<Connection>.fromOpaque(raw).takeUnretainedValue()
+            connection.wsi = wsi
+            return connection.handle(reason, user, input, length)
+        }
+        if reason == LWS_CALLBACK_HTTP || reason == LWS_CALLBACK_HTTP_CONFIRM_UPGRADE {
+            let connection = ServerConnection(loop: self, wsi: wsi)
+            lws_set_opaque_user_data(wsi, Unmanaged.passRetained(connection).toOpaque())
+            return connection.handle(reason, user, input, length)
+        }
+        return lws_callback_http_dummy(wsi, reason, user, input, length)
+    }
+
+    // MARK: - Clients
+
+    /// Opens a client connection on the service thread; `connection` receives its callbacks.
+    func connect(_ connection: Connection, to endpoint: Endpoint, method: String?) {
+        execute { [self] in
+            guard let context, !stopping.load(ordering: .acquiring) else {
+                connection.connectFailed("event loop is shut down")
+                return
+            }
+            var info = lws_client_connect_info()
+            let address = strdup(endpoint.host), path = strdup(endpoint.path), host = strdup(endpoint.hostHeader)
+            let methodC = method.map { strdup($0) } ?? nil
+            defer { free(address); free(path); free(host); free(methodC) }
+            info.context = context
+            info.address = UnsafePointer(address)
+            info.port = Int32(endpoint.port)
+            info.path = UnsafePointer(path)
+            info.host = UnsafePointer(host)
+            info.method = UnsafePointer(methodC)
+            info.local_protocol_name = UnsafePointer(protocolName)
+            let retained = Unmanaged.passRetained(connection).toOpaque()
+            info.opaque_user_data = retained
+            if lws_client_connect_via_info(&info) == nil {
+                // Either lws destroyed the wsi it made (and released the connection on WSI_DESTROY) or it never
+                // made one; release it in the second case only.
+                if !connection.isDestroyed { Unmanaged<Connection>.fromOpaque(retained).release() }
+                connection.connectFailed("cannot connect to \(endpoint.hostHeader)")
+            }
+        }
+    }
+}
+
+/// lws state of one wsi. Lives as the wsi's opaque user data: retained when attached, released on
+/// `LWS_CALLBACK_WSI_DESTROY`.
+///
+/// `@unchecked Sendable`: used only on the service thread; other threads reach it through `EventLoop.execute`.
+class Connection: @unchecked Sendable {
+    unowned let loop: EventLoop
+    var wsi: OpaquePointer?
+    private(set) var isDestroyed = false
+
+    init(loop: EventLoop, wsi: OpaquePointer?) {
+        self.loop = loop
+        self.wsi = wsi
+    }
+
+    func handle(_ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?,
+                _ length: Int) -> Int32
+    {
+        lws_callback_http_dummy(wsi, reason, user, input, length)
+    }
+
+    /// The wsi is gone; never touch it again.
+    func destroyed() {
+        isDestroyed = true
+        wsi = nil
+    }
+
+    /// A client connection could not even start.
+    func connectFailed(_ reason: String) {}
+}

@@ -1,0 +1,1 @@
+// The fan-out benchmark comes in the next commit.

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ViewportDaemon
+
+@main
+struct Viewportd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "viewportd",
+        abstract: "Live view of browser sessions: CDP screencast fanned out to WebSocket viewers.",
+        version: viewportdVersion,
+        subcommands: [Serve.self, Demo.self])
+}
+
+struct Options: ParsableArguments {
+    @Option(name: .long, help: "YAML config file (default: compiled defaults; VIEWPORTD_* variables override).")
+    var config: String?
+
+    func load() throws -> Config {
+        do { return try Config.load(path: config) } catch {
+            FileHandle.standardError.write(Data("viewportd: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the daemon.")
+    @OptionGroup var options: Options
+
+    func run() async throws {
+        let config = try options.load()
+        let logger = makeLogger(config)
+        do {
+            try await buildDaemon(config, logger: logger).run()
+        } catch let error as DaemonError {
+            logger.critical("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Demo: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon with a demo session: a bundled animated page in headless Chromium.")
+    @OptionGroup var options: Options
+
+    func run() async throws {
+        var config = try options.load()
+        // Without a chosen state directory the demo keeps its state in a temporary one.
+        if options.config == nil, ProcessInfo.processInfo.environment["VIEWPORTD_STATE_DIR"] == nil {
+            config.stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-demo").path
+        }
+        try await ViewportDaemon.Demo.run(config: config, logger: makeLogger(config))
+    }
+}
+
+func makeLogger(_ config: Config) -> Logger {
+    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+    var logger = Logger(label: "viewportd")
+    logger.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
+    return logger
+}
