@@ -196,9 +196,12 @@ public final class CDPSource: @unchecked Sendable {
 
     /// The protocol state of one WebSocket connection to the browser; replaced on reconnect.
     ///
+    /// Holds its source strongly until the socket closes (the source forgets it then), so a stopped source lives
+    /// until its connection has said goodbye.
+    ///
     /// `@unchecked Sendable`: used only on the service thread (timers hop back onto it before touching it).
     private final class Connection: WebSocketDelegate, @unchecked Sendable {
-        unowned let source: CDPSource
+        let source: CDPSource
         let pageEndpoint: Bool
         weak var socket: WebSocket?
         /// Set when the socket closed: timers of a replaced connection then do nothing.

@@ -90,9 +90,9 @@ public final class ViewerGateway: @unchecked Sendable {
     }
 }
 
-/// One connected viewer. Lives on the service thread.
+/// One connected viewer. Lives on the service thread; the gateway holds it until its socket closes.
 private final class Viewer: WebSocketDelegate, @unchecked Sendable {
-    unowned let gateway: ViewerGateway
+    let gateway: ViewerGateway
     let sessionID: String
     let hub: FrameHub
     let format: ViewerFormat

@@ -23,7 +23,7 @@ public final class Daemon: Sendable {
     private let shutdownRequested = Atomic(false)
 
     init(config: Config, logger: Logger) throws {
-        self.config = config
+        var config = config
         self.logger = logger
         do {
             try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
@@ -41,6 +41,11 @@ public final class Daemon: Sendable {
             throw DaemonError("cannot listen on \(config.listenHost):\(config.listenPort): \(error)")
         }
         port = loop.port ?? config.listenPort
+        if config.publicURL == nil {
+            let host = config.listenHost == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.listenHost
+            config.publicURL = "http://\(host):\(port)"
+        }
+        self.config = config
         sessions = Sessions(store: store, loop: loop, config: config, logger: logger)
         gateway = ViewerGateway(loop: loop, logger: logger)
     }

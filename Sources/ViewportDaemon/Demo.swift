@@ -23,7 +23,7 @@ public enum Demo {
         async let running: Void = daemon.run()
         let id = try await daemon.createSession(organizationID: apiKey.organizationID, browserAddress: browser.address,
                                                 timeoutMinutes: 1440)
-        let base = config.effectivePublicURL
+        let base = daemon.config.effectivePublicURL
         print("""
 
         viewportd demo is running (Chromium pid \(browser.pid), DevTools \(browser.address))

@@ -36,6 +36,9 @@ public final class EventLoop: @unchecked Sendable {
 
     let configuration: Configuration
     private var context: OpaquePointer?
+    /// What lws holds as context user data: a weak way back to the loop, so callbacks fired while the loop is
+    /// being deinitialised never retain it again.
+    private let callbackTarget = CallbackTarget()
     private let protocols: UnsafeMutablePointer<lws_protocols>
     private let protocolName: UnsafeMutablePointer<CChar>
     private let pending = Mutex<[@Sendable () -> Void]>([])
@@ -76,7 +79,7 @@ public final class EventLoop: @unchecked Sendable {
         let host = configuration.host == "0.0.0.0" ? nil : strdup(configuration.host)
         defer { free(host) }
         info.iface = UnsafePointer(host)
-        info.user = Unmanaged.passUnretained(self).toOpaque()
+        info.user = Unmanaged.passUnretained(callbackTarget).toOpaque()
         guard let context = lws_create_context(&info) else {
             protocols.deallocate()
             free(protocolName)
@@ -84,6 +87,7 @@ public final class EventLoop: @unchecked Sendable {
                 "cannot listen on \(configuration.host):\(configuration.port.map(String.init) ?? "-") (address in use or not local)")
         }
         self.context = context
+        callbackTarget.loop = self
         if configuration.port != nil, let vhost = lws_get_vhost_by_name(context, "default") {
             port = Int(lws_get_vhost_listen_port(vhost))
         }
@@ -158,10 +162,15 @@ public final class EventLoop: @unchecked Sendable {
                                  _ user: UnsafeMutableRawPointer?, _ input: UnsafeMutableRawPointer?,
                                  _ length: Int) -> Int32
     {
-        guard let wsi, let ctx = lws_get_context(wsi), let raw = lws_context_user(ctx) else {
-            return lws_callback_http_dummy(wsi, reason, user, input, length)
+        if reason == LWS_CALLBACK_WSI_DESTROY, let wsi, let raw = lws_get_opaque_user_data(wsi) {
+            lws_set_opaque_user_data(wsi, nil)
+            Unmanaged<Connection>.fromOpaque(raw).takeRetainedValue().destroyed()
+            return 0
         }
-        return Unmanaged<EventLoop>.fromOpaque(raw).takeUnretainedValue().handle(wsi, reason, user, input, length)
+        guard let wsi, let ctx = lws_get_context(wsi), let raw = lws_context_user(ctx),
+              let loop = Unmanaged<CallbackTarget>.fromOpaque(raw).takeUnretainedValue().loop
+        else { return lws_callback_http_dummy(wsi, reason, user, input, length) }
+        return loop.handle(wsi, reason, user, input, length)
     }
 
     private func handle(_ wsi: OpaquePointer, _ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
@@ -170,13 +179,6 @@ public final class EventLoop: @unchecked Sendable {
         switch reason {
         case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
             runPending()
-            return 0
-        case LWS_CALLBACK_WSI_DESTROY:
-            if let raw = lws_get_opaque_user_data(wsi) {
-                lws_set_opaque_user_data(wsi, nil)
-                let connection = Unmanaged<Connection>.fromOpaque(raw).takeRetainedValue()
-                connection.destroyed()
-            }
             return 0
         default:
             break
@@ -224,6 +226,10 @@ public final class EventLoop: @unchecked Sendable {
             }
         }
     }
+}
+
+private final class CallbackTarget: @unchecked Sendable {
+    weak var loop: EventLoop?
 }
 
 /// lws state of one wsi. Lives as the wsi's opaque user data: retained when attached, released on

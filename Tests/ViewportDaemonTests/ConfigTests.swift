@@ -1,0 +1,130 @@
+import Foundation
+import Testing
+@testable import ViewportDaemon
+
+@Suite("Configuration")
+struct ConfigTests {
+    static let shipped = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../../config/viewportd.yaml").standardized.path
+
+    @Test func theShippedFileIsExactlyTheCompiledDefaults() throws {
+        #expect(try Config.load(path: Self.shipped, environment: [:]) == Config())
+        #expect(try Config.load(yaml: nil) == Config())
+    }
+
+    @Test func theShippedFileListsEveryKey() throws {
+        let text = try String(contentsOfFile: Self.shipped, encoding: .utf8)
+        for key in Config.keys {
+            let leaf = key.split(separator: ".").last.map(String.init) ?? key
+            #expect(text.contains("\n\(leaf):") || text.contains("\n  \(leaf):"), "\(key) is in the shipped file")
+        }
+    }
+
+    @Test func fileValuesAreRead() throws {
+        let config = try Config.load(yaml: """
+            listen: 0.0.0.0:9000
+            state_dir: /tmp/vp
+            public_url: https://viewer.example.com/
+            log_level: debug
+            api_keys:
+              - {key: abcdefghijklmnop, organization_id: org_1}
+            screencast: {quality: 60, max_width: 800, max_height: 600}
+            viewer: {queue_frames: 4, token_ttl_seconds: 60}
+            cdp: {retry_seconds: 5}
+            """)
+        #expect(config.listenHost == "0.0.0.0" && config.listenPort == 9000)
+        #expect(config.stateDir == "/tmp/vp" && config.publicURL == "https://viewer.example.com")
+        #expect(config.logLevel == "debug")
+        #expect(config.apiKeys == [.init(key: "abcdefghijklmnop", organizationID: "org_1")])
+        #expect(config.screencastQuality == 60 && config.screencastMaxWidth == 800 && config.screencastMaxHeight == 600)
+        #expect(config.viewerQueueFrames == 4 && config.viewerTokenTTLSeconds == 60 && config.cdpRetrySeconds == 5)
+    }
+
+    @Test func theEnvironmentOverridesTheFile() throws {
+        let config = try Config.load(yaml: "listen: 127.0.0.1:1\nscreencast: {quality: 10}", environment: [
+            "VIEWPORTD_LISTEN": "127.0.0.1:8300", "VIEWPORTD_STATE_DIR": "/srv/vp",
+            "VIEWPORTD_SCREENCAST_QUALITY": "90", "VIEWPORTD_CDP_RETRY_SECONDS": "7",
+            "VIEWPORTD_API_KEY": "env-key-0123456789", "VIEWPORTD_ORGANIZATION_ID": "org_env",
+        ])
+        #expect(config.listenPort == 8300 && config.stateDir == "/srv/vp")
+        #expect(config.screencastQuality == 90 && config.cdpRetrySeconds == 7)
+        #expect(config.apiKeys == [.init(key: "env-key-0123456789", organizationID: "org_env")])
+    }
+
+    @Test(arguments: [
+        ("listen: localhost", "listen"),
+        ("listen: 127.0.0.1:70000", "listen"),
+        ("listen: '[::1]:8200'", "listen"),
+        ("state_dir: ''", "state_dir"),
+        ("public_url: ftp://x", "public_url"),
+        ("log_level: loud", "log_level"),
+        ("api_keys: nope", "api_keys"),
+        ("api_keys: [{key: short, organization_id: a}]", "api_keys[0].key"),
+        ("api_keys: [{key: abcdefghijklmnop, organization_id: 'bad id'}]", "api_keys[0].organization_id"),
+        ("api_keys: [{key: abcdefghijklmnop, organization_id: a, extra: 1}]", "api_keys[0].extra"),
+        ("api_keys: [{key: abcdefghijklmnop, organization_id: a}, {key: abcdefghijklmnop, organization_id: b}]",
+         "api_keys[1].key"),
+        ("viewer_token_secret: tooshort", "viewer_token_secret"),
+        ("screencast: {quality: 0}", "screencast.quality"),
+        ("screencast: {quality: high}", "screencast.quality"),
+        ("screencast: {max_width: 10000}", "screencast.max_width"),
+        ("screencast: {max_height: 8}", "screencast.max_height"),
+        ("screencast: {qualty: 50}", "screencast.qualty"),
+        ("screencast: 5", "screencast"),
+        ("viewer: {queue_frames: 0}", "viewer.queue_frames"),
+        ("viewer: {token_ttl_seconds: 5}", "viewer.token_ttl_seconds"),
+        ("cdp: {retry_seconds: -1}", "cdp.retry_seconds"),
+        ("listn: 127.0.0.1:8200", "listn"),
+        ("- a list", "(file)"),
+        ("listen: [unclosed", "(file)"),
+    ])
+    func anInvalidValueFailsNamingItsKey(yaml: String, key: String) {
+        #expect(throws: ConfigError.self) { try Config.load(yaml: yaml) }
+        do {
+            _ = try Config.load(yaml: yaml)
+        } catch {
+            #expect(error.key == key, "\(yaml) -> \(error)")
+            #expect(error.description.hasPrefix("config key \(key): "))
+        }
+    }
+
+    @Test func anAPIKeyFromTheEnvironmentNeedsItsOrganization() {
+        #expect(throws: ConfigError(key: "VIEWPORTD_ORGANIZATION_ID", "must be set with VIEWPORTD_API_KEY")) {
+            try Config.load(yaml: nil, environment: ["VIEWPORTD_API_KEY": "env-key-0123456789"])
+        }
+        #expect(throws: ConfigError.self) { try Config.load(yaml: nil, environment: ["VIEWPORTD_SCREENCAST_QUALITY": "999"]) }
+    }
+}
+
+@Suite("Viewer tokens and API keys")
+struct AuthTests {
+    let auth = Auth(apiKeys: [.init(key: keyA, organizationID: "org_a")], tokenSecret: Data(repeating: 7, count: 32))
+
+    @Test func aTokenGrantsItsSessionUntilItExpires() throws {
+        let expires = Date().addingTimeInterval(60)
+        let token = auth.viewerToken(sessionID: "pbs_1", expiresAt: expires, control: true)
+        let grant = try auth.verifyViewerToken(token, sessionID: "pbs_1")
+        #expect(grant.sessionID == "pbs_1" && grant.control)
+        #expect(abs(grant.expiresAt.timeIntervalSince(expires)) < 1)
+        #expect(throws: Auth.TokenProblem.expired) {
+            try auth.verifyViewerToken(token, sessionID: "pbs_1", now: expires.addingTimeInterval(1))
+        }
+        #expect(throws: Auth.TokenProblem.otherSession) { try auth.verifyViewerToken(token, sessionID: "pbs_2") }
+    }
+
+    @Test func aTamperedTokenIsRefused() {
+        let token = auth.viewerToken(sessionID: "pbs_1", expiresAt: Date().addingTimeInterval(60))
+        var parts = token.split(separator: ".").map(String.init)
+        parts[2] = String(Int(parts[2])! + 3600)  // later expiry, same signature
+        #expect(throws: Auth.TokenProblem.badSignature) { try auth.verifyViewerToken(parts.joined(separator: "."), sessionID: "pbs_1") }
+        let other = Auth(apiKeys: [], tokenSecret: Data(repeating: 8, count: 32))
+        #expect(throws: Auth.TokenProblem.badSignature) { try other.verifyViewerToken(token, sessionID: "pbs_1") }
+        #expect(throws: Auth.TokenProblem.malformed) { try auth.verifyViewerToken("garbage", sessionID: "pbs_1") }
+    }
+
+    @Test func apiKeysMapToTheirOrganization() {
+        #expect(auth.organization(apiKey: keyA) == "org_a")
+        #expect(auth.organization(apiKey: keyA + "x") == nil)
+        #expect(auth.organization(apiKey: "") == nil)
+    }
+}

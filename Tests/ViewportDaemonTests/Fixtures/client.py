@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Real clients for viewportd's tests: WebSocket viewers (websockets), a viewer that never reads (raw socket),
+and a tiny Chrome DevTools driver. Every command prints one JSON document on stdout."""
+import argparse, asyncio, base64, json, os, socket, struct, sys, time, urllib.request
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+
+def headers_of(args):
+    return dict(h.split(":", 1) for h in (args.header or []))
+
+
+async def one_viewer(args, index):
+    result = {"index": index, "handshake_status": 101, "hello": None, "texts": [], "frames": 0, "sequences": [],
+              "sizes": [], "pages": [], "json_frames": [], "close_code": None, "close_reason": None,
+              "closed_after": None, "frames_per_page": []}
+    start = time.monotonic()
+    try:
+        async with connect(args.url, additional_headers=headers_of(args), max_size=None, open_timeout=10) as ws:
+            for message in args.send or []:
+                await ws.send(message)
+            if args.send_bytes:
+                await ws.send("x" * args.send_bytes)
+            deadline = start + args.seconds
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (args.frames and result["frames"] >= args.frames):
+                    break
+                try:
+                    message = await asyncio.wait_for(ws.recv(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                if isinstance(message, bytes):
+                    magic, seq, captured, w, h = struct.unpack(">4sQQHH", message[:24])
+                    assert magic == b"VPF1", magic
+                    assert message[24:26] == b"\xff\xd8", "payload is not a JPEG"
+                    result["frames"] += 1
+                    result["sequences"].append(seq)
+                    result["sizes"].append([w, h])
+                    result["latency_us"] = time.time() * 1e6 - captured
+                    if result["frames_per_page"]:
+                        result["frames_per_page"][-1] += 1
+                    continue
+                data = json.loads(message)
+                if "screenshot" in data:
+                    jpeg = base64.b64decode(data["screenshot"])
+                    data["screenshot"] = {"bytes": len(jpeg), "is_jpeg": jpeg[:2] == b"\xff\xd8"}
+                    result["json_frames"].append(data)
+                    result["frames"] += 1
+                    continue
+                if data.get("type") == "hello" and result["hello"] is None:
+                    result["hello"] = data
+                elif data.get("type") == "page":
+                    result["pages"].append(data["url"])
+                    result["frames_per_page"].append(0)
+                result["texts"].append(data)
+    except InvalidStatus as error:
+        result["handshake_status"] = error.response.status_code
+        result["body"] = error.response.body.decode(errors="replace")
+        return result
+    except ConnectionClosed as error:
+        pass
+    if "ws" in locals():
+        result["close_code"] = ws.close_code
+        result["close_reason"] = ws.close_reason
+        result["closed_after"] = time.monotonic() - start
+    return result
+
+
+async def watch(args):
+    results = await asyncio.gather(*(one_viewer(args, i) for i in range(args.viewers)))
+    print(json.dumps(results))
+
+
+def stall(args):
+    """Completes the handshake, then never reads: the server's writes back up in the socket."""
+    host, port_path = args.url.split("//", 1)[1].split(":", 1)
+    port, path = port_path.split("/", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers_of(args).items())
+    sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+    status = sock.recv(12).decode()
+    print(json.dumps({"status_line": status}), flush=True)
+    time.sleep(args.seconds)
+    sock.close()
+
+
+async def cdp(args):
+    """Sends one command to the browser endpoint (or to the page whose URL contains --page)."""
+    version = json.load(urllib.request.urlopen(args.address + "/json/version"))
+    url = version["webSocketDebuggerUrl"]
+    if args.page:
+        pages = json.load(urllib.request.urlopen(args.address + "/json/list"))
+        url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page" and args.page in p["url"])
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"id": 1, "method": args.method, "params": json.loads(args.params)}))
+        while True:
+            reply = json.loads(await ws.recv())
+            if reply.get("id") == 1:
+                print(json.dumps(reply))
+                return
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("watch")
+    w.add_argument("url")
+    w.add_argument("--header", action="append")
+    w.add_argument("--viewers", type=int, default=1)
+    w.add_argument("--seconds", type=float, default=3)
+    w.add_argument("--frames", type=int, default=0)
+    w.add_argument("--send", action="append")
+    w.add_argument("--send-bytes", type=int, default=0)
+    s = sub.add_parser("stall")
+    s.add_argument("url")
+    s.add_argument("--header", action="append")
+    s.add_argument("--seconds", type=float, default=10)
+    c = sub.add_parser("cdp")
+    c.add_argument("address")
+    c.add_argument("method")
+    c.add_argument("params", nargs="?", default="{}")
+    c.add_argument("--page")
+    args = parser.parse_args()
+    if args.command == "watch":
+        asyncio.run(watch(args))
+    elif args.command == "stall":
+        stall(args)
+    else:
+        asyncio.run(cdp(args))
+
+
+if __name__ == "__main__":
+    main()
