@@ -65,16 +65,18 @@ let package = Package(
         .executableTarget(
             name: "viewportd-bench",
             dependencies: [
-                "ViewportDaemon", "WebSocketIO",
+                "ViewportDaemon", "WebSocketIO", "ViewportCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings),
 
         .testTarget(name: "ViewportCoreTests", dependencies: ["ViewportCore"], swiftSettings: settings),
+        .testTarget(name: "WebSocketIOTests", dependencies: ["WebSocketIO"], swiftSettings: settings),
+        .testTarget(name: "CDPSourceTests", dependencies: ["CDPSource", "ViewportCore"], swiftSettings: settings),
         .testTarget(
             name: "ViewportDaemonTests",
             dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO"],
-            resources: [.copy("Fixtures")],
+            exclude: ["Fixtures"],
             swiftSettings: settings),
     ]
 )

@@ -183,9 +183,7 @@ public final class CDPSource: @unchecked Sendable {
         connection?.demandChanged(wanted)
     }
 
-    fileprivate func publish(base64 data: String, captureTime: UInt64?, url: String?) -> Bool {
-        guard let decoded = Data(base64Encoded: data) else { return false }
-        let bytes = FrameBytes(copying: decoded)
+    fileprivate func publish(_ bytes: FrameBytes, captureTime: UInt64?, url: String?) -> Bool {
         guard let size = JPEG.dimensions(bytes.bytes) else { return false }
         hub.publish(jpeg: bytes, width: size.width, height: size.height, captureTime: captureTime ?? wallClockMicros(),
                     url: url)
@@ -208,7 +206,8 @@ public final class CDPSource: @unchecked Sendable {
         private var closed = false
         private var outbox: [OutboundMessage] = []
         private var nextID = 1
-        private var replies: [Int: ([String: Any]?) -> Void] = [:]
+        /// Reply handlers: the result, and the decoded `data` when the reply carried an image.
+        private var replies: [Int: ([String: Any]?, FrameBytes?) -> Void] = [:]
         private var tabs: [String: Tab] = [:]
         private var tabOfSession: [String: String] = [:]
         private var pageTarget: [String: String] = [:]  // page session -> page target id
@@ -242,13 +241,14 @@ public final class CDPSource: @unchecked Sendable {
         }
 
         func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
-            guard let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any] else { return }
+            guard let (object, frame) = FrameMessage.parse(message.data) else { return }
             if let id = object["id"] as? Int {
-                replies.removeValue(forKey: id)?(object["result"] as? [String: Any])
+                replies.removeValue(forKey: id)?(object["result"] as? [String: Any], frame)
                 return
             }
             guard let method = object["method"] as? String else { return }
-            handleEvent(method, object["params"] as? [String: Any] ?? [:], session: object["sessionId"] as? String ?? "")
+            handleEvent(method, object["params"] as? [String: Any] ?? [:], frame: frame,
+                        session: object["sessionId"] as? String ?? "")
         }
 
         func nextMessage(for socket: WebSocket) -> OutboundMessage? { outbox.isEmpty ? nil : outbox.removeFirst() }
@@ -264,7 +264,7 @@ public final class CDPSource: @unchecked Sendable {
         // MARK: Commands
 
         private func send(_ method: String, _ params: [String: Any] = [:], session: String = "",
-                          reply: (([String: Any]?) -> Void)? = nil)
+                          reply: (([String: Any]?, FrameBytes?) -> Void)? = nil)
         {
             guard !closed, let socket else { return }
             let id = nextID
@@ -294,11 +294,12 @@ public final class CDPSource: @unchecked Sendable {
 
         // MARK: Events
 
-        private func handleEvent(_ method: String, _ params: [String: Any], session: String) {
+        private func handleEvent(_ method: String, _ params: [String: Any], frame: FrameBytes?, session: String) {
             switch method {
             case "Page.screencastFrame":
+                // Acknowledge at once: Chrome sends the next frame only after the ack.
                 if let frameSession = params["sessionId"] { send("Page.screencastFrameAck", ["sessionId": frameSession], session: session) }
-                frameArrived(params, session: session)
+                if let frame { frameArrived(frame, params, session: session) }
             case "Target.targetCreated", "Target.targetInfoChanged":
                 guard let info = params["targetInfo"] as? [String: Any] else { return }
                 targetInfo(info)
@@ -340,7 +341,7 @@ public final class CDPSource: @unchecked Sendable {
             if tabs[targetID] == nil {
                 order += 1
                 tabs[targetID] = Tab(active: false, activatedAt: 0, order: order)
-                send("Target.attachToTarget", ["targetId": targetID, "flatten": true]) { [weak self] result in
+                send("Target.attachToTarget", ["targetId": targetID, "flatten": true]) { [weak self] result, _ in
                     guard let self, let session = result?["sessionId"] as? String else { return }
                     guard tabs[targetID] != nil else { return }
                     tabs[targetID]?.session = session
@@ -381,7 +382,7 @@ public final class CDPSource: @unchecked Sendable {
                 refreshPageURL()
                 followActiveTab()
             } else {
-                send("Target.getTargets", ["filter": [["type": "tab"]]]) { [weak self] result in
+                send("Target.getTargets", ["filter": [["type": "tab"]]]) { [weak self] result, _ in
                     guard let self else { return }
                     for info in result?["targetInfos"] as? [[String: Any]] ?? [] { targetInfo(info) }
                     followActiveTab()
@@ -434,25 +435,24 @@ public final class CDPSource: @unchecked Sendable {
         private func captureFirstFrame(_ session: String) {
             let before = published
             send("Page.captureScreenshot", ["format": "jpeg", "quality": source.options.quality], session: session) {
-                [weak self] result in
-                guard let self, published == before, streaming == session,
-                      let data = result?["data"] as? String else { return }
-                if source.publish(base64: data, captureTime: nil, url: url(of: session)) { published += 1 }
+                [weak self] _, image in
+                guard let self, published == before, streaming == session, let image else { return }
+                if source.publish(image, captureTime: nil, url: url(of: session)) { published += 1 }
             }
         }
 
-        private func frameArrived(_ params: [String: Any], session: String) {
+        private func frameArrived(_ frame: FrameBytes, _ params: [String: Any], session: String) {
             if session == switchingTo { finishSwitch(to: session) }
-            guard session == streaming, let data = params["data"] as? String else { return }
+            guard session == streaming else { return }
             let metadata = params["metadata"] as? [String: Any]
             let time = (metadata?["timestamp"] as? Double).map { UInt64(max(0, $0) * 1_000_000) }
-            if source.publish(base64: data, captureTime: time, url: url(of: session)) { published += 1 }
+            if source.publish(frame, captureTime: time, url: url(of: session)) { published += 1 }
         }
 
         private func url(of session: String) -> String? { pageTarget[session].flatMap { urls[$0] } }
 
         private func refreshPageURL() {
-            send("Target.getTargetInfo") { [weak self] result in
+            send("Target.getTargetInfo") { [weak self] result, _ in
                 guard let self, let info = result?["targetInfo"] as? [String: Any],
                       let url = info["url"] as? String else { return }
                 urls[""] = url

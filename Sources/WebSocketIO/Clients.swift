@@ -10,7 +10,7 @@ extension EventLoop {
     {
         let endpoint = try Endpoint(url)
         let socket = WebSocket(loop: self, delegate: delegate, maxMessageBytes: maxMessageBytes, request: nil)
-        connect(WebSocketClientConnection(loop: self, socket: socket), to: endpoint, method: nil)
+        connect(WebSocketClientConnection(loop: self, socket: socket, endpoint: endpoint), to: endpoint, method: "RAW")
         return socket
     }
 
@@ -28,11 +28,19 @@ extension EventLoop {
     }
 }
 
+/// A client WebSocket on lws's raw socket role: the upgrade handshake and RFC 6455 framing are done here.
 final class WebSocketClientConnection: Connection, @unchecked Sendable {
     private let socket: WebSocket
+    private let endpoint: Endpoint
+    private let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
+    private var handshakeSent = false
+    private var response: [UInt8]?  // the handshake response until it is complete
+    private var framing: ClientFraming
 
-    init(loop: EventLoop, socket: WebSocket) {
+    init(loop: EventLoop, socket: WebSocket, endpoint: Endpoint) {
         self.socket = socket
+        self.endpoint = endpoint
+        framing = ClientFraming(maxMessageBytes: socket.maxMessageBytes)
         super.init(loop: loop, wsi: nil)
     }
 
@@ -41,18 +49,24 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
     {
         guard let wsi else { return -1 }
         switch reason {
-        case LWS_CALLBACK_CLIENT_ESTABLISHED:
-            socket.opened(wsi)
+        case LWS_CALLBACK_RAW_CONNECTED:
+            response = []
+            lws_callback_on_writable(wsi)
             return 0
-        case LWS_CALLBACK_CLIENT_RECEIVE:
-            return socket.receive(wsi, input, length)
-        case LWS_CALLBACK_CLIENT_WRITEABLE:
-            return socket.writable(wsi, client: true)
-        case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-            socket.peerInitiatedClose(input, length)
-            return 0
-        case LWS_CALLBACK_CLIENT_CLOSED:
-            socket.closed()
+        case LWS_CALLBACK_RAW_WRITEABLE:
+            if !handshakeSent {
+                handshakeSent = true
+                let request = "GET \(endpoint.path) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUpgrade: websocket\r\n"
+                    + "Connection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n"
+                    + "User-Agent: viewportd\r\n\r\n"
+                return socket.writeRaw(wsi, Array(request.utf8)) ? 0 : -1
+            }
+            return socket.isOpen ? socket.writable(wsi) : 0
+        case LWS_CALLBACK_RAW_RX:
+            guard let input, length > 0 else { return 0 }
+            return receive(wsi, UnsafeRawBufferPointer(start: input, count: length))
+        case LWS_CALLBACK_RAW_CLOSE:
+            socket.closed(error: socket.isOpen ? nil : "connection closed during the WebSocket handshake")
             return 0
         case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
             socket.closed(error: Self.errorText(input, length) ?? "connection failed")
@@ -60,6 +74,64 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
         default:
             return lws_callback_http_dummy(wsi, reason, user, input, length)
         }
+    }
+
+    private func receive(_ wsi: OpaquePointer, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        var bytes = bytes
+        if var head = response {
+            head += bytes
+            guard let end = head.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound else {
+                if head.count > 16384 { socket.closed(error: "WebSocket handshake response too long"); return -1 }
+                response = head
+                return 0
+            }
+            response = nil
+            if let problem = checkHandshake(String(decoding: head[..<end], as: UTF8.self)) {
+                socket.closed(error: problem)
+                return -1
+            }
+            socket.opened(wsi)
+            let rest = head[end...]
+            guard !rest.isEmpty else { return 0 }
+            return rest.withUnsafeBytes { consume(wsi, $0) }
+        }
+        return consume(wsi, bytes)
+    }
+
+    private func consume(_ wsi: OpaquePointer, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        do {
+            for event in try framing.consume(bytes) {
+                switch event {
+                case .message(let message): socket.deliver(message)
+                case .control(let opcode, let payload): socket.control(opcode: opcode, payload: payload)
+                }
+                guard socket.isOpen else { return 0 }
+            }
+            return 0
+        } catch .tooBig {
+            socket.close(code: 1009, reason: "message too big")
+            return 0
+        } catch {
+            socket.close(code: 1002, reason: "protocol error")
+            return 0
+        }
+    }
+
+    /// Nil when the response accepts the upgrade, else why not.
+    private func checkHandshake(_ head: String) -> String? {
+        let lines = head.split(separator: "\r\n")
+        guard let status = lines.first, status.split(separator: " ").dropFirst().first == "101" else {
+            return "WebSocket handshake refused: \(lines.first ?? "no status line")"
+        }
+        var digest = [UInt8](repeating: 0, count: 20)
+        let material = Array((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8)
+        vpd_sha1(material, material.count, &digest)
+        let expected = Data(digest).base64EncodedString()
+        let accept = lines.dropFirst().first { $0.lowercased().hasPrefix("sec-websocket-accept:") }
+        guard accept?.split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces) == expected else {
+            return "WebSocket handshake without a valid Sec-WebSocket-Accept"
+        }
+        return nil
     }
 
     override func destroyed() {

@@ -63,12 +63,14 @@ public final class EventLoop: @unchecked Sendable {
             EventLoop.dispatch(wsi, reason, user, input, length)
         }
         protocols[0].rx_buffer_size = 64 * 1024
+        // lws sends at most this much per send(); a whole frame in one call spares a poll round per viewer.
+        protocols[0].tx_packet_size = 1 << 20
 
         var info = lws_context_creation_info()
         info.protocols = UnsafePointer(protocols)
         info.port = Int32(configuration.port ?? -1)  // CONTEXT_PORT_NO_LISTEN is -1
         info.max_http_header_data = 8192
-        info.pt_serv_buf_size = 64 * 1024
+        info.pt_serv_buf_size = 256 * 1024  // bytes read per recv(): a 100 kB screencast frame in one call
         info.timeout_secs = 20
         info.connect_timeout_secs = 5
         info.ka_time = 60

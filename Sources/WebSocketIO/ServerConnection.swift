@@ -68,7 +68,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
         case LWS_CALLBACK_RECEIVE:
             return webSocket?.receive(wsi, input, length) ?? -1
         case LWS_CALLBACK_SERVER_WRITEABLE:
-            return webSocket?.writable(wsi, client: false) ?? -1
+            return webSocket?.writable(wsi) ?? -1
         case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
             webSocket?.peerInitiatedClose(input, length)
             return 0

@@ -1,0 +1,81 @@
+import Foundation
+import ViewportCore
+
+/// Fast handling of the CDP messages that carry a frame (`Page.screencastFrame`, `Page.captureScreenshot`
+/// replies): their `data` is a base64 JPEG of up to hundreds of kB, which a general JSON parser would turn into a
+/// string and then decode again. Here the value is cut out of the raw bytes and decoded once, straight into the
+/// frame's buffer; only the small rest of the message goes through the JSON parser.
+enum FrameMessage {
+    /// The message as JSON (with `data` emptied when it was cut out) and the decoded `data`, if any.
+    static func parse(_ message: Data) -> (object: [String: Any], frame: FrameBytes?)? {
+        guard let (start, end) = dataValueRange(message) else {
+            return (try? JSONSerialization.jsonObject(with: message) as? [String: Any]).map { ($0, nil) }
+        }
+        var rest = Data(capacity: message.count - (end - start))
+        rest.append(message[message.startIndex..<message.startIndex + start])
+        rest.append(message[message.startIndex + end..<message.endIndex])
+        guard let object = try? JSONSerialization.jsonObject(with: rest) as? [String: Any] else { return nil }
+        let frame = message.withUnsafeBytes { Base64.decode(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+        return (object, frame)
+    }
+
+    /// Offsets of the characters between the quotes of the first `"data":"..."` value.
+    private static func dataValueRange(_ message: Data) -> (Int, Int)? {
+        let key = Array(#""data":""#.utf8)
+        return message.withUnsafeBytes { bytes -> (Int, Int)? in
+            guard bytes.count > key.count, let base = bytes.baseAddress else { return nil }
+            var index = 0
+            while let found = memchr(base + index, Int32(key[0]), bytes.count - index - key.count) {
+                let at = base.distance(to: UnsafeRawPointer(found))
+                if memcmp(found, key, key.count) == 0 {
+                    let start = at + key.count
+                    // Base64 has no quote; an escaped quote would not be a base64 value anyway.
+                    guard let close = memchr(base + start, Int32(UInt8(ascii: "\"")), bytes.count - start) else { return nil }
+                    return (start, base.distance(to: UnsafeRawPointer(close)))
+                }
+                index = at + 1
+                if index + key.count >= bytes.count { return nil }
+            }
+            return nil
+        }
+    }
+}
+
+/// Standard base64 decoding into a new frame buffer.
+enum Base64 {
+    private static let table: [UInt8] = {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (index, character) in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8.enumerated() {
+            table[Int(character)] = UInt8(index)
+        }
+        return table
+    }()
+
+    /// The decoded bytes, or nil when `text` is not padded base64 (escapes included).
+    static func decode(_ text: UnsafeRawBufferPointer) -> FrameBytes? {
+        let count = text.count
+        guard count % 4 == 0, count > 0 else { return nil }
+        let padding = (text[count - 1] == UInt8(ascii: "=") ? 1 : 0) + (text[count - 2] == UInt8(ascii: "=") ? 1 : 0)
+        let output = FrameBytes(count: count / 4 * 3 - padding)
+        let out = output.payload.assumingMemoryBound(to: UInt8.self)
+        let ok = table.withUnsafeBufferPointer { table -> Bool in
+            var o = 0
+            var i = 0
+            while i < count {
+                let a = table[Int(text[i])], b = table[Int(text[i + 1])]
+                let last = i + 4 == count
+                let c = last && padding == 2 ? 0 : table[Int(text[i + 2])]
+                let d = last && padding >= 1 ? 0 : table[Int(text[i + 3])]
+                if (a | b | c | d) & 0xC0 != 0 { return false }
+                let triple = UInt32(a) << 18 | UInt32(b) << 12 | UInt32(c) << 6 | UInt32(d)
+                out[o] = UInt8(truncatingIfNeeded: triple >> 16)
+                if o + 1 < output.count { out[o + 1] = UInt8(truncatingIfNeeded: triple >> 8) }
+                if o + 2 < output.count { out[o + 2] = UInt8(truncatingIfNeeded: triple) }
+                o += 3
+                i += 4
+            }
+            return true
+        }
+        return ok ? output : nil
+    }
+}

@@ -1,1 +1,0 @@
-// The fan-out benchmark comes in the next commit.

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what viewportd needs on Debian 12: the C libraries it links, Chromium for the demo and the
+# tests, and a Python venv (.venv) with the real WebSocket client the tests use. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  pkg-config libwebsockets-dev libsqlite3-dev   # build
+  chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
+  python3-venv                                  # test clients
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" = "--with-test-clients" ] && ! .venv/bin/python -c "import websockets" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet "websockets>=14,<18"
+fi
