@@ -19,13 +19,14 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
-        .package(url: "https://github.com/apple/swift-crypto.git", "3.0.0"..<"5.0.0"),
     ],
     targets: [
         // C shims: one per C library, each imported by exactly one Swift module.
         .systemLibrary(
             name: "CWebSockets", path: "Sources/CWebSockets", pkgConfig: "libwebsockets",
             providers: [.apt(["libwebsockets-dev"])]),
+        .systemLibrary(
+            name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         // Frames, the frame hub and the session model. Imports nothing local.
         .target(name: "ViewportCore", swiftSettings: settings),
@@ -50,12 +51,11 @@ let package = Package(
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: settings),
         .executableTarget(

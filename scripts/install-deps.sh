@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  pkg-config libwebsockets-dev libsqlite3-dev   # build
+  pkg-config libwebsockets-dev libssl-dev libsqlite3-dev   # build
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
   python3-venv                                  # test clients
 )

@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import Synchronization
 
@@ -17,16 +16,16 @@ final class Auth: Sendable {
 
     enum TokenProblem: Error, Equatable { case malformed, badSignature, expired, otherSession }
 
-    private let organizations: Mutex<[SHA256Digest: String]>
-    private let tokenKey: SymmetricKey
+    private let organizations: Mutex<[Data: String]>
+    private let tokenKey: Data
 
     init(apiKeys: [Config.APIKey], tokenSecret: Data) {
         organizations = Mutex(Self.index(apiKeys))
-        tokenKey = SymmetricKey(data: tokenSecret)
+        tokenKey = tokenSecret
     }
 
-    private static func index(_ keys: [Config.APIKey]) -> [SHA256Digest: String] {
-        Dictionary(keys.map { (SHA256.hash(data: Data($0.key.utf8)), $0.organizationID) }, uniquingKeysWith: { a, _ in a })
+    private static func index(_ keys: [Config.APIKey]) -> [Data: String] {
+        Dictionary(keys.map { (Digest.sha256(Data($0.key.utf8)), $0.organizationID) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// Replaces the API keys (on reload).
@@ -34,7 +33,7 @@ final class Auth: Sendable {
 
     /// The organization of an API key, or nil for an unknown key.
     func organization(apiKey: String) -> String? {
-        let digest = SHA256.hash(data: Data(apiKey.utf8))
+        let digest = Digest.sha256(Data(apiKey.utf8))
         return organizations.withLock { $0[digest] }
     }
 
@@ -52,7 +51,7 @@ final class Auth: Sendable {
         }
         let body = parts[0..<4].joined(separator: ".")
         guard let presented = Data(base64URL: parts[4]),
-              HMAC<SHA256>.isValidAuthenticationCode(presented, authenticating: Data(body.utf8), using: tokenKey)
+              Digest.constantTimeEqual(presented, Digest.hmacSHA256(key: tokenKey, Data(body.utf8)))
         else { throw .badSignature }
         let expiresAt = Date(timeIntervalSince1970: Double(expires))
         guard expiresAt > now else { throw .expired }
@@ -61,7 +60,7 @@ final class Auth: Sendable {
     }
 
     private func signature(_ body: String) -> String {
-        Data(HMAC<SHA256>.authenticationCode(for: Data(body.utf8), using: tokenKey)).base64URLEncoded()
+        Digest.hmacSHA256(key: tokenKey, Data(body.utf8)).base64URLEncoded()
     }
 
     /// The token secret from the config, else the one in the state directory, generated on first start.
@@ -69,7 +68,7 @@ final class Auth: Sendable {
         if let secret = config.viewerTokenSecret { return Data(secret.utf8) }
         let path = URL(fileURLWithPath: config.stateDir).appendingPathComponent("viewer-token.key").path
         if let existing = FileManager.default.contents(atPath: path), existing.count >= 32 { return existing }
-        let secret = Data(SymmetricKey(size: .bits256).withUnsafeBytes { Array($0) })
+        let secret = Digest.randomBytes(32)
         guard FileManager.default.createFile(atPath: path, contents: secret, attributes: [.posixPermissions: 0o600]) else {
             throw DaemonError("cannot write \(path)")
         }

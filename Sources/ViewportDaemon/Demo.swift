@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 public import Logging
 
@@ -9,7 +8,7 @@ public enum Demo {
     public static func run(config: Config, logger: Logger) async throws {
         var config = config
         if config.apiKeys.isEmpty {
-            let key = "vpd_demo_" + Data(SymmetricKey(size: .bits128).withUnsafeBytes { Array($0) }).base64URLEncoded()
+            let key = "vpd_demo_" + Digest.randomBytes(16).base64URLEncoded()
             config.apiKeys = [Config.APIKey(key: key, organizationID: "org_demo")]
         }
         let apiKey = config.apiKeys[0]

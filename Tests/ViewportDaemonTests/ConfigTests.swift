@@ -128,3 +128,18 @@ struct AuthTests {
         #expect(auth.organization(apiKey: "") == nil)
     }
 }
+
+@Suite("Digests")
+struct DigestTests {
+    @Test func matchKnownAnswers() {
+        func hex(_ data: Data) -> String { data.map { String(format: "%02x", $0) }.joined() }
+        // FIPS 180-2 "abc"; RFC 4231 test case 2.
+        #expect(hex(Digest.sha256(Data("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(hex(Digest.hmacSHA256(key: Data("Jefe".utf8), Data("what do ya want for nothing?".utf8)))
+                == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        #expect(Digest.constantTimeEqual(Data([1, 2, 3]), Data([1, 2, 3])))
+        #expect(!Digest.constantTimeEqual(Data([1, 2, 3]), Data([1, 2, 4])))
+        #expect(!Digest.constantTimeEqual(Data([1, 2]), Data([1, 2, 3])))
+        #expect(Digest.randomBytes(32) != Digest.randomBytes(32))
+    }
+}
