@@ -14,6 +14,7 @@ public final class Chromium: Sendable {
         guard let binary = findBinary() else {
             throw DaemonError("no Chromium found: install the chromium package or set VIEWPORTD_CHROMIUM")
         }
+        killOrphans()
         let profile = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-chromium-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: profile, withIntermediateDirectories: true)
         let process = Process()
@@ -70,6 +71,24 @@ public final class Chromium: Sendable {
     }
 
     deinit { terminate() }
+
+    /// Kills browsers an earlier process launched here and left behind when it died (their parent is now init).
+    private static func killOrphans() {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                  let commandLine = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"),
+                  let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")")
+            else { continue }
+            let arguments = String(decoding: commandLine, as: UTF8.self)
+            let parent = stat[stat.index(after: close)...].split(separator: " ").dropFirst().first
+            if parent == "1", arguments.contains("--user-data-dir=" + FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-chromium-").path),
+               !arguments.contains("--type=")
+            {
+                Foundation.kill(pid, SIGKILL)
+            }
+        }
+    }
 
     private static func findBinary() -> String? {
         let environment = ProcessInfo.processInfo.environment
