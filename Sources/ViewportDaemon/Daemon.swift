@@ -38,7 +38,7 @@ public final class Daemon: Sendable {
         do {
             loop = try EventLoop(.init(host: config.listenHost, port: config.listenPort, customHeaders: ["x-api-key"]))
         } catch {
-            throw DaemonError("cannot listen on \(config.listenHost):\(config.listenPort): \(error)")
+            throw DaemonError("\(error)")
         }
         port = loop.port ?? config.listenPort
         if config.publicURL == nil {

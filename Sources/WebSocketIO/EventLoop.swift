@@ -83,8 +83,7 @@ public final class EventLoop: @unchecked Sendable {
         info.iface = UnsafePointer(host)
         info.user = Unmanaged.passUnretained(callbackTarget).toOpaque()
         guard let context = lws_create_context(&info) else {
-            protocols.deallocate()
-            free(protocolName)
+            // deinit still runs for a fully initialised object that throws: it frees the protocols.
             throw NetworkError(
                 "cannot listen on \(configuration.host):\(configuration.port.map(String.init) ?? "-") (address in use or not local)")
         }
