@@ -37,8 +37,7 @@ public final class ViewerGateway: @unchecked Sendable {
     /// Accepts an authenticated viewer of `hub`; call from the upgrade callback.
     public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int) -> WebSocketUpgrade {
         guard !closingAll else {
-            return .reject(HTTPResponse(status: 503, contentType: "application/json",
-                                        body: Data(#"{"detail":"viewportd is shutting down"}"#.utf8)))
+            return .reject(.json(503, ["detail": "viewportd is shutting down"]))
         }
         let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames)
         return .accept(viewer, maxMessageBytes: Self.maxInboundMessageBytes)
@@ -64,9 +63,19 @@ public final class ViewerGateway: @unchecked Sendable {
         while viewerCount > 0, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
-    fileprivate func opened(_ viewer: Viewer) { viewers.withLock { $0[ObjectIdentifier(viewer)] = viewer } }
+    fileprivate func opened(_ viewer: Viewer) {
+        viewers.withLock { $0[ObjectIdentifier(viewer)] = viewer }
+        logger.debug("viewer joined", metadata: ["browser_session_id": "\(viewer.sessionID)", "format": "\(viewer.format.rawValue)"])
+    }
 
-    fileprivate func closed(_ viewer: Viewer) {
+    fileprivate func closed(_ viewer: Viewer, code: UInt16?, stats: FrameSubscription.Stats?) {
+        var metadata: Logger.Metadata = ["browser_session_id": "\(viewer.sessionID)", "close_code": "\(code.map(String.init) ?? "none")"]
+        if let stats {
+            metadata["frames_sent"] = "\(stats.delivered)"
+            metadata["frames_skipped"] = "\(stats.dropped)"
+        }
+        // A viewer that skipped frames was slower than the source: worth a line at info.
+        logger.log(level: (stats?.dropped ?? 0) > 0 ? .info : .debug, "viewer left", metadata: metadata)
         let sessionWatched = viewers.withLock { viewers in
             viewers[ObjectIdentifier(viewer)] = nil
             return viewers.values.contains { $0.sessionID == viewer.sessionID }
@@ -173,9 +182,10 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     }
 
     func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
+        let stats = subscription?.stats
         subscription?.cancel()
         subscription = nil
-        gateway.closed(self)
+        gateway.closed(self, code: code, stats: stats)
     }
 
     private func announce(_ status: StreamStatus) {

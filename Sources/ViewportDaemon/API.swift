@@ -227,13 +227,6 @@ final class API: HTTPServerDelegate {
 }
 
 extension HTTPResponse {
-    static func json(_ status: Int, _ object: Any) -> HTTPResponse {
-        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
-            ?? Data()
-        return HTTPResponse(status: status, contentType: "application/json", headers: [("cache-control", "no-store")],
-                            body: body)
-    }
-
     static func html(_ status: Int, _ html: String) -> HTTPResponse {
         HTTPResponse(status: status, contentType: "text/html; charset=utf-8",
                      headers: [("cache-control", "no-store"), ("referrer-policy", "no-referrer"),

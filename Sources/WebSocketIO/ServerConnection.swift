@@ -41,7 +41,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
             guard case .readingBody(let request, let tooLarge) = state else { return 0 }
             if tooLarge {
                 let limit = loop.configuration.maxRequestBodyBytes
-                respond(.json(status: 413, ["detail": "request body is larger than \(limit) bytes"]), head: false)
+                respond(.json(413, ["detail": "request body is larger than \(limit) bytes"]), head: false)
             } else {
                 dispatch(request)
             }
@@ -92,7 +92,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
         let current = transaction
         state = .waiting(transaction: current)
         guard let server = loop.server else {
-            respond(.json(status: 503, ["detail": "not ready"]), head: false)
+            respond(.json(503, ["detail": "not ready"]), head: false)
             return
         }
         let head = request.method == "HEAD"
@@ -250,6 +250,14 @@ final class ServerConnection: Connection, @unchecked Sendable {
 }
 
 extension HTTPResponse {
+    /// A JSON response (keys sorted, slashes unescaped), not cached.
+    public static func json(_ status: Int, _ object: Any) -> HTTPResponse {
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
+        return HTTPResponse(status: status, contentType: "application/json", headers: [("cache-control", "no-store")],
+                            body: body)
+    }
+
     static func reasonPhrase(_ status: Int) -> String {
         switch status {
         case 400: "Bad Request"
@@ -261,12 +269,6 @@ extension HTTPResponse {
         case 503: "Service Unavailable"
         default: "Error"
         }
-    }
-
-    /// A JSON response from a string dictionary (for the network layer's own errors).
-    static func json(status: Int, _ object: [String: String]) -> HTTPResponse {
-        let body = (try? JSONSerialization.data(withJSONObject: object)) ?? Data()
-        return HTTPResponse(status: status, contentType: "application/json", body: body)
     }
 }
 
