@@ -72,7 +72,10 @@ let package = Package(
 
         .testTarget(name: "ViewportCoreTests", dependencies: ["ViewportCore"], swiftSettings: settings),
         .testTarget(name: "WebSocketIOTests", dependencies: ["WebSocketIO"], swiftSettings: settings),
-        .testTarget(name: "CDPSourceTests", dependencies: ["CDPSource", "ViewportCore"], swiftSettings: settings),
+        .testTarget(
+            name: "CDPSourceTests",
+            dependencies: ["CDPSource", "ViewportCore", "WebSocketIO", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings),
         .testTarget(
             name: "ViewportDaemonTests",
             dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO"],

@@ -44,6 +44,7 @@ public final class CDPSource: @unchecked Sendable {
         var order: Int
         var session: String?
         var pageSession: String?
+        var attaching = false
     }
 
     private let address: String
@@ -83,18 +84,19 @@ public final class CDPSource: @unchecked Sendable {
 
     /// Connects and starts following the browser.
     public func start() {
-        hub.onDemandChange { [weak self] wanted in
+        hub.onDemandChange { [weak self] _ in
             guard let self else { return }
-            loop.execute { self.demandChanged(wanted) }
+            // Read the demand again on the service thread: a value carried across threads can be stale.
+            loop.execute { self.demandChanged(self.hub.consumerCount > 0) }
         }
         loop.execute { self.connect() }
     }
 
-    /// Stops capturing and closes the connection. No state change is reported afterwards.
+    /// Closes the connection (Chrome ends the screencasts of a detached client). No state change is reported
+    /// afterwards.
     public func stop() {
         loop.execute {
             self.stopped = true
-            self.connection?.stopScreencasts()
             self.socket?.close(code: 1000, reason: "viewportd session ended")
         }
     }
@@ -297,6 +299,11 @@ public final class CDPSource: @unchecked Sendable {
         private func handleEvent(_ method: String, _ params: [String: Any], frame: FrameBytes?, session: String) {
             switch method {
             case "Page.screencastFrame":
+                guard session == streaming || session == switchingTo else {
+                    // A screencast nobody wants any more (a late frame of a stopped one): make sure it stops.
+                    send("Page.stopScreencast", session: session)
+                    return
+                }
                 // Acknowledge at once: Chrome sends the next frame only after the ack.
                 if let frameSession = params["sessionId"] { send("Page.screencastFrameAck", ["sessionId": frameSession], session: session) }
                 if let frame { frameArrived(frame, params, session: session) }
@@ -341,16 +348,23 @@ public final class CDPSource: @unchecked Sendable {
             if tabs[targetID] == nil {
                 order += 1
                 tabs[targetID] = Tab(active: false, activatedAt: 0, order: order)
-                send("Target.attachToTarget", ["targetId": targetID, "flatten": true]) { [weak self] result, _ in
-                    guard let self, let session = result?["sessionId"] as? String else { return }
-                    guard tabs[targetID] != nil else { return }
-                    tabs[targetID]?.session = session
-                    tabOfSession[session] = targetID
-                    send("Target.setAutoAttach", ["autoAttach": true, "waitForDebuggerOnStart": false, "flatten": true],
-                         session: session)
-                }
             }
+            if let tab = tabs[targetID], tab.session == nil, !tab.attaching { attach(tab: targetID) }
             setActive(targetID, active)
+        }
+
+        /// Attaches to a tab and auto-attaches to its page; a failed attempt is retried on the next poll.
+        private func attach(tab targetID: String) {
+            tabs[targetID]?.attaching = true
+            send("Target.attachToTarget", ["targetId": targetID, "flatten": true]) { [weak self] result, _ in
+                guard let self, tabs[targetID] != nil else { return }
+                tabs[targetID]?.attaching = false
+                guard let session = result?["sessionId"] as? String else { return }
+                tabs[targetID]?.session = session
+                tabOfSession[session] = targetID
+                send("Target.setAutoAttach", ["autoAttach": true, "waitForDebuggerOnStart": false, "flatten": true],
+                     session: session)
+            }
         }
 
         private func setActive(_ tabID: String, _ active: Bool) {
@@ -407,6 +421,11 @@ public final class CDPSource: @unchecked Sendable {
         /// Starts the screencast on the active tab before stopping the old one, so viewers see no gap.
         private func followActiveTab() {
             guard demand, let target = activePageSession, target != switchingTo else { return }
+            // A switch that the active tab has since moved away from (A→B→C, or back A→B→A) is abandoned.
+            if let abandoned = switchingTo {
+                send("Page.stopScreencast", session: abandoned)
+                switchingTo = nil
+            }
             if streaming == nil {
                 streaming = target
                 startScreencast(target)

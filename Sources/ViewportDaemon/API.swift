@@ -181,10 +181,14 @@ final class API: HTTPServerDelegate {
         } else {
             return .reject(.json(401, ["detail": "missing credentials: an x-api-key header or a ?token= viewer token"]))
         }
-        guard let (owner, hub) = sessions.hubForViewer(id: id), organization == nil || organization == owner else {
+        switch sessions.hubForViewer(id: id) {
+        case .found(let owner, let hub) where organization == nil || organization == owner:
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames)
+        case .unavailable:
+            return .reject(.json(503, ["detail": "browser session \(id) is not attached yet; retry shortly"]))
+        case .found, .notFound:
             return .reject(.json(404, ["detail": "browser session \(id) not found"]))
         }
-        return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames)
     }
 
     // MARK: - Helpers

@@ -59,6 +59,7 @@ public final class Daemon: Sendable {
             SessionService(sessions: sessions),
             ViewerService(gateway: gateway),
         ]
+        try sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
         self.group.withLock { $0 = group }
         if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
@@ -112,12 +113,11 @@ private struct LoopService: Service {
     }
 }
 
-/// Re-attaches sessions on start, enforces timeouts, stops sources on shutdown.
+/// Enforces session timeouts; stops sources on shutdown.
 private struct SessionService: Service {
     let sessions: Sessions
 
     func run() async throws {
-        try sessions.reattach()
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             sessions.closeExpired()

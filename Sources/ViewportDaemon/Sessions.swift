@@ -17,22 +17,41 @@ struct APIError: Error, Equatable {
 }
 
 /// The open sessions: each with its frame hub and its source. The registry is in memory (viewers look sessions
-/// up on the service thread and must not wait for SQLite); every change is written to the store, in order.
+/// up on the service thread and should not wait for SQLite); every change is written to the store, in order.
 final class Sessions: Sendable {
-    /// State of one open session. `@unchecked Sendable`: mutated only under `Sessions.open`'s lock.
+    /// One open session. `@unchecked Sendable`: `record` is read and written only under `Sessions.state`'s lock.
     private final class Open: @unchecked Sendable {
         var record: SessionRecord
-        let hub = FrameHub()
-        var source: CDPSource?
-        init(_ record: SessionRecord) { self.record = record }
+        let hub: FrameHub
+        let source: CDPSource
+        init(record: SessionRecord, hub: FrameHub, source: CDPSource) {
+            self.record = record
+            self.hub = hub
+            self.source = source
+        }
     }
 
-    private let open = Mutex<[String: Open]>([:])
+    private struct State {
+        var open: [String: Open] = [:]
+        /// Sessions that just ended, until their final record is in the store.
+        var ended: [String: SessionRecord] = [:]
+    }
+
+    /// What a viewer of a session id finds.
+    enum ViewerLookup {
+        case found(organizationID: String, hub: FrameHub)
+        case notFound
+        /// Open in the store but not attached in this process (yet).
+        case unavailable
+    }
+
+    private let state = Mutex(State())
     private let store: Store
     private let loop: EventLoop
     private let config: Config
     private let logger: Logger
-    /// Store writes run here one after another, so they land in the order the changes happened.
+    /// Store writes run here one after another; they are queued under the state lock, so they land in the order
+    /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
 
     init(store: Store, loop: EventLoop, config: Config, logger: Logger) {
@@ -52,33 +71,47 @@ final class Sessions: Sendable {
         let record = SessionRecord(id: id ?? Self.newID(), organizationID: organizationID, status: .created,
                                    createdAt: now, modifiedAt: now, timeoutMinutes: timeoutMinutes,
                                    browserAddress: browserAddress)
-        do {
-            try await persisted { try self.store.insert(record) }
-        } catch Store.Failure.duplicateSession(let id) {
-            throw APIError(409, "browser session \(id) already exists")
-        } catch {
+        let duplicate = APIError(409, "browser session \(record.id) already exists")
+        if (try? store.session(id: record.id)) != nil { throw duplicate }
+        let session = makeSession(record)
+        // Published and queued for insertion under one lock, so later changes are written after the insert.
+        let result: Result<Void, any Error>? = await withCheckedContinuation { continuation in
+            let published = state.withLock { state -> Bool in
+                guard state.open[record.id] == nil, state.ended[record.id] == nil else { return false }
+                state.open[record.id] = session
+                writes.async { [store] in continuation.resume(returning: Result { try store.insert(record) }) }
+                return true
+            }
+            if !published { continuation.resume(returning: nil) }
+        }
+        guard let result else { throw duplicate }
+        if case .failure(let error) = result {
+            state.withLock { $0.open[record.id] = nil }
+            if error is Store.Failure { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
             throw APIError(503, "cannot store the session: \(error)")
         }
-        let session = Open(record)
-        open.withLock { $0[record.id] = session }
-        start(session)
+        // A close that came in meanwhile wins: its session is no longer open and is not started.
+        if state.withLock({ $0.open[record.id] === session }) { session.source.start() }
         logger.info("session created", metadata: ["browser_session_id": "\(record.id)", "organization_id": "\(organizationID)"])
         return record
     }
 
     /// The session if it exists and belongs to `organizationID`.
     func session(id: String, organizationID: String) throws(APIError) -> SessionRecord {
-        let record = open.withLock { $0[id]?.record } ?? (try? store.session(id: id)) ?? nil
-        guard let record, record.organizationID == organizationID else {
+        guard let record = lookup(id), record.organizationID == organizationID else {
             throw APIError(404, "browser session \(id) not found")
         }
         return record
     }
 
+    private func lookup(_ id: String) -> SessionRecord? {
+        state.withLock { $0.open[id]?.record ?? $0.ended[id] } ?? (try? store.session(id: id)) ?? nil
+    }
+
     /// Open sessions of `organizationID`, newest first.
     func active(organizationID: String) -> [SessionRecord] {
-        open.withLock { $0.values.map(\.record) }.filter { $0.organizationID == organizationID }
+        state.withLock { $0.open.values.map(\.record) }.filter { $0.organizationID == organizationID }
             .sorted { $0.createdAt > $1.createdAt }
     }
 
@@ -86,38 +119,44 @@ final class Sessions: Sendable {
     func close(id: String, organizationID: String) async throws(APIError) -> SessionRecord {
         let record = try session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
-        let closed = finish(id, .closed, reason: nil) ?? record
+        let closed = finish(id, .closed, reason: nil) ?? lookup(id) ?? record
         await flushWrites()
         return closed
     }
 
     /// The organization and hub a viewer of `id` reads. A session that has ended gets a hub that says so.
-    func hubForViewer(id: String) -> (organizationID: String, hub: FrameHub)? {
-        if let session = open.withLock({ $0[id] }) { return (session.record.organizationID, session.hub) }
-        guard let record = try? store.session(id: id) else { return nil }
+    /// Sessions that ended long ago are read from the store (a rare, small read on the service thread).
+    func hubForViewer(id: String) -> ViewerLookup {
+        let (open, ended) = state.withLock { state in
+            (state.open[id].map { ($0.record.organizationID, $0.hub) }, state.ended[id])
+        }
+        if let (organization, hub) = open { return .found(organizationID: organization, hub: hub) }
+        guard let record = ended ?? (try? store.session(id: id)) ?? nil else { return .notFound }
+        if record.status.isActive { return .unavailable }
         let hub = FrameHub()
         hub.setStatus(record.status == .failed ? .failed(reason: record.failureReason ?? "failed") : .closed)
-        return (record.organizationID, hub)
+        return .found(organizationID: record.organizationID, hub: hub)
     }
 
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
-    func hub(id: String) -> FrameHub? { open.withLock { $0[id]?.hub } }
+    func hub(id: String) -> FrameHub? { state.withLock { $0.open[id]?.hub } }
 
     // MARK: - Lifecycle
 
-    /// Re-attaches every session left open by the previous run.
+    /// Re-attaches every session left open by the previous run. Called before the listener serves, so a viewer
+    /// never finds an open session missing.
     func reattach() throws {
         for record in try store.activeSessions() {
-            let session = Open(record)
-            open.withLock { $0[record.id] = session }
-            start(session)
+            let session = makeSession(record)
+            state.withLock { $0.open[record.id] = session }
+            session.source.start()
             logger.info("re-attaching session", metadata: ["browser_session_id": "\(record.id)"])
         }
     }
 
     /// Closes sessions whose timeout has passed.
     func closeExpired(now: Date = Date()) {
-        let expired = open.withLock { $0.values.filter { $0.record.expiresAt <= now }.map(\.record.id) }
+        let expired = state.withLock { $0.open.values.filter { $0.record.expiresAt <= now }.map(\.record.id) }
         for id in expired {
             logger.info("session timed out", metadata: ["browser_session_id": "\(id)"])
             finish(id, .closed, reason: nil)
@@ -126,32 +165,32 @@ final class Sessions: Sendable {
 
     /// Stops every source, leaving the sessions open in the store so the next start re-attaches them.
     func stopAll() async {
-        for session in open.withLock({ Array($0.values) }) { session.source?.stop() }
+        for session in state.withLock({ Array($0.open.values) }) { session.source.stop() }
         await flushWrites()
     }
 
-    private func start(_ session: Open) {
-        let id = session.record.id
+    private func makeSession(_ record: SessionRecord) -> Open {
+        let id = record.id
         var options = CDPSource.Options()
         options.quality = config.screencastQuality
         options.maxWidth = config.screencastMaxWidth
         options.maxHeight = config.screencastMaxHeight
         options.retryWindow = Double(config.cdpRetrySeconds)
-        let source = CDPSource(address: session.record.browserAddress, hub: session.hub, loop: loop, options: options,
+        let hub = FrameHub()
+        let source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id)) { [weak self] state in
             self?.sourceChanged(id: id, state)
         }
-        open.withLock { _ in session.source = source }
-        source.start()
+        return Open(record: record, hub: hub, source: source)
     }
 
-    private func sourceChanged(id: String, _ state: CDPSource.State) {
-        switch state {
+    private func sourceChanged(id: String, _ change: CDPSource.State) {
+        switch change {
         case .connecting:
             break
         case .connected:
-            let hub: FrameHub? = open.withLock { sessions in
-                guard let session = sessions[id] else { return nil }
+            let hub: FrameHub? = state.withLock { state in
+                guard let session = state.open[id] else { return nil }
                 let now = Date()
                 session.record.status = .running
                 session.record.startedAt = session.record.startedAt ?? now
@@ -161,7 +200,7 @@ final class Sessions: Sendable {
             }
             hub?.setStatus(.live)
         case .reconnecting:
-            open.withLock { $0[id]?.hub }?.setStatus(.reconnecting)
+            state.withLock { $0.open[id]?.hub }?.setStatus(.reconnecting)
         case .failed(let reason):
             logger.warning("session failed", metadata: ["browser_session_id": "\(id)", "reason": "\(reason)"])
             finish(id, .failed, reason: reason)
@@ -171,35 +210,32 @@ final class Sessions: Sendable {
     /// Ends an open session: records the final status, tells its viewers, stops its source.
     @discardableResult
     private func finish(_ id: String, _ status: SessionStatus, reason: String?) -> SessionRecord? {
-        let ended: (SessionRecord, Open)? = open.withLock { sessions in
-            guard let session = sessions.removeValue(forKey: id) else { return nil }
+        let ended: Open? = state.withLock { state in
+            guard let session = state.open.removeValue(forKey: id) else { return nil }
             let now = Date()
             session.record.status = status
             session.record.completedAt = now
             session.record.modifiedAt = now
             session.record.failureReason = reason
+            state.ended[id] = session.record
             save(session.record)
-            return (session.record, session)
+            return session
         }
-        guard let (record, session) = ended else { return nil }
-        session.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
-        session.source?.stop()
-        return record
+        guard let ended else { return nil }
+        ended.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
+        ended.source.stop()
+        return state.withLock { $0.ended[id] } ?? lookup(id)
     }
 
     // MARK: - Store
 
+    /// Queues a write of `record`; call under the state lock. Once written, an ended record leaves memory.
     private func save(_ record: SessionRecord) {
-        writes.async { [store, logger] in
+        writes.async { [self] in
             do { try store.update(record) } catch {
                 logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
             }
-        }
-    }
-
-    private func persisted(_ work: @escaping @Sendable () throws -> Void) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            writes.async { continuation.resume(with: Result { try work() }) }
+            if !record.status.isActive { state.withLock { _ = $0.ended.removeValue(forKey: record.id) } }
         }
     }
 

@@ -23,7 +23,10 @@ extension EventLoop {
             let connection = HTTPClientConnection(loop: self, headers: headers, body: body,
                                                   continuation: continuation)
             connect(connection, to: endpoint, method: method)
-            schedule(after: timeout) { connection.fail("no answer from \(endpoint.hostHeader) within \(timeout) s") }
+            // Not through the loop: the request must end even if the loop is gone by then.
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) {
+                connection.fail("no answer from \(endpoint.hostHeader) within \(timeout) s")
+            }
         }
     }
 }

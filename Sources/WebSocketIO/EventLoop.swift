@@ -41,7 +41,9 @@ public final class EventLoop: @unchecked Sendable {
     private let callbackTarget = CallbackTarget()
     private let protocols: UnsafeMutablePointer<lws_protocols>
     private let protocolName: UnsafeMutablePointer<CChar>
-    private let pending = Mutex<[@Sendable () -> Void]>([])
+    /// Work for the service thread, and whether the context can still be woken. `lws_cancel_service` is called only
+    /// under this lock, so it never races with `lws_context_destroy`.
+    private let pending = Mutex<(work: [@Sendable () -> Void], closed: Bool)>(([], false))
     private let stopping = Atomic(false)
     private let serviceThreadID = Atomic<UInt>(0)
     private let finished = DispatchSemaphore(value: 0)
@@ -116,32 +118,45 @@ public final class EventLoop: @unchecked Sendable {
         thread.start()
     }
 
-    /// Stops the service thread and destroys the context, closing every connection. Idempotent.
+    /// Stops the service thread and destroys the context, closing every connection. Idempotent. Work queued
+    /// before the call runs first; work queued later is refused (``enqueue(_:)`` returns false).
     public func shutdown() {
         guard let context else { return }
-        if started, !stopping.exchange(true, ordering: .acquiringAndReleasing) {
+        stopping.store(true, ordering: .releasing)
+        pending.withLock { state in
+            state.closed = true
             lws_cancel_service(context)
-            finished.wait()
         }
-        // Callbacks fired while destroying run on this thread, which now owns the loop.
+        if started { finished.wait() }
+        // Callbacks fired while destroying run on this thread, which owns the loop until the context is gone.
         serviceThreadID.store(UInt(pthread_self()), ordering: .releasing)
+        runPending()
         lws_context_destroy(context)
         self.context = nil
+        serviceThreadID.store(0, ordering: .releasing)
     }
 
     /// True on the service thread.
     public var inLoop: Bool { serviceThreadID.load(ordering: .acquiring) == UInt(pthread_self()) }
 
-    /// Runs `work` on the service thread: at once when called there, else queued.
-    public func execute(_ work: @escaping @Sendable () -> Void) {
-        if inLoop { work(); return }
-        enqueue(work)
+    /// Runs `work` on the service thread: at once when called there, else queued. False when the loop is shut
+    /// down and `work` will never run.
+    @discardableResult
+    public func execute(_ work: @escaping @Sendable () -> Void) -> Bool {
+        if inLoop { work(); return true }
+        return enqueue(work)
     }
 
     /// Queues `work` for the service thread, even when called on it (it then runs after the current callback).
-    public func enqueue(_ work: @escaping @Sendable () -> Void) {
-        pending.withLock { $0.append(work) }
-        if let context { lws_cancel_service(context) }
+    /// False when the loop is shut down and `work` will never run.
+    @discardableResult
+    public func enqueue(_ work: @escaping @Sendable () -> Void) -> Bool {
+        pending.withLock { state in
+            guard !state.closed, let context else { return false }
+            state.work.append(work)
+            lws_cancel_service(context)
+            return true
+        }
     }
 
     /// Runs `work` on the service thread after `delay` seconds.
@@ -150,9 +165,9 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func runPending() {
-        let work = pending.withLock { queue -> [@Sendable () -> Void] in
-            defer { queue.removeAll(keepingCapacity: true) }
-            return queue
+        let work = pending.withLock { state -> [@Sendable () -> Void] in
+            defer { state.work.removeAll(keepingCapacity: true) }
+            return state.work
         }
         for item in work { item() }
     }
@@ -201,7 +216,7 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Opens a client connection on the service thread; `connection` receives its callbacks.
     func connect(_ connection: Connection, to endpoint: Endpoint, method: String?) {
-        execute { [self] in
+        let queued = execute { [self] in
             guard let context, !stopping.load(ordering: .acquiring) else {
                 connection.connectFailed("event loop is shut down")
                 return
@@ -226,6 +241,7 @@ public final class EventLoop: @unchecked Sendable {
                 connection.connectFailed("cannot connect to \(endpoint.hostHeader)")
             }
         }
+        if !queued { connection.connectFailed("event loop is shut down") }
     }
 }
 
@@ -238,7 +254,9 @@ private final class CallbackTarget: @unchecked Sendable {
 ///
 /// `@unchecked Sendable`: used only on the service thread; other threads reach it through `EventLoop.execute`.
 class Connection: @unchecked Sendable {
-    unowned let loop: EventLoop
+    /// Strong: a request's task may outlive every other reference to the loop. The context holds the connection
+    /// only until the wsi is destroyed, at the latest in `shutdown()`.
+    let loop: EventLoop
     var wsi: OpaquePointer?
     private(set) var isDestroyed = false
 

@@ -254,6 +254,8 @@ struct ClientFraming {
             length = Int(header[2]) << 8 | Int(header[3])
             offset = 4
         } else if length == 127 {
+            // RFC 6455: the most significant bit must be 0; refusing it also keeps the length a positive Int.
+            guard header[2] & 0x80 == 0 else { throw .protocolError("64-bit length with the top bit set") }
             length = header[2..<10].reduce(0) { $0 << 8 | Int($1) }
             offset = 10
         }
@@ -268,7 +270,7 @@ struct ClientFraming {
                 message = Data(capacity: length)  // the usual unfragmented message then lands with one copy
                 messageBinary = frameOpcode == 2
             }
-            guard message.count + length <= maxMessageBytes else { throw .tooBig }
+            guard length <= maxMessageBytes - message.count else { throw .tooBig }
         }
         remaining = length
         inPayload = length > 0

@@ -74,3 +74,19 @@ struct ClientFramingTests {
         #expect(unmasked == payload)
     }
 }
+
+@Suite("WebSocket client framing: hostile lengths")
+struct HostileFrameTests {
+    @Test func aLengthWithTheTopBitSetIsAProtocolError() {
+        var framing = ClientFraming(maxMessageBytes: 1 << 20)
+        let frame: [UInt8] = [0x81, 127, 0x80, 0, 0, 0, 0, 0, 0, 5] + Array("hello".utf8)
+        #expect(throws: ClientFraming.Failure.self) { _ = try feed(&framing, frame, chunk: 100) }
+    }
+
+    @Test func aHugeContinuationLengthIsRefusedWithoutOverflow() {
+        var framing = ClientFraming(maxMessageBytes: 1 << 20)
+        let first = serverFrame(1, Array("x".utf8), final: false)
+        let continuation: [UInt8] = [0x80, 127, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+        #expect(throws: ClientFraming.Failure.self) { _ = try feed(&framing, first + continuation, chunk: 100) }
+    }
+}
