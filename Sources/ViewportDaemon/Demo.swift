@@ -23,7 +23,8 @@ public enum Demo {
         let id = try await daemon.createSession(organizationID: apiKey.organizationID, browserAddress: browser.address,
                                                 timeoutMinutes: 1440)
         let base = daemon.config.effectivePublicURL
-        print("""
+        // Unbuffered: print() holds the banner back when stdout is a file or a pipe.
+        FileHandle.standardOutput.write(Data("""
 
         viewportd demo is running (Chromium pid \(browser.pid), DevTools \(browser.address))
 
@@ -34,7 +35,7 @@ public enum Demo {
 
         Press Ctrl-C to stop.
 
-        """)
+        """.utf8))
         try await running
     }
 

@@ -47,9 +47,12 @@ struct Demo: AsyncParsableCommand {
 
     func run() async throws {
         var config = try options.load()
-        // Without a chosen state directory the demo keeps its state in a temporary one.
+        // Without a chosen state directory the demo starts from an empty temporary one: sessions of an earlier
+        // demo point at a browser that is gone.
         if options.config == nil, ProcessInfo.processInfo.environment["VIEWPORTD_STATE_DIR"] == nil {
-            config.stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-demo").path
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-demo")
+            try? FileManager.default.removeItem(at: directory)
+            config.stateDir = directory.path
         }
         try await ViewportDaemon.Demo.run(config: config, logger: makeLogger(config))
     }
