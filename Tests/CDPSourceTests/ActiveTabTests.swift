@@ -168,6 +168,16 @@ private final class Harness: @unchecked Sendable {
     }
 }
 
+/// Polls `condition` for up to `timeout` seconds (the machine may be busy with other suites).
+private func waitUntil(timeout: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    return false
+}
+
 @Suite("Following the active tab", .serialized)
 struct ActiveTabTests {
     @Test func nothingIsCapturedWhileNobodyWatches() throws {
@@ -176,12 +186,11 @@ struct ActiveTabTests {
         Thread.sleep(forTimeInterval: 1)
         #expect(harness.browser.runningScreencasts.isEmpty)
         harness.watch()
-        Thread.sleep(forTimeInterval: 1.2)
-        #expect(harness.browser.runningScreencasts == ["page-1"])
-        #expect(harness.takeURLs().contains("https://tab1.test/"))
+        #expect(waitUntil { harness.browser.runningScreencasts == ["page-1"] })
+        var urls: [String] = []
+        #expect(waitUntil { urls += harness.takeURLs(); return urls.contains("https://tab1.test/") })
         harness.leave()
-        Thread.sleep(forTimeInterval: 0.5)
-        #expect(harness.browser.runningScreencasts.isEmpty, "the screencast stops with the last consumer")
+        #expect(waitUntil { harness.browser.runningScreencasts.isEmpty }, "the screencast stops with the last consumer")
     }
 
     @Test func aSwitchOvertakenByAnotherLeavesNoScreencastBehind() throws {
@@ -192,12 +201,11 @@ struct ActiveTabTests {
         harness.browser.activate("tab-2")
         Thread.sleep(forTimeInterval: 0.35)  // before tab 2's first frame
         harness.browser.activate("tab-3")
-        Thread.sleep(forTimeInterval: 2)
+        #expect(waitUntil { harness.takeURLs().last == "https://tab3.test/" })
+        Thread.sleep(forTimeInterval: 1)  // long enough for tab 2's screencast to have started, had it been left on
         #expect(harness.browser.runningScreencasts == ["page-3"])
-        #expect(harness.takeURLs().last == "https://tab3.test/")
         harness.leave()
-        Thread.sleep(forTimeInterval: 0.5)
-        #expect(harness.browser.runningScreencasts.isEmpty)
+        #expect(waitUntil { harness.browser.runningScreencasts.isEmpty })
     }
 
     @Test func goingBackBeforeTheSwitchCompletesShowsNoFrameOfTheOtherTab() throws {
