@@ -1,6 +1,6 @@
 import Foundation
 public import Logging
-public import ServiceLifecycle
+import ServiceLifecycle
 import Store
 import Synchronization
 public import UnixSignals

@@ -80,7 +80,6 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
     }
 
     private func receive(_ wsi: OpaquePointer, _ bytes: UnsafeRawBufferPointer) -> Int32 {
-        var bytes = bytes
         if var head = response {
             head += bytes
             guard let end = head.firstRange(of: Array("\r\n\r\n".utf8))?.upperBound else {

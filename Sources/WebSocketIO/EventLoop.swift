@@ -44,7 +44,6 @@ public final class EventLoop: @unchecked Sendable {
     /// Work for the service thread, and whether the context can still be woken. `lws_cancel_service` is called only
     /// under this lock, so it never races with `lws_context_destroy`.
     private let pending = Mutex<(work: [@Sendable () -> Void], closed: Bool)>(([], false))
-    private let stopping = Atomic(false)
     private let serviceThreadID = Atomic<UInt>(0)
     private let finished = DispatchSemaphore(value: 0)
     private var started = false
@@ -109,7 +108,7 @@ public final class EventLoop: @unchecked Sendable {
         self.server = server
         let thread = Thread { [self] in
             serviceThreadID.store(UInt(pthread_self()), ordering: .releasing)
-            while !stopping.load(ordering: .acquiring) {
+            while !isShutDown {
                 if lws_service(context, 0) < 0 { break }
             }
             finished.signal()
@@ -122,7 +121,6 @@ public final class EventLoop: @unchecked Sendable {
     /// before the call runs first; work queued later is refused (``enqueue(_:)`` returns false).
     public func shutdown() {
         guard let context else { return }
-        stopping.store(true, ordering: .releasing)
         pending.withLock { state in
             state.closed = true
             lws_cancel_service(context)
@@ -135,6 +133,9 @@ public final class EventLoop: @unchecked Sendable {
         self.context = nil
         serviceThreadID.store(0, ordering: .releasing)
     }
+
+    /// True once ``shutdown()`` has begun.
+    private var isShutDown: Bool { pending.withLock { $0.closed } }
 
     /// True on the service thread.
     public var inLoop: Bool { serviceThreadID.load(ordering: .acquiring) == UInt(pthread_self()) }
@@ -217,7 +218,7 @@ public final class EventLoop: @unchecked Sendable {
     /// Opens a client connection on the service thread; `connection` receives its callbacks.
     func connect(_ connection: Connection, to endpoint: Endpoint, method: String?) {
         let queued = execute { [self] in
-            guard let context, !stopping.load(ordering: .acquiring) else {
+            guard let context, !isShutDown else {
                 connection.connectFailed("event loop is shut down")
                 return
             }

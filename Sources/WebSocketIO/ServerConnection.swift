@@ -70,7 +70,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
         case LWS_CALLBACK_SERVER_WRITEABLE:
             return webSocket?.writable(wsi) ?? -1
         case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-            webSocket?.peerInitiatedClose(input, length)
+            webSocket?.peerClosed(UnsafeRawBufferPointer(start: input, count: input == nil ? 0 : length))
             return 0
         case LWS_CALLBACK_CLOSED:
             webSocket?.closed()

@@ -95,9 +95,7 @@ public final class WebSocket: @unchecked Sendable {
         case 0x9:
             controlFrames.append(ClientFraming.frame(opcode: 0xA, payload: payload))
         case 0x8:
-            if payload.count >= 2 {
-                peerClose = (UInt16(payload[0]) << 8 | UInt16(payload[1]), String(decoding: payload.dropFirst(2), as: UTF8.self))
-            }
+            payload.withUnsafeBytes { peerClosed($0) }
             if closing == nil { closing = (peerClose?.code ?? 1000, []) }
         default:
             return
@@ -150,10 +148,10 @@ public final class WebSocket: @unchecked Sendable {
         }
     }
 
-    func peerInitiatedClose(_ input: UnsafeMutableRawPointer?, _ length: Int) {
-        guard let input, length >= 2 else { return }
-        let bytes = UnsafeRawBufferPointer(start: input, count: length)
-        peerClose = (UInt16(bytes[0]) << 8 | UInt16(bytes[1]), String(decoding: bytes.dropFirst(2), as: UTF8.self))
+    /// Remembers the code and reason of the peer's close frame payload.
+    func peerClosed(_ payload: UnsafeRawBufferPointer) {
+        guard payload.count >= 2 else { return }
+        peerClose = (UInt16(payload[0]) << 8 | UInt16(payload[1]), String(decoding: payload.dropFirst(2), as: UTF8.self))
     }
 
     /// The connection ended (or never opened); tells the delegate once and lets it go.
