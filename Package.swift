@@ -27,6 +27,12 @@ let package = Package(
             providers: [.apt(["libwebsockets-dev"])]),
         .systemLibrary(
             name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CFFmpeg", path: "Sources/CFFmpeg",
+            providers: [.apt(["libavcodec-dev", "libavformat-dev", "libswscale-dev", "libavutil-dev"])]),
+        .systemLibrary(
+            name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
+            providers: [.apt(["libturbojpeg0-dev"])]),
 
         // Frames, the frame hub and the session model. Imports nothing local.
         .target(name: "ViewportCore", swiftSettings: settings),
@@ -42,6 +48,12 @@ let package = Package(
             name: "ViewerGateway",
             dependencies: ["ViewportCore", "WebSocketIO", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings),
+        // H.264 recording of a session's frames into crash-safe fragmented MP4, and cutting runs out of it.
+        // The only importer of CFFmpeg and CTurboJPEG.
+        .target(
+            name: "Recorder",
+            dependencies: ["ViewportCore", "CFFmpeg", "CTurboJPEG", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings),
         // SQLite persistence.
         .target(
             name: "Store",
@@ -51,7 +63,7 @@ let package = Package(
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -65,12 +77,15 @@ let package = Package(
         .executableTarget(
             name: "viewportd-bench",
             dependencies: [
-                "ViewportDaemon", "WebSocketIO", "ViewportCore",
+                "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings),
 
         .testTarget(name: "ViewportCoreTests", dependencies: ["ViewportCore"], swiftSettings: settings),
+        .testTarget(
+            name: "RecorderTests", dependencies: ["Recorder", "ViewportCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings),
         .testTarget(name: "WebSocketIOTests", dependencies: ["WebSocketIO"], swiftSettings: settings),
         .testTarget(
             name: "CDPSourceTests",

@@ -10,7 +10,7 @@ public final class Store: Sendable {
         case duplicateSession(String)
     }
 
-    private let database: DatabasePool
+    let database: DatabasePool
 
     /// Opens (creating and migrating as needed) the database at `path`.
     public init(path: String) throws {
@@ -36,6 +36,8 @@ public final class Store: Sendable {
                 t.column("failureReason", .text)
             }
         }
+        registerRunMigrations(&migrator)
+        registerWebhookMigrations(&migrator)
         return migrator
     }
 

@@ -15,6 +15,13 @@ import Yams
 /// - `viewer.queue_frames` (1-64, 2): frames queued per viewer before the oldest is dropped.
 /// - `viewer.token_ttl_seconds` (10-86400, 300): default lifetime of viewer tokens.
 /// - `cdp.retry_seconds` (0-3600, 30): how long a lost browser connection is retried before the session fails.
+/// - `recording.enabled` (bool, true): record runs to H.264 MP4.
+/// - `recording.preset` (x264 preset, `veryfast`), `recording.crf` (0-51, 28), `recording.threads` (1-16, 1): encoder.
+/// - `recording.queue_frames` (16-3600, 300): frames queued for the encoder before the oldest is dropped (counted).
+/// - `screenshot_format` (jpeg|png, `jpeg`): step screenshots as the exact JPEG viewers got, or lossless PNG.
+/// - `artifacts.url_ttl_seconds` (60-604800, 3600): lifetime of the signed artifact URLs handed out.
+/// - `webhooks.secrets` (list of `{organization_id, secret}`, empty): HMAC key of each organization's webhooks.
+/// - `webhooks.max_attempts` (1-20, 5), `webhooks.timeout_seconds` (1-120, 10): delivery retries and timeout.
 ///
 /// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
 /// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`). `VIEWPORTD_API_KEY` with
@@ -42,6 +49,20 @@ public struct Config: Sendable, Equatable {
     public var viewerQueueFrames = 2
     public var viewerTokenTTLSeconds = 300
     public var cdpRetrySeconds = 30
+    public var recordingEnabled = true
+    public var recordingPreset = "veryfast"
+    public var recordingCRF = 28
+    public var recordingThreads = 1
+    public var recordingQueueFrames = 300
+    public var screenshotFormat = ScreenshotFormat.jpeg
+    public var artifactURLTTLSeconds = 3600
+    /// Webhook signing secret by organization id.
+    public var webhookSecrets: [String: String] = [:]
+    public var webhookMaxAttempts = 5
+    public var webhookTimeoutSeconds = 10
+
+    /// How step screenshots are stored.
+    public enum ScreenshotFormat: String, Sendable, CaseIterable { case jpeg, png }
 
     /// The compiled defaults.
     public init() {}
@@ -56,7 +77,13 @@ public struct Config: Sendable, Equatable {
         "listen", "state_dir", "public_url", "log_level", "api_keys", "viewer_token_secret",
         "screencast.quality", "screencast.max_width", "screencast.max_height",
         "viewer.queue_frames", "viewer.token_ttl_seconds", "cdp.retry_seconds",
+        "recording.enabled", "recording.preset", "recording.crf", "recording.threads", "recording.queue_frames",
+        "screenshot_format", "artifacts.url_ttl_seconds",
+        "webhooks.secrets", "webhooks.max_attempts", "webhooks.timeout_seconds",
     ]
+
+    static let x264Presets = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                              "veryslow"]
 
     /// Loads `yaml` (nil: defaults only) and applies `environment` overrides.
     public static func load(yaml: String?, environment: [String: String] = [:]) throws(ConfigError) -> Config {
@@ -87,7 +114,7 @@ public struct Config: Sendable, Equatable {
     private static func applyEnvironment(_ environment: [String: String], to tree: inout [String: Any])
         throws(ConfigError)
     {
-        for key in keys where key != "api_keys" {
+        for key in keys where !["api_keys", "webhooks.secrets"].contains(key) {
             let name = "VIEWPORTD_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
                 .replacingOccurrences(of: "-", with: "_")
             guard let value = environment[name] else { continue }
@@ -163,6 +190,52 @@ public struct Config: Sendable, Equatable {
             cdpRetrySeconds = try cdp.int("retry_seconds", in: 0...3600) ?? cdpRetrySeconds
             try cdp.finish()
         }
+        if var recording = try root.section("recording") {
+            recordingEnabled = try recording.bool("enabled") ?? recordingEnabled
+            if let preset = try recording.string("preset") {
+                guard Self.x264Presets.contains(preset) else {
+                    throw ConfigError(key: "recording.preset", "must be one of \(Self.x264Presets.joined(separator: ", ")) (got \"\(preset)\")")
+                }
+                recordingPreset = preset
+            }
+            recordingCRF = try recording.int("crf", in: 0...51) ?? recordingCRF
+            recordingThreads = try recording.int("threads", in: 1...16) ?? recordingThreads
+            recordingQueueFrames = try recording.int("queue_frames", in: 16...3600) ?? recordingQueueFrames
+            try recording.finish()
+        }
+        if let format = try root.string("screenshot_format") {
+            guard let parsed = ScreenshotFormat(rawValue: format) else {
+                throw ConfigError(key: "screenshot_format", "must be jpeg or png (got \"\(format)\")")
+            }
+            screenshotFormat = parsed
+        }
+        if var artifacts = try root.section("artifacts") {
+            artifactURLTTLSeconds = try artifacts.int("url_ttl_seconds", in: 60...604_800) ?? artifactURLTTLSeconds
+            try artifacts.finish()
+        }
+        if var webhooks = try root.section("webhooks") {
+            for (index, item) in try webhooks.list("secrets").enumerated() {
+                let path = "webhooks.secrets[\(index)]"
+                guard let entry = item as? [String: Any] else {
+                    throw ConfigError(key: path, "must be a mapping {organization_id, secret}")
+                }
+                var reader = ConfigReader(entry, path: path)
+                guard let organization = try reader.string("organization_id"), !organization.isEmpty else {
+                    throw ConfigError(key: "\(path).organization_id", "is required")
+                }
+                guard let secret = try reader.string("secret"), secret.count >= 16 else {
+                    throw ConfigError(key: "\(path).secret", "must be a string of at least 16 characters")
+                }
+                try reader.finish()
+                guard webhookSecrets[organization] == nil else {
+                    throw ConfigError(key: "\(path).organization_id", "is listed twice")
+                }
+                webhookSecrets[organization] = secret
+            }
+            webhookMaxAttempts = try webhooks.int("max_attempts", in: 1...20) ?? webhookMaxAttempts
+            webhookTimeoutSeconds = try webhooks.int("timeout_seconds", in: 1...120) ?? webhookTimeoutSeconds
+            try webhooks.finish()
+        }
         try root.finish()
     }
 
@@ -213,6 +286,16 @@ private struct ConfigReader {
             throw ConfigError(key: name(key), "must be an integer from \(range.lowerBound) to \(range.upperBound) (got \"\(value)\")")
         }
         return number
+    }
+
+    mutating func bool(_ key: String) throws(ConfigError) -> Bool? {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return nil }
+        switch value {
+        case let flag as Bool: return flag
+        case let text as String where ["true", "false"].contains(text.lowercased()): return text.lowercased() == "true"
+        default: throw ConfigError(key: name(key), "must be true or false (got \"\(value)\")")
+        }
     }
 
     mutating func list(_ key: String) throws(ConfigError) -> [Any] {

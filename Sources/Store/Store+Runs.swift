@@ -1,0 +1,5 @@
+import GRDB
+
+extension Store {
+    static func registerRunMigrations(_ migrator: inout DatabaseMigrator) {}
+}

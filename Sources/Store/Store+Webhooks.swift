@@ -1,0 +1,5 @@
+import GRDB
+
+extension Store {
+    static func registerWebhookMigrations(_ migrator: inout DatabaseMigrator) {}
+}
