@@ -8,6 +8,8 @@ public final class Store: Sendable {
     public enum Failure: Error, Equatable {
         /// A session with this id exists already.
         case duplicateSession(String)
+        /// A run with this id exists already.
+        case duplicateRun(String)
     }
 
     let database: DatabasePool

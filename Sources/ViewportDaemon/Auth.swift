@@ -59,6 +59,23 @@ final class Auth: Sendable {
         return ViewerGrant(sessionID: parts[1], expiresAt: expiresAt, control: parts[3] == "c")
     }
 
+    /// The `expires` and `signature` query values that let anyone holding the URL fetch one artifact until
+    /// `expiresAt`.
+    func artifactSignature(artifactID: String, expiresAt: Date) -> (expires: Int, signature: String) {
+        let expires = Int(expiresAt.timeIntervalSince1970)
+        return (expires, signature("artifact.\(artifactID).\(expires)"))
+    }
+
+    /// Checks an artifact URL's `expires` and `signature`.
+    func verifyArtifactSignature(artifactID: String, expires: String, signature presented: String, now: Date = Date())
+        throws(TokenProblem)
+    {
+        guard let seconds = Int(expires), let mac = Data(base64URL: presented) else { throw .malformed }
+        let expected = Digest.hmacSHA256(key: tokenKey, Data("artifact.\(artifactID).\(seconds)".utf8))
+        guard Digest.constantTimeEqual(mac, expected) else { throw .badSignature }
+        guard Double(seconds) > now.timeIntervalSince1970 else { throw .expired }
+    }
+
     private func signature(_ body: String) -> String {
         Digest.hmacSHA256(key: tokenKey, Data(body.utf8)).base64URLEncoded()
     }

@@ -34,3 +34,14 @@ enum Digest {
         return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
     }
 }
+
+extension Data {
+    /// Lower-case hexadecimal.
+    var hex: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(count * 2)
+        for byte in self { out += [digits[Int(byte >> 4)], digits[Int(byte & 0x0f)]] }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -28,12 +28,55 @@ public struct HTTPResponse: Sendable {
     public var contentType: String
     public var headers: [(name: String, value: String)]
     public var body: Data
+    /// When set, the body is this part of a file instead of ``body``.
+    public var file: FileBody?
 
     public init(status: Int, contentType: String, headers: [(name: String, value: String)] = [], body: Data) {
         self.status = status
         self.contentType = contentType
         self.headers = headers
         self.body = body
+    }
+
+    /// A response whose body is `file`, read in chunks as the client takes it rather than loaded into memory.
+    public init(status: Int, contentType: String, headers: [(name: String, value: String)] = [], file: FileBody) {
+        self.init(status: status, contentType: contentType, headers: headers, body: Data())
+        self.file = file
+    }
+
+    /// Bytes in the body.
+    var bodyLength: Int { file?.length ?? body.count }
+}
+
+/// A byte range of an open file, sent as a response body. Opening it when the response is made means a file
+/// removed or replaced meanwhile is still sent whole, as it was.
+public final class FileBody: Sendable {
+    let descriptor: Int32
+    public let offset: Int
+    public let length: Int
+
+    /// Opens `path` read-only; nil when it cannot be opened.
+    public init?(path: String, offset: Int, length: Int) {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return nil }
+        self.descriptor = descriptor
+        self.offset = offset
+        self.length = length
+    }
+
+    deinit { close(descriptor) }
+
+    /// Reads `count` bytes at `position` of the range into a payload; nil if the file is shorter than it was.
+    func chunk(at position: Int, count: Int) -> Payload? {
+        let storage = PayloadStorage(count: count)
+        var done = 0
+        while done < count {
+            let n = pread(descriptor, storage.start + done, count - done, off_t(offset + position + done))
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            done += n
+        }
+        return Payload(owner: storage, start: storage.start, count: count, headroom: EventLoop.requiredHeadroom)
     }
 }
 

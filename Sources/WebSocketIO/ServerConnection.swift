@@ -115,14 +115,20 @@ final class ServerConnection: Connection, @unchecked Sendable {
         guard case .writing(let response, let headOnly, let headersSent, let offset) = state else { return 0 }
         if !headersSent {
             guard writeHeaders(wsi, response) else { return -1 }
-            if headOnly || response.body.isEmpty { return completeTransaction(wsi) }
+            if headOnly || response.bodyLength == 0 { return completeTransaction(wsi) }
             state = .writing(response, headOnly: headOnly, headersSent: true, offset: 0)
             lws_callback_on_writable(wsi)
             return 0
         }
-        let end = min(offset + 64 * 1024, response.body.count)
-        let isFinal = end == response.body.count
-        let chunk = Payload(copying: response.body[response.body.startIndex + offset..<response.body.startIndex + end])
+        let end = min(offset + 64 * 1024, response.bodyLength)
+        let isFinal = end == response.bodyLength
+        let chunk: Payload
+        if let file = response.file {
+            guard let read = file.chunk(at: offset, count: end - offset) else { return -1 }
+            chunk = read
+        } else {
+            chunk = Payload(copying: response.body[response.body.startIndex + offset..<response.body.startIndex + end])
+        }
         let written = withExtendedLifetime(chunk.owner) {
             lws_write(wsi, chunk.start.assumingMemoryBound(to: UInt8.self), chunk.count,
                       isFinal ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP)
@@ -143,7 +149,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
     private func writeHeaders(_ wsi: OpaquePointer, _ response: HTTPResponse) -> Bool {
         withHeaderBuffer(response, bodyCapacity: 0) { start, p, end in
             if lws_add_http_common_headers(wsi, UInt32(response.status), response.contentType,
-                                           lws_filepos_t(response.body.count), &p, end) != 0 { return false }
+                                           lws_filepos_t(response.bodyLength), &p, end) != 0 { return false }
             guard addHeaders(wsi, response.headers, &p, end) else { return false }
             return lws_finalize_write_http_header(wsi, start, &p, end) == 0
         }
