@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 packages=(
   pkg-config libwebsockets-dev libssl-dev libsqlite3-dev   # build
+  libavcodec-dev libavformat-dev libswscale-dev libavutil-dev libturbojpeg0-dev   # recording (x264 inside)
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
-  python3-venv                                  # test clients
+  python3-venv ffmpeg                           # test clients; ffprobe checks recordings
 )
 missing=()
 for p in "${packages[@]}"; do
