@@ -1,0 +1,236 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Store
+import Synchronization
+import WebSocketIO
+
+/// A webhook that could not be queued.
+struct WebhookError: Error, CustomStringConvertible, Equatable {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Run-completion webhooks: each delivery is stored in SQLite before it is sent, so pending ones survive a
+/// restart; ``run()`` sends the due ones, retrying with exponential backoff until `webhooks.max_attempts`.
+///
+/// Every attempt POSTs the same stored body with `x-viewportd-timestamp` (the attempt's unix seconds) and
+/// `x-viewportd-signature: sha256=<hex HMAC-SHA256 of "timestamp.body">` keyed with the organization's secret.
+final class Webhooks: Sendable {
+    private let store: Store
+    private let loop: EventLoop
+    private let logger: Logger
+    private let maxAttempts: Int
+    private let timeout: Double
+    private let backoffBase: Double
+    private let maxConcurrent: Int
+    private let secrets: Mutex<[String: String]>
+    /// Ids of deliveries being sent, so the loop neither picks them twice nor waits on them as due.
+    private let inFlight = Mutex<Set<Int64>>([])
+    private let wakeup = Wakeup()
+
+    /// `backoffBase` seconds before the second attempt, doubling for each one after.
+    init(store: Store, loop: EventLoop, config: Config, logger: Logger, backoffBase: Double = 1, maxConcurrent: Int = 4) {
+        self.store = store
+        self.loop = loop
+        self.logger = logger
+        maxAttempts = config.webhookMaxAttempts
+        timeout = Double(config.webhookTimeoutSeconds)
+        self.backoffBase = backoffBase
+        self.maxConcurrent = maxConcurrent
+        secrets = Mutex(config.webhookSecrets)
+    }
+
+    /// Queues a delivery of `payload` (JSON values only) to `url`. The body is serialised here, once, with sorted
+    /// keys: every attempt sends and signs exactly these bytes.
+    func enqueue(runID: String, organizationID: String, url: String, payload: [String: Any]) throws(WebhookError) {
+        guard JSONSerialization.isValidJSONObject(payload),
+              let body = try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])
+        else { throw WebhookError("webhook payload of run \(runID) is not JSON") }
+        try insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body))
+    }
+
+    /// Queues the run's latest body again to its URL; false if the run never had a delivery.
+    func resend(runID: String) throws(WebhookError) -> Bool {
+        let latest: WebhookDelivery?
+        do { latest = try store.latestWebhookDelivery(runID: runID) } catch {
+            throw WebhookError("cannot read the webhook deliveries of run \(runID): \(error)")
+        }
+        guard let latest else { return false }
+        try insert(WebhookDelivery(runID: runID, organizationID: latest.organizationID, url: latest.url, body: latest.body))
+        return true
+    }
+
+    /// Throws unless `url` is one the sender can deliver to: `http://host[:port]/path` (no TLS client yet).
+    static func validate(url: String) throws(WebhookError) {
+        guard url.lowercased().hasPrefix("http://") else { throw WebhookError("only http:// URLs are supported") }
+        do { _ = try Endpoint(url) } catch { throw WebhookError("\(error)") }
+    }
+
+    /// Replaces the signing secrets by organization id (on reload).
+    func setSecrets(_ secrets: [String: String]) { self.secrets.withLock { $0 = secrets } }
+
+    private func insert(_ delivery: WebhookDelivery) throws(WebhookError) {
+        do { _ = try store.insertWebhookDelivery(delivery) } catch {
+            throw WebhookError("cannot store the webhook delivery of run \(delivery.runID): \(error)")
+        }
+        wakeup.signal()
+    }
+
+    /// Sends due deliveries, at most `maxConcurrent` at once, until cancelled; starts with those a previous process
+    /// left pending. Attempts in flight when cancelled still finish (within the timeout) and are recorded.
+    func run() async {
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                let busy = inFlight.withLock { $0 }
+                var due: [WebhookDelivery] = []
+                var next: Date?
+                do {
+                    if busy.count < maxConcurrent {
+                        due = try store.dueWebhookDeliveries(excluding: busy, limit: maxConcurrent - busy.count)
+                    }
+                    next = try store.nextWebhookAttemptDate(excluding: busy.union(due.compactMap(\.id)))
+                } catch {
+                    logger.error("cannot read webhook deliveries", metadata: ["error": "\(error)"])
+                    next = Date().addingTimeInterval(5)
+                }
+                for delivery in due {
+                    guard let id = delivery.id else { continue }
+                    inFlight.withLock { _ = $0.insert(id) }
+                    group.addTask {
+                        await self.attempt(delivery)
+                        self.inFlight.withLock { _ = $0.remove(id) }
+                        self.wakeup.signal()
+                    }
+                }
+                // A full window waits for a slot (a finished attempt signals); otherwise for the next due time.
+                let full = busy.count + due.count >= maxConcurrent
+                await wakeup.wait(seconds: full ? nil : next.map { max(0, $0.timeIntervalSinceNow) })
+            }
+        }
+    }
+
+    /// One attempt: sends, then records the outcome.
+    private func attempt(_ delivery: WebhookDelivery) async {
+        var delivery = delivery
+        let runID = delivery.runID
+        guard let secret = secrets.withLock({ $0[delivery.organizationID] }) else {
+            delivery.status = .failed
+            delivery.lastError = "no webhook secret configured for organization \(delivery.organizationID)"
+            logger.warning("webhook not sent", metadata: ["run_id": "\(runID)", "error": "\(delivery.lastError!)"])
+            save(delivery)
+            return
+        }
+        delivery.attempts += 1
+        let timestamp = String(Int(Date().timeIntervalSince1970))
+        let signature = Self.signature(secret: secret, timestamp: timestamp, body: delivery.body)
+        let headers = [("content-type", "application/json"), ("user-agent", "viewportd"),
+                       ("x-viewportd-timestamp", timestamp), ("x-viewportd-signature", "sha256=" + signature)]
+        var statusCode: Int?
+        do {
+            let status = try await loop.httpRequest("POST", delivery.url, headers: headers, body: delivery.body,
+                                                    timeout: timeout).status
+            statusCode = status
+            delivery.lastError = (200..<300).contains(status) ? nil : "HTTP \(status)"
+        } catch {
+            delivery.lastError = "\(error)"
+        }
+        delivery.lastStatusCode = statusCode
+        var metadata: Logger.Metadata = ["run_id": "\(runID)", "attempt": "\(delivery.attempts)/\(maxAttempts)",
+                                         "status_code": "\(statusCode.map(String.init) ?? "none")"]
+        if let statusCode, (200..<300).contains(statusCode) {
+            delivery.status = .delivered
+            delivery.deliveredAt = Date()
+            logger.info("webhook delivered", metadata: metadata)
+        } else {
+            metadata["error"] = "\(delivery.lastError ?? "")"
+            if delivery.attempts >= maxAttempts {
+                delivery.status = .failed
+                logger.warning("webhook failed, giving up", metadata: metadata)
+            } else {
+                let delay = backoffBase * Double(1 << (delivery.attempts - 1))
+                delivery.nextAttemptAt = Date().addingTimeInterval(delay)
+                metadata["retry_in_seconds"] = "\(delay)"
+                logger.warning("webhook attempt failed", metadata: metadata)
+            }
+        }
+        save(delivery)
+    }
+
+    private func save(_ delivery: WebhookDelivery) {
+        do { try store.updateWebhookDelivery(delivery) } catch {
+            logger.error("cannot store webhook delivery", metadata: ["run_id": "\(delivery.runID)", "error": "\(error)"])
+        }
+    }
+
+    /// Lower-case hex HMAC-SHA256 of `timestamp.body`.
+    static func signature(secret: String, timestamp: String, body: Data) -> String {
+        Digest.hmacSHA256(key: Data(secret.utf8), Data((timestamp + ".").utf8) + body).hex
+    }
+}
+
+/// Runs the webhook sender until a graceful shutdown.
+struct WebhookService: Service {
+    let webhooks: Webhooks
+
+    func run() async throws {
+        try? await cancelWhenGracefulShutdown { await webhooks.run() }
+    }
+}
+
+/// A wake-up call for one waiting task: ``wait(seconds:)`` returns on ``signal()``, after `seconds` or on
+/// cancellation. A signal while nobody waits is kept for the next wait, so none is lost between two waits.
+private final class Wakeup: Sendable {
+    private struct State {
+        var signalled = false
+        var waiter: CheckedContinuation<Void, Never>?
+        /// Tells a timer of an earlier wait from the current one.
+        var generation: UInt64 = 0
+    }
+
+    private let state = Mutex(State())
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.signalled = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Waits for a signal, at most `seconds` (nil: no limit).
+    func wait(seconds: Double?) async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let generation = state.withLock { state -> UInt64? in
+                    if state.signalled || Task.isCancelled {
+                        state.signalled = false
+                        return nil
+                    }
+                    state.generation += 1
+                    state.waiter = continuation
+                    return state.generation
+                }
+                guard let generation else { return continuation.resume() }
+                if let seconds {
+                    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { self.resume(generation) }
+                }
+            }
+        } onCancel: {
+            resume(nil)
+        }
+    }
+
+    /// Resumes the waiter of `generation` (nil: whichever waits).
+    private func resume(_ generation: UInt64?) {
+        state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard generation == nil || generation == state.generation, let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            return waiter
+        }?.resume()
+    }
+}
