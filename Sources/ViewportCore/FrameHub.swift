@@ -23,6 +23,8 @@ public enum StreamStatus: Sendable, Equatable {
 /// What kind of consumer reads a subscription (for stats and metrics).
 public enum ConsumerKind: String, Sendable {
     case viewer, recorder, vncBridge = "vnc_bridge"
+    /// A one-off wait for a step's screenshot.
+    case screenshot
 }
 
 /// One per session: frames are captured once and handed to every consumer by reference.

@@ -1,5 +1,6 @@
 import CDPSource
 import Foundation
+import Store
 import ViewerGateway
 import ViewportCore
 import WebSocketIO
@@ -10,12 +11,22 @@ import WebSocketIO
 /// under `/v1/...` and `/api/v1/...`; viewers connect to `/stream/browser/{id}` (also under `/v1` and `/api/v1`).
 final class API: HTTPServerDelegate {
     private let sessions: Sessions
+    private let runs: Runs
+    private let store: Store
+    private let files: ArtifactFiles
+    private let webhooks: Webhooks
     private let auth: Auth
     private let gateway: ViewerGateway
     private let config: Config
 
-    init(sessions: Sessions, auth: Auth, gateway: ViewerGateway, config: Config) {
+    init(sessions: Sessions, runs: Runs, store: Store, files: ArtifactFiles, webhooks: Webhooks, auth: Auth,
+         gateway: ViewerGateway, config: Config)
+    {
         self.sessions = sessions
+        self.runs = runs
+        self.store = store
+        self.files = files
+        self.webhooks = webhooks
         self.auth = auth
         self.gateway = gateway
         self.config = config
@@ -45,6 +56,14 @@ final class API: HTTPServerDelegate {
         (["v1", "browser_sessions", "*", "close"], ["POST": { api, request, ids in try await api.closeSession(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "viewer_tokens"],
          ["POST": { api, request, ids in try api.mintViewerToken(request, ids[0]) }]),
+        (["v1", "browser_sessions", "*", "runs"], ["POST": { api, request, ids in try await api.startRun(request, ids[0]) }]),
+        (["v1", "runs", "*"], ["GET": { api, request, ids in try await api.getRun(request, ids[0]) }]),
+        (["v1", "runs", "*", "steps"], ["POST": { api, request, ids in try await api.markStep(request, ids[0]) }]),
+        (["v1", "runs", "*", "complete"], ["POST": { api, request, ids in try await api.completeRun(request, ids[0]) }]),
+        (["v1", "runs", "*", "artifacts"], ["GET": { api, request, ids in try await api.listArtifacts(request, ids[0]) }]),
+        (["v1", "runs", "*", "retry_webhook"], ["POST": { api, request, ids in try await api.retryWebhook(request, ids[0]) }]),
+        (["v1", "artifacts", "*", "content"], ["GET": { api, request, ids in try api.artifactContent(request, ids[0]) }]),
+        (["replay", "*"], ["GET": { api, request, ids in await api.replayPage(request, runID: ids[0]) }]),
     ]
 
     private func route(_ request: HTTPRequest) async throws -> HTTPResponse {
@@ -149,8 +168,136 @@ final class API: HTTPServerDelegate {
             "browser_address": record.browserAddress,
             "app_url": "\(config.effectivePublicURL)/watch/\(record.id)",
             "vnc_streaming_supported": false,
-            "recordings": [Any](),
+            "recordings": ((try? store.recordings(sessionID: record.id)) ?? []).map { artifact -> [String: Any] in
+                ["url": runs.artifactURL(artifact), "checksum": artifact.checksum, "filename": artifact.filename,
+                 "modified_at": Self.iso(artifact.modifiedAt)]
+            },
             "failure_reason": record.failureReason ?? NSNull(),
+        ]
+    }
+
+    // MARK: - Runs
+
+    private func startRun(_ request: HTTPRequest, _ sessionID: String) async throws(APIError) -> HTTPResponse {
+        let organization = try organization(request)
+        let body = try Self.jsonBody(request)
+        let runID = try Self.string(body, "run_id", pattern: #"^(tsk|wr)_[A-Za-z0-9_-]{1,64}$"#,
+                                    rule: "tsk_ or wr_ followed by 1-64 of A-Z a-z 0-9 _ -")
+        let title = try Self.string(body, "title", pattern: #"^[^\u0000-\u001f]{1,200}$"#,
+                                    rule: "1-200 characters without control characters")
+        let webhookURL = try Self.string(body, "webhook_url", pattern: #"^https?://[^\s]{1,2040}$"#,
+                                         rule: "an http:// or https:// URL of at most 2048 characters")
+        if let webhookURL {
+            do { try Webhooks.validate(url: webhookURL) } catch { throw APIError(422, "webhook_url: \(error)") }
+            guard config.webhookSecrets[organization] != nil else {
+                throw APIError(422, "webhook_url: no webhook secret is configured for organization \(organization) (config webhooks.secrets)")
+            }
+        }
+        let run = try await runs.start(sessionID: sessionID, organizationID: organization, runID: runID,
+                                       webhookURL: webhookURL, title: title)
+        return .json(201, runJSON(run))
+    }
+
+    private func getRun(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        .json(200, runJSON(try await runs.run(id: id, organizationID: try organization(request))))
+    }
+
+    private func markStep(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        let organization = try organization(request)
+        let body = try Self.jsonBody(request)
+        guard let label = try Self.string(body, "label", pattern: #"^[^\u0000-\u001f]{1,200}$"#,
+                                          rule: "1-200 characters without control characters")
+        else { throw APIError(422, "label is required") }
+        let (step, artifact) = try await runs.step(runID: id, organizationID: organization, label: label)
+        return .json(201, ["run_id": id, "step": step.index, "label": step.label, "created_at": Self.iso(step.createdAt),
+                           "screenshot": artifactJSON(artifact)])
+    }
+
+    private func completeRun(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        let organization = try organization(request)
+        let body = try Self.jsonBody(request)
+        guard let status = body["status"] as? String, Runs.finalStatuses.contains(status) else {
+            throw APIError(422, "status must be one of \(Runs.finalStatuses.joined(separator: ", "))")
+        }
+        let reason = try Self.string(body, "failure_reason", pattern: #"^[\s\S]{1,4000}$"#, rule: "1-4000 characters")
+        return .json(200, runJSON(try await runs.complete(runID: id, organizationID: organization, status: status,
+                                                          failureReason: reason)))
+    }
+
+    private func listArtifacts(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        .json(200, try await runs.artifacts(runID: id, organizationID: try organization(request)).map(artifactJSON))
+    }
+
+    private func retryWebhook(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        let run = try await runs.run(id: id, organizationID: try organization(request))
+        guard run.webhookURL != nil else { throw APIError(409, "run \(id) has no webhook_url") }
+        guard !run.isOpen else { throw APIError(409, "run \(id) is not completed yet") }
+        do {
+            guard try webhooks.resend(runID: id) else { throw APIError(409, "run \(id) has no webhook delivery yet") }
+        } catch let error as APIError { throw error } catch { throw APIError(503, "cannot queue the webhook: \(error)") }
+        return .json(202, ["run_id": id, "status": "queued"])
+    }
+
+    /// An artifact's bytes, for the owning organization's key or a valid signed URL.
+    private func artifactContent(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
+        let artifact = try? store.artifact(id: id)
+        if let key = request.headers["x-api-key"], !key.isEmpty {
+            guard let organization = auth.organization(apiKey: key) else { throw APIError(401, "invalid API key") }
+            guard let artifact, artifact.organizationID == organization else { throw APIError(404, "artifact \(id) not found") }
+            return files.response(for: artifact, request: request)
+        }
+        guard let expires = request.query["expires"], let signature = request.query["signature"] else {
+            throw APIError(401, "missing credentials: an x-api-key header or a signed URL (expires, signature)")
+        }
+        do { try auth.verifyArtifactSignature(artifactID: id, expires: expires, signature: signature) } catch {
+            throw APIError(401, error == .expired ? "signed URL expired" : "invalid signature")
+        }
+        guard let artifact else { throw APIError(404, "artifact \(id) not found") }
+        return files.response(for: artifact, request: request)
+    }
+
+    private func replayPage(_ request: HTTPRequest, runID: String) async -> HTTPResponse {
+        guard let run = try? store.run(id: runID) else { return .html(404, Self.message("No run \(runID).")) }
+        guard let token = request.query["token"], !token.isEmpty else {
+            return .html(401, Self.message("This replay link has no token."))
+        }
+        // A token for the run, or one for watching its session.
+        let granted = [runID, run.sessionID].contains { (try? auth.verifyViewerToken(token, sessionID: $0)) != nil }
+        guard granted else { return .html(401, Self.message("This replay link is not valid or has expired.")) }
+        let links = runs.links(run)
+        let artifacts = (try? store.artifacts(runID: runID)) ?? []
+        let steps = ((try? store.steps(runID: runID)) ?? []).map { step -> ReplayPage.Step in
+            let screenshot = artifacts.first { $0.id == step.artifactID }.map(runs.artifactURL)
+            return .init(index: step.index, label: step.label,
+                         offset: Double(step.timeMicros > run.startMicros ? step.timeMicros - run.startMicros : 0) / 1_000_000,
+                         screenshotURL: screenshot)
+        }
+        return .html(200, ReplayPage.html(run: .init(id: run.id, title: run.title, status: run.status,
+                                                     videoURL: links.recording, steps: steps)))
+    }
+
+    private func runJSON(_ run: RunRecord) -> [String: Any] {
+        let links = runs.links(run)
+        let token = auth.viewerToken(sessionID: run.id,
+                                     expiresAt: Date().addingTimeInterval(Double(config.artifactURLTTLSeconds)))
+        return [
+            "run_id": run.id, "browser_session_id": run.sessionID, "status": run.status,
+            "title": run.title ?? NSNull(), "created_at": Self.iso(run.createdAt),
+            "started_at": run.startedAt.map(Self.iso) ?? NSNull(), "finished_at": run.finishedAt.map(Self.iso) ?? NSNull(),
+            "step_count": run.stepCount, "failure_reason": run.failureReason ?? NSNull(),
+            "recording_url": links.recording ?? NSNull(), "screenshot_urls": links.screenshots,
+            "app_url": "\(config.effectivePublicURL)/replay/\(run.id)?token=\(token)",
+            "webhook_url": run.webhookURL ?? NSNull(),
+            "recording_frames": run.framesRecorded, "recording_dropped_frames": run.framesDropped,
+        ]
+    }
+
+    private func artifactJSON(_ artifact: ArtifactRecord) -> [String: Any] {
+        [
+            "artifact_id": artifact.id, "artifact_type": artifact.kind.rawValue, "step": artifact.step ?? NSNull(),
+            "url": runs.artifactURL(artifact), "checksum": artifact.checksum, "filename": artifact.filename,
+            "file_size": artifact.fileSize, "content_type": artifact.contentType,
+            "modified_at": Self.iso(artifact.modifiedAt), "created_at": Self.iso(artifact.createdAt),
         ]
     }
 
@@ -208,6 +355,17 @@ final class API: HTTPServerDelegate {
         }
         guard let dictionary = object as? [String: Any] else { throw APIError(400, "request body must be a JSON object") }
         return dictionary
+    }
+
+    /// An optional string field that must match `pattern`.
+    private static func string(_ body: [String: Any], _ key: String, pattern: String, rule: String) throws(APIError)
+        -> String?
+    {
+        guard let raw = body[key], !(raw is NSNull) else { return nil }
+        guard let text = raw as? String, text.range(of: pattern, options: .regularExpression) != nil else {
+            throw APIError(422, "\(key) must be \(rule)")
+        }
+        return text
     }
 
     private static func int(_ body: [String: Any], _ key: String, in range: ClosedRange<Int>, default value: Int,

@@ -16,6 +16,10 @@ public final class Daemon: Sendable {
     public let port: Int
     let loop: EventLoop
     let sessions: Sessions
+    let runs: Runs
+    let store: Store
+    let files: ArtifactFiles
+    let webhooks: Webhooks
     let gateway: ViewerGateway
     let auth: Auth
     private let logger: Logger
@@ -46,19 +50,31 @@ public final class Daemon: Sendable {
             config.publicURL = "http://\(host):\(port)"
         }
         self.config = config
+        do { files = try ArtifactFiles(stateDir: config.stateDir) } catch {
+            throw DaemonError("cannot create the artifacts directory in \(config.stateDir): \(error.localizedDescription)")
+        }
+        self.store = store
         sessions = Sessions(store: store, loop: loop, config: config, logger: logger)
+        webhooks = Webhooks(store: store, loop: loop, config: config, logger: logger)
+        runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
+                    logger: logger)
         gateway = ViewerGateway(loop: loop, logger: logger)
+        sessions.onEnd { [runs] id in await runs.sessionEnded(id) }
     }
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
-        let api = API(sessions: sessions, auth: auth, gateway: gateway, config: config)
-        // Started in this order, shut down in reverse: viewers are told first, then sources stop, then the loop.
+        let api = API(sessions: sessions, runs: runs, store: store, files: files, webhooks: webhooks, auth: auth,
+                      gateway: gateway, config: config)
+        // Started in this order, shut down in reverse: viewers are told first, then runs are finalized and
+        // sources stop, then webhooks still due are left in the store, then the loop stops.
         let services: [any Service] = [
             LoopService(loop: loop, api: api, logger: logger, address: "\(config.listenHost):\(port)"),
-            SessionService(sessions: sessions),
+            WebhookService(webhooks: webhooks),
+            SessionService(sessions: sessions, runs: runs),
             ViewerService(gateway: gateway),
         ]
+        await runs.recover()  // runs a crash left open: terminated, with their recordings published
         try sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
         self.group.withLock { $0 = group }
@@ -113,15 +129,17 @@ private struct LoopService: Service {
     }
 }
 
-/// Enforces session timeouts; stops sources on shutdown.
+/// Enforces session timeouts; on shutdown finalizes open runs' recordings, then stops sources.
 private struct SessionService: Service {
     let sessions: Sessions
+    let runs: Runs
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             sessions.closeExpired()
         }
+        await runs.terminateAll(reason: "viewportd shut down; the recording ends there")
         await sessions.stopAll()
     }
 }

@@ -53,6 +53,8 @@ final class Sessions: Sendable {
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
+    /// Called after a session ended (runs complete then).
+    private let endHandler = Mutex<(@Sendable (String) async -> Void)?>(nil)
 
     init(store: Store, loop: EventLoop, config: Config, logger: Logger) {
         self.store = store
@@ -60,6 +62,11 @@ final class Sessions: Sendable {
         self.config = config
         self.logger = logger
     }
+
+    /// Sets what happens after a session ends; `close` waits for it, timeouts and failures do not.
+    func onEnd(_ handler: @escaping @Sendable (String) async -> Void) { endHandler.withLock { $0 = handler } }
+
+    private func ended(_ id: String) async { await endHandler.withLock { $0 }?(id) }
 
     // MARK: - API
 
@@ -120,6 +127,7 @@ final class Sessions: Sendable {
         let record = try session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
         let closed = finish(id, .closed, reason: nil) ?? lookup(id) ?? record
+        await ended(id)
         await flushWrites()
         return closed
     }
@@ -160,6 +168,7 @@ final class Sessions: Sendable {
         for id in expired {
             logger.info("session timed out", metadata: ["browser_session_id": "\(id)"])
             finish(id, .closed, reason: nil)
+            Task { await ended(id) }
         }
     }
 
@@ -204,6 +213,7 @@ final class Sessions: Sendable {
         case .failed(let reason):
             logger.warning("session failed", metadata: ["browser_session_id": "\(id)", "reason": "\(reason)"])
             finish(id, .failed, reason: reason)
+            Task { await ended(id) }
         }
     }
 

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import ViewportDaemon
+@testable import ViewportDaemon
 
 /// The `viewportd` executable next to the test bundle (`swift build --build-tests` builds both).
 private let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -50,4 +50,72 @@ struct CLITests {
         #expect(status == 1)
         #expect(output.contains("cannot listen on 127.0.0.1:\(first.daemon.port)"))
     }
+}
+
+@Suite("Crash recovery", .serialized)
+struct CrashRecoveryTests {
+    @Test func aRunKilledMidRecordingIsTerminatedWithAPlayableRecordingUpToTheKill() async throws {
+        let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
+        defer { browser.terminate() }
+        let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-crash-\(UUID().uuidString)").path
+        let port = try freeLoopbackPort()
+        let base = "http://127.0.0.1:\(port)"
+        func serve() async throws -> Process {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["serve"]
+            process.environment = ProcessInfo.processInfo.environment.merging([
+                "VIEWPORTD_LISTEN": "127.0.0.1:\(port)", "VIEWPORTD_STATE_DIR": stateDir, "VIEWPORTD_API_KEY": keyA,
+                "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "warning",
+            ]) { $1 }
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            try await eventually("viewportd answers") { (try? await httpRaw("GET", base + "/healthz"))?.0 == 200 }
+            return process
+        }
+
+        let first = try await serve()
+        let (_, session) = try await httpJSON("POST", base + "/v1/browser_sessions", ["browser_address": browser.address])
+        let id = try #require(session["browser_session_id"].string)
+        let (status, run) = try await httpJSON("POST", base + "/v1/browser_sessions/\(id)/runs", ["run_id": "wr_crash"])
+        try #require(status == 201, "\(run)")
+        let started = Date()
+        try await Task.sleep(for: .seconds(4))
+        kill(first.processIdentifier, SIGKILL)
+        let killedAfter = Date().timeIntervalSince(started)
+        first.waitUntilExit()
+
+        let second = try await serve()
+        defer { second.terminate(); second.waitUntilExit() }
+        let (_, recovered) = try await httpJSON("GET", base + "/v1/runs/wr_crash")
+        #expect(recovered["status"].string == "terminated")
+        #expect(recovered["failure_reason"].string?.contains("stopped") == true)
+        let (videoStatus, video) = try await httpRaw("GET", try #require(recovered["recording_url"].string))
+        try #require(videoStatus == 200)
+        let file = try temporaryFile("crash.mp4", video)
+        #expect(try decodeErrors(file).isEmpty, "the recovered MP4 decodes fully")
+        let duration = try #require(try ffprobe(file)["format"]["duration"].string.flatMap(Double.init))
+        #expect(abs(duration - killedAfter) <= 1.0, "covers \(duration) s of the \(killedAfter) s before the kill")
+        try? FileManager.default.removeItem(atPath: stateDir)
+    }
+}
+
+private func httpJSON(_ method: String, _ url: String, _ body: [String: Any]? = nil) async throws -> (Int, JSON) {
+    let (status, data) = try await httpRaw(method, url, key: keyA, json: body)
+    return (status, (try? JSONDecoder().decode(JSON.self, from: data)) ?? .null)
+}
+
+/// A loopback port nobody listens on now.
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    try #require(bound, "no free port")
+    return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -1,0 +1,404 @@
+import Foundation
+import Logging
+import Recorder
+import Store
+import ViewportCore
+
+/// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
+/// artifacts and the completion webhook.
+///
+/// An actor: what a call decides before its first `await` happens atomically. Runs are open only in the
+/// process that started them; a run found open at start-up was cut short by a crash and is terminated with
+/// what its recording holds.
+actor Runs {
+    /// A session's recording in progress and the runs it serves.
+    private struct Segment {
+        let record: SegmentRecord
+        let recorder: SegmentRecorder
+        var runs: Set<String>
+    }
+
+    /// An open run and what it has collected.
+    private struct OpenRun {
+        var record: RunRecord
+        let hub: FrameHub
+        var steps: [StepRecord] = []
+        var droppedAtStart: UInt64 = 0
+        var completing = false
+    }
+
+    /// Final statuses `complete` accepts.
+    static let finalStatuses = ["completed", "failed", "terminated", "timed_out", "canceled"]
+
+    private let store: Store
+    private let sessions: Sessions
+    private let files: ArtifactFiles
+    private let auth: Auth
+    private let webhooks: Webhooks
+    private let config: Config
+    private let logger: Logger
+    private var segments: [String: Segment] = [:]
+    private var open: [String: OpenRun] = [:]
+
+    init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
+         logger: Logger)
+    {
+        self.store = store
+        self.sessions = sessions
+        self.files = files
+        self.auth = auth
+        self.webhooks = webhooks
+        self.config = config
+        self.logger = logger
+    }
+
+    // MARK: - API
+
+    /// Starts a run in an open session; its recording starts with a keyframe now.
+    func start(sessionID: String, organizationID: String, runID: String?, webhookURL: String?, title: String?)
+        throws(APIError) -> RunRecord
+    {
+        let session = try sessions.session(id: sessionID, organizationID: organizationID)
+        guard session.status.isActive, let hub = sessions.hub(id: sessionID) else {
+            throw APIError(409, "browser session \(sessionID) is \(session.status.rawValue)")
+        }
+        let id = runID ?? "wr_\(Digest.randomBytes(12).hex)"
+        guard open[id] == nil, (try? store.run(id: id)) == nil else { throw APIError(409, "run \(id) already exists") }
+        let now = Date()
+        let start = wallClockMicros()
+        let existing = segments[sessionID]
+        var segment = existing
+        if segment == nil, config.recordingEnabled {
+            segment = try startSegment(sessionID: sessionID, organizationID: organizationID, hub: hub, origin: start)
+        }
+        segment?.recorder.keyframe(at: start)
+        let record = RunRecord(id: id, sessionID: sessionID, organizationID: organizationID, status: "running",
+                               title: title, webhookURL: webhookURL, createdAt: now, startMicros: start,
+                               segmentID: segment?.record.id)
+        do { try store.insert(record) } catch {
+            if existing == nil, let segment { Task { await self.retire(segment) } }
+            if case Store.Failure.duplicateRun = error { throw APIError(409, "run \(id) already exists") }
+            throw APIError(503, "cannot store the run: \(error)")
+        }
+        if var segment {
+            segment.runs.insert(id)
+            segments[sessionID] = segment
+        }
+        open[id] = OpenRun(record: record, hub: hub, droppedAtStart: segment?.recorder.stats.framesDropped ?? 0)
+        logger.info("run started", metadata: ["run_id": "\(id)", "browser_session_id": "\(sessionID)"])
+        return record
+    }
+
+    /// Marks a step: takes the newest frame as its screenshot (waiting up to 2 s for a first one).
+    func step(runID: String, organizationID: String, label: String) async throws(APIError) -> (StepRecord, ArtifactRecord) {
+        let run = try openRun(runID, organizationID: organizationID)
+        let time = wallClockMicros()
+        guard let frame = await Self.currentFrame(run.hub) else {
+            throw APIError(409, "browser session \(run.record.sessionID) has shown no frame yet; retry when the page is up")
+        }
+        // The run may have been completed while this step waited for a frame.
+        guard var current = open[runID], !current.completing else { throw APIError(409, "run \(runID) is completed") }
+        let index = current.steps.count + 1
+        let artifact = try saveScreenshot(frame, run: current.record, step: index, name: String(format: "step-%03d", index))
+        let step = StepRecord(runID: runID, index: index, label: label, createdAt: Date(), timeMicros: time,
+                              artifactID: artifact.id)
+        do { try store.insert(step, artifact: artifact) } catch { throw APIError(503, "cannot store the step: \(error)") }
+        current.steps.append(step)
+        current.record.stepCount = index
+        open[runID] = current
+        return (step, artifact)
+    }
+
+    /// Completes a run: final screenshot, the recording cut and published, the webhook queued. Completing a
+    /// completed run returns it unchanged.
+    func complete(runID: String, organizationID: String, status: String, failureReason: String?) async throws(APIError)
+        -> RunRecord
+    {
+        guard var run = open[runID] else {
+            let record = try stored(runID, organizationID: organizationID)
+            guard record.isOpen else { return record }
+            throw APIError(409, "run \(runID) was started by an earlier viewportd process and is being terminated")
+        }
+        guard run.record.organizationID == organizationID else { throw APIError(404, "run \(runID) not found") }
+        guard !run.completing else { throw APIError(409, "run \(runID) is being completed") }
+        run.completing = true
+        open[runID] = run
+        return await finalize(run, status: status, failureReason: failureReason)
+    }
+
+    /// The run if it exists and belongs to `organizationID`.
+    func run(id: String, organizationID: String) throws(APIError) -> RunRecord {
+        if let run = open[id], run.record.organizationID == organizationID { return run.record }
+        return try stored(id, organizationID: organizationID)
+    }
+
+    /// Completes every open run of a session that ended, as `terminated`.
+    func sessionEnded(_ sessionID: String) async {
+        let ids = open.values.filter { $0.record.sessionID == sessionID && !$0.completing }.map(\.record.id)
+        await terminate(ids, reason: "the browser session ended")
+    }
+
+    /// Completes every open run as `terminated`, publishing what was recorded (graceful shutdown).
+    func terminateAll(reason: String) async {
+        await terminate(open.values.filter { !$0.completing }.map(\.record.id), reason: reason)
+    }
+
+    private func terminate(_ ids: [String], reason: String) async {
+        await withTaskGroup(of: Void.self) { group in
+            for id in ids {
+                guard var run = open[id], !run.completing else { continue }
+                run.completing = true
+                open[id] = run
+                group.addTask { _ = await self.finalize(run, status: "terminated", failureReason: reason) }
+            }
+        }
+    }
+
+    // MARK: - Completion
+
+    private func finalize(_ run: OpenRun, status: String, failureReason: String?) async -> RunRecord {
+        var record = run.record
+        let end = wallClockMicros()
+        let id = record.id
+        if let frame = await Self.currentFrame(run.hub) {
+            do { try store.insert(try saveScreenshot(frame, run: record, step: nil, name: "final")) } catch {
+                logger.error("cannot save the final screenshot", metadata: ["run_id": "\(id)", "error": "\(error)"])
+            }
+        }
+        if let segment = segments[record.sessionID], segment.runs.contains(id) {
+            do {
+                try await segment.recorder.sync(until: end)
+                let stats = segment.recorder.stats
+                let summary = try await publishRecording(record, steps: run.steps, segment: segment.record, end: end)
+                record.framesRecorded = summary.frames
+                record.framesDropped = Int(stats.framesDropped - run.droppedAtStart)
+            } catch {
+                logger.error("cannot publish the recording", metadata: ["run_id": "\(id)", "error": "\(error)"])
+            }
+            release(id, from: record.sessionID)
+        }
+        record.status = status
+        record.finishedAt = Date()
+        record.failureReason = failureReason
+        record.stepCount = run.steps.count
+        do { try store.update(record) } catch {
+            logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
+        }
+        open[id] = nil
+        logger.info("run completed", metadata: ["run_id": "\(id)", "status": "\(status)", "steps": "\(record.stepCount)",
+                                                 "frames": "\(record.framesRecorded)", "dropped": "\(record.framesDropped)"])
+        notify(record)
+        return record
+    }
+
+    /// Cuts the run out of its session's segment into a faststart MP4 with a chapter per step, and publishes it.
+    private func publishRecording(_ run: RunRecord, steps: [StepRecord], segment: SegmentRecord, end: UInt64?)
+        async throws -> MP4Cut.Summary
+    {
+        let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
+                                               runID: run.id)
+        let relative = "\(directory)/recording.mp4"
+        let temporary = files.temporaryPath(for: relative)
+        let chapters = steps.map { MP4Cut.Chapter(time: $0.timeMicros, title: "Step \($0.index): \($0.label)") }
+        let source = files.url(segment.path).path
+        let summary = try await Self.offThread {
+            try MP4Cut.cut(fragmented: source, output: temporary, from: run.startMicros, to: end, chapters: chapters)
+        }
+        try files.publish(temporary, as: relative)
+        let (size, checksum) = try files.measure(relative)
+        let now = Date()
+        try store.insert(ArtifactRecord(id: "art_\(Digest.randomBytes(12).hex)", kind: .recording, runID: run.id,
+                                        sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
+                                        path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
+                                        contentType: "video/mp4", createdAt: now, modifiedAt: now))
+        return summary
+    }
+
+    private func notify(_ run: RunRecord) {
+        guard let url = run.webhookURL else { return }
+        do {
+            try webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
+                                 payload: webhookPayload(run))
+        } catch {
+            logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
+        }
+    }
+
+    /// The body of the run's webhook.
+    nonisolated func webhookPayload(_ run: RunRecord) -> [String: Any] {
+        let links = links(run)
+        return [
+            "run_id": run.id, "browser_session_id": run.sessionID, "status": run.status,
+            "failure_reason": run.failureReason ?? NSNull(), "recording_url": links.recording ?? NSNull(),
+            "screenshot_urls": links.screenshots, "step_count": run.stepCount, "created_at": API.iso(run.createdAt),
+            "finished_at": run.finishedAt.map(API.iso) ?? NSNull(),
+        ]
+    }
+
+    /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
+    nonisolated func links(_ run: RunRecord) -> (recording: String?, screenshots: [String]) {
+        let artifacts = (try? store.artifacts(runID: run.id)) ?? []
+        let recording = artifacts.last { $0.kind == .recording }.map(artifactURL)
+        return (recording, artifacts.filter { $0.kind == .screenshot }.reversed().map(artifactURL))
+    }
+
+    /// Artifacts of a run, oldest first.
+    func artifacts(runID: String, organizationID: String) throws(APIError) -> [ArtifactRecord] {
+        _ = try run(id: runID, organizationID: organizationID)
+        return (try? store.artifacts(runID: runID)) ?? []
+    }
+
+    /// A signed URL of an artifact's content.
+    nonisolated func artifactURL(_ artifact: ArtifactRecord) -> String {
+        let (expires, signature) = auth.artifactSignature(
+            artifactID: artifact.id, expiresAt: Date().addingTimeInterval(Double(config.artifactURLTTLSeconds)))
+        return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
+    }
+
+    // MARK: - Segments
+
+    private func startSegment(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64)
+        throws(APIError) -> Segment
+    {
+        let id = "seg_\(Digest.randomBytes(8).hex)"
+        do {
+            try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
+                                                    withIntermediateDirectories: true)
+            let record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
+                                       originMicros: origin)
+            try store.insert(record)
+            var settings = EncoderSettings()
+            settings.preset = config.recordingPreset
+            settings.crf = config.recordingCRF
+            settings.threads = config.recordingThreads
+            settings.queueFrames = config.recordingQueueFrames
+            let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
+                                               settings: settings, logger: logger.with(sessionID: sessionID))
+            return Segment(record: record, recorder: recorder, runs: [])
+        } catch {
+            logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
+            throw APIError(503, "cannot start the recording: \(error)")
+        }
+    }
+
+    /// Detaches a completed run from its segment; the last one out stops the encoder and deletes the segment.
+    private func release(_ runID: String, from sessionID: String) {
+        guard var segment = segments[sessionID] else { return }
+        segment.runs.remove(runID)
+        if segment.runs.isEmpty {
+            segments[sessionID] = nil
+            Task { await self.retire(segment) }
+        } else {
+            segments[sessionID] = segment
+        }
+    }
+
+    private func retire(_ segment: Segment) async {
+        await segment.recorder.finish()
+        try? store.markFinished(segmentID: segment.record.id)
+        files.remove(segment.record.path)
+    }
+
+    // MARK: - Recovery
+
+    /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.
+    func recover() async {
+        let runs: [RunRecord]
+        do { runs = try store.openRuns() } catch {
+            logger.error("cannot read open runs", metadata: ["error": "\(error)"])
+            return
+        }
+        for var run in runs {
+            let steps = (try? store.steps(runID: run.id)) ?? []
+            if let segmentID = run.segmentID, let segment = try? store.segment(id: segmentID) {
+                do {
+                    let summary = try await publishRecording(run, steps: steps, segment: segment, end: nil)
+                    run.framesRecorded = summary.frames
+                } catch {
+                    logger.error("cannot recover the recording", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
+                }
+            }
+            run.status = "terminated"
+            run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
+            run.finishedAt = Date()
+            run.stepCount = steps.count
+            do { try store.update(run) } catch {
+                logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
+            }
+            logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])
+            notify(run)
+        }
+        for segment in (try? store.unfinishedSegments()) ?? [] {
+            try? store.markFinished(segmentID: segment.id)
+            files.remove(segment.path)
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func openRun(_ id: String, organizationID: String) throws(APIError) -> OpenRun {
+        guard let run = open[id], run.record.organizationID == organizationID else {
+            let record = try stored(id, organizationID: organizationID)
+            throw APIError(409, "run \(id) is \(record.status)")
+        }
+        guard !run.completing else { throw APIError(409, "run \(id) is being completed") }
+        return run
+    }
+
+    private func stored(_ id: String, organizationID: String) throws(APIError) -> RunRecord {
+        guard let record = try? store.run(id: id), record.organizationID == organizationID else {
+            throw APIError(404, "run \(id) not found")
+        }
+        return record
+    }
+
+    private func saveScreenshot(_ frame: Frame, run: RunRecord, step: Int?, name: String) throws(APIError)
+        -> ArtifactRecord
+    {
+        do {
+            let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
+                                                   runID: run.id)
+            let png = config.screenshotFormat == .png
+            let data = png ? try ImageConversion.png(fromJPEG: frame.jpeg.data) : frame.jpeg.data
+            let relative = "\(directory)/\(name).\(png ? "png" : "jpg")"
+            try files.write(data, to: relative)
+            let now = Date()
+            return ArtifactRecord(id: "art_\(Digest.randomBytes(12).hex)", kind: .screenshot, runID: run.id,
+                                  sessionID: run.sessionID, organizationID: run.organizationID, step: step,
+                                  path: relative, filename: "\(run.id)-\(name).\(png ? "png" : "jpg")",
+                                  fileSize: data.count, checksum: Digest.sha256(data).hex,
+                                  contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
+        } catch {
+            throw APIError(503, "cannot save the screenshot: \(error)")
+        }
+    }
+
+    /// The newest frame of a session as it is now: the hub's latest while somebody consumes (the screencast
+    /// runs), else the first fresh frame after asking for one, waiting up to 2 s.
+    static func currentFrame(_ hub: FrameHub) async -> Frame? {
+        if hub.consumerCount > 0, let latest = hub.latest { return latest }
+        let stale = hub.latest?.sequence ?? 0
+        let (wakes, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let subscription = hub.subscribe(kind: .screenshot, capacity: 1) { continuation.yield() }
+        defer { subscription.cancel() }
+        let timeout = Task {
+            try? await Task.sleep(for: .seconds(2))
+            continuation.finish()
+        }
+        defer { timeout.cancel() }
+        for await _ in wakes {
+            while let frame = subscription.next() {
+                if frame.sequence > stale { return frame }
+            }
+            if hub.status.isFinal { return hub.latest }
+        }
+        return nil
+    }
+
+    /// Runs blocking file work on a thread outside the cooperative pool.
+    private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async { continuation.resume(with: Result { try work() }) }
+        }
+    }
+}
