@@ -16,4 +16,6 @@
 static inline int vpd_averror_eagain(void) { return AVERROR(EAGAIN); }
 /// AVERROR_EOF.
 static inline int vpd_averror_eof(void) { return AVERROR_EOF; }
+/// AV_NOPTS_VALUE: a timestamp that is not set.
+static inline int64_t vpd_nopts_value(void) { return AV_NOPTS_VALUE; }
 #endif

@@ -1,0 +1,384 @@
+import Foundation
+public import Logging
+public import ViewportCore
+import Synchronization
+
+/// Encodes one session's frames into one crash-safe fragmented MP4 (one encode, whatever the runs).
+///
+/// Frames are decoded and encoded on a thread of its own (not the cooperative pool), woken by the frame hub. Their
+/// capture times are their presentation times (no frame is ever duplicated). The file's time 0 is its first frame,
+/// at the later of that frame's capture time and `origin`; the file's metadata holds that wall-clock time. Fragments
+/// are cut about once a second, and the file's modification time is touched about once a second even when no frame
+/// comes, so after a crash ``MP4Cut`` recovers everything up to about a second before it and knows when the writer
+/// died.
+public final class SegmentRecorder: Sendable {
+    private let mailbox: Mailbox
+    private let subscription: FrameSubscription
+
+    /// Subscribes to `hub` as a `.recorder` consumer and starts encoding into `path` on a thread of its own.
+    /// `origin` (wall-clock µs) is when the recording starts: a frame captured earlier (the hub's latest) is shown
+    /// from then. Throws when the file cannot be created.
+    public init(hub: FrameHub, path: String, origin: UInt64, settings: EncoderSettings, logger: Logger) throws {
+        let writer = try FragmentWriter(path: path)
+        let mailbox = Mailbox()
+        self.mailbox = mailbox
+        subscription = hub.subscribe(kind: .recorder, capacity: settings.queueFrames) { mailbox.wake() }
+        let worker = Worker(mailbox: mailbox, subscription: subscription, writer: writer, path: path, origin: origin,
+                            settings: settings, logger: logger)
+        let thread = Thread { worker.run() }
+        thread.name = "recorder"
+        thread.start()
+    }
+
+    deinit { mailbox.post { $0.finishing = true } }
+
+    /// Forces a keyframe at `time` (wall-clock µs) showing the latest frame, so a run can be cut from here.
+    /// Frames captured before `time` that are still queued are encoded first.
+    public func keyframe(at time: UInt64) {
+        mailbox.post { s in
+            if !s.finishing { s.commands.append(.keyframe(time)) }
+        }
+    }
+
+    /// Returns once every frame captured before `time` that the recorder has received (and any other frame it has
+    /// received by then) is encoded and written to the file in a complete fragment, handed to the kernel and
+    /// fsynced. Throws if the recording failed.
+    public func sync(until time: UInt64) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            mailbox.post { s in
+                if let failure = s.failure {
+                    continuation.resume(throwing: failure)
+                } else if s.stopped {
+                    continuation.resume()
+                } else {
+                    s.commands.append(.sync(time, continuation))
+                }
+            }
+        }
+    }
+
+    /// Stops encoding (after the frames already queued), writes the last fragment, closes the file and leaves the
+    /// hub. Pending ``sync(until:)`` calls return first. Idempotent: later calls return the same figures.
+    @discardableResult public func finish() async -> RecorderStats {
+        await withCheckedContinuation { (continuation: CheckedContinuation<RecorderStats, Never>) in
+            mailbox.post { s in
+                if s.stopped {
+                    continuation.resume(returning: s.stats)
+                } else {
+                    s.finishing = true
+                    s.finishWaiters.append(continuation)
+                }
+            }
+        }
+    }
+
+    /// The counters so far (frames dropped by the hub queue included).
+    public var stats: RecorderStats {
+        let dropped = subscription.stats.dropped
+        return mailbox.state.withLock { s in
+            var stats = s.stats
+            if !s.stopped { stats.framesDropped = s.framesInvalid + dropped }
+            return stats
+        }
+    }
+}
+
+/// What callers hand the encoder thread, and what it reports back.
+private final class Mailbox: Sendable {
+    enum Command {
+        case keyframe(UInt64)
+        case sync(UInt64, CheckedContinuation<Void, any Error>)
+
+        var time: UInt64 {
+            switch self {
+            case .keyframe(let time), .sync(let time, _): time
+            }
+        }
+
+        var keyframeTime: UInt64? { if case .keyframe(let time) = self { time } else { nil } }
+    }
+
+    struct State {
+        var commands: [Command] = []
+        var finishing = false
+        var finishWaiters: [CheckedContinuation<RecorderStats, Never>] = []
+        /// The thread has ended (finished or failed); the file is closed.
+        var stopped = false
+        var failure: RecorderError?
+        var stats = RecorderStats()
+        var framesInvalid: UInt64 = 0
+    }
+
+    let state = Mutex(State())
+    private let semaphore = DispatchSemaphore(value: 0)
+
+    /// Changes the state, then wakes the encoder thread.
+    func post(_ change: (inout State) -> Void) {
+        state.withLock { change(&$0) }
+        wake()
+    }
+
+    func wake() { semaphore.signal() }
+
+    /// The time of the earliest keyframe waiting, if any.
+    var earliestKeyframe: UInt64? { state.withLock { $0.commands.compactMap(\.keyframeTime).min() } }
+
+    var hasCommands: Bool { state.withLock { !$0.commands.isEmpty } }
+
+    /// Waits for a wake-up or until `deadline`.
+    func wait(until deadline: DispatchTime) { _ = semaphore.wait(timeout: deadline) }
+}
+
+/// The encoder thread's state.
+///
+/// `@unchecked Sendable`: handed to the encoder thread by `SegmentRecorder.init` before the thread starts and used
+/// by that thread only; callers reach it solely through the `Mailbox` (a mutex) and the `FrameSubscription`
+/// (thread-safe).
+private final class Worker: @unchecked Sendable {
+    private let mailbox: Mailbox
+    private let subscription: FrameSubscription
+    private let writer: FragmentWriter
+    private let path: String
+    private let origin: UInt64
+    /// The wall-clock time of the file's time 0: its first frame's.
+    private var fileOrigin: UInt64 = 0
+    private let settings: EncoderSettings
+    private let logger: Logger
+
+    private var decoder: JPEGDecoder?
+    private var encoder: H264Encoder?
+    private var picture: Picture?
+    /// Commands taken from the mailbox and not handled yet.
+    private var commands: [Mailbox.Command] = []
+    /// A frame taken from the queue but captured after the command being handled.
+    private var held: Frame?
+    private var lastPTS: Int64 = -1
+    /// Capture time of the last frame encoded.
+    private var lastCaptureTime: UInt64 = 0
+    private var lastWrite = DispatchTime.now()
+    private var droppedLogged: UInt64 = 0
+
+    /// How late a first frame may come and still be shown from the recording's start (µs).
+    private static let firstFrameGrace: UInt64 = 2_000_000
+
+    /// Fragments are cut, and the file touched, this often.
+    private static let interval: UInt64 = 1_000_000_000
+
+    init(mailbox: Mailbox, subscription: FrameSubscription, writer: FragmentWriter, path: String, origin: UInt64,
+         settings: EncoderSettings, logger: Logger) {
+        self.mailbox = mailbox
+        self.subscription = subscription
+        self.writer = writer
+        self.path = path
+        self.origin = origin
+        self.settings = settings
+        self.logger = logger
+    }
+
+    func run() {
+        var failure: RecorderError?
+        do throws(RecorderError) {
+            decoder = try JPEGDecoder()
+            var finishing = false
+            while true {
+                if !finishing { mailbox.wait(until: nextDeadline()) }
+                let taken: [Mailbox.Command]
+                (taken, finishing) = mailbox.state.withLock { s in
+                    defer { s.commands.removeAll() }
+                    return (s.commands, s.finishing)
+                }
+                // In time order (a stable sort keeps the callers' order for equal times).
+                commands = taken.enumerated().sorted { ($0.element.time, $0.offset) < ($1.element.time, $1.offset) }
+                    .map(\.element)
+                while !commands.isEmpty { try handle(commands.removeFirst()) }
+                try encodeQueued(before: nil)
+                try housekeeping()
+                if finishing && held == nil && !mailbox.hasCommands { break }
+            }
+            try encoder?.drain(write: writer.write)
+            try writer.finish()
+        } catch {
+            failure = error
+            logger.error("recording failed", metadata: ["path": "\(path)", "error": "\(error)"])
+            try? writer.finish()
+        }
+        stop(failure)
+    }
+
+    private func handle(_ command: Mailbox.Command) throws(RecorderError) {
+        switch command {
+        case .keyframe(let time):
+            try encodeQueued(before: time)
+            // Before the first frame there is nothing to show; the first frame will be an IDR anyway.
+            try keyframe(at: time)
+        case .sync(_, let continuation):
+            // Every frame received so far, not only those captured before the sync's time: a run that ended before
+            // its first frame came still gets that frame. Up to the next keyframe, which must follow its own frames.
+            try encodeQueued(before: commands.lazy.compactMap(\.keyframeTime).first)
+            try writer.cutFragment()
+            lastWrite = .now()
+            fileSync()
+            publishBytes()
+            continuation.resume()
+        }
+    }
+
+    /// Encodes queued frames, up to the first one captured at or after `time` (nil: all of them) or at or after a
+    /// keyframe posted meanwhile.
+    private func encodeQueued(before time: UInt64?) throws(RecorderError) {
+        while let frame = held ?? subscription.next() {
+            held = nil
+            // Read after taking the frame: a keyframe(at:) posted before this frame was published is seen here.
+            let posted = mailbox.earliestKeyframe
+            if let limit = time.map({ min($0, posted ?? .max) }) ?? posted, frame.captureTime >= limit {
+                held = frame
+                return
+            }
+            try encode(frame)
+            try cutFragmentIfDue()
+        }
+    }
+
+    /// Encodes one frame; a frame that does not decode is counted and skipped, anything else fails the recording.
+    private func encode(_ frame: Frame) throws(RecorderError) {
+        // The hub raises a capture time that went backwards to the previous one: such a frame is older than the one
+        // already shown and would last zero time. Leave it out.
+        guard let decoder, frame.captureTime > lastCaptureTime || lastCaptureTime == 0,
+              picture == nil || Self.ticks(frame.captureTime, since: fileOrigin) > lastPTS
+        else { return }
+        lastCaptureTime = frame.captureTime
+        let jpeg = frame.jpeg.bytes
+        let header: JPEGHeader
+        do { header = try decoder.header(jpeg) } catch { return skip(frame, error) }
+        var time = frame.captureTime
+        if picture == nil {
+            guard header.width >= 2, header.height >= 2 else {
+                return skip(frame, RecorderError("a \(header.width)x\(header.height) frame"))
+            }
+            // The first frame after the recording asked for frames is the screen as it was when it started (the
+            // source sends a fresh screenshot then), so it is shown from the start, unless it is very late.
+            if time < origin + Self.firstFrameGrace { time = origin }
+            try openEncoder(header, at: max(time, origin))
+        }
+        guard let encoder, let picture else { return }
+        do { try picture.load(jpeg, header, decoder: decoder) } catch { return skip(frame, error) }
+        try encode(picture, with: encoder, at: max(time, fileOrigin), keyframe: false)
+    }
+
+    private func skip(_ frame: Frame, _ error: RecorderError) {
+        report { $0.framesInvalid += 1 }
+        logger.warning("recorder skipped a frame it cannot decode",
+                       metadata: ["sequence": "\(frame.sequence)", "error": "\(error)"])
+    }
+
+    /// Re-encodes the latest picture as an IDR frame at `time`, unless the latest packet already is one (a run
+    /// starting with the session's recording: the first frame).
+    private func keyframe(at time: UInt64) throws(RecorderError) {
+        guard let encoder, let picture, !writer.lastPacketIsKey else { return }
+        try encode(picture, with: encoder, at: time, keyframe: true)
+    }
+
+    private func encode(_ picture: Picture, with encoder: H264Encoder, at time: UInt64, keyframe: Bool)
+        throws(RecorderError)
+    {
+        try encoder.encode(picture.frame, pts: presentationTime(time), keyframe: keyframe, write: writer.write)
+        report { $0.stats.framesEncoded += 1 }
+    }
+
+    /// Opens the encoder and the file's stream for the first frame's size, rounded down to even, with time 0 at
+    /// `time`.
+    private func openEncoder(_ header: JPEGHeader, at time: UInt64) throws(RecorderError) {
+        let width = header.width & ~1, height = header.height & ~1
+        let picture = try Picture(width: width, height: height)
+        let encoder = try H264Encoder(width: width, height: height, settings: settings)
+        try writer.start(encoder: encoder.context, origin: time)
+        self.encoder = encoder
+        self.picture = picture
+        fileOrigin = time
+        publishBytes()
+        report { s in
+            s.stats.width = Int(width)
+            s.stats.height = Int(height)
+        }
+    }
+
+    /// 90 kHz ticks since the file's time 0, always after the previous frame's.
+    private func presentationTime(_ wallClock: UInt64) -> Int64 {
+        lastPTS = max(Self.ticks(wallClock, since: fileOrigin), lastPTS + 1)
+        return lastPTS
+    }
+
+    private static func ticks(_ wallClock: UInt64, since origin: UInt64) -> Int64 {
+        wallClock > origin ? Int64((wallClock - origin) * 9 / 100) : 0
+    }
+
+    private func cutFragmentIfDue() throws(RecorderError) {
+        guard let since = writer.pendingSince, DispatchTime.now().uptimeNanoseconds >= since.uptimeNanoseconds
+            + Self.interval else { return }
+        try writer.cutFragment()
+        lastWrite = .now()
+        publishBytes()
+    }
+
+    /// Cuts a fragment that is a second old, touches the file when nothing was written for a second (so its
+    /// modification time tells when the writer was last alive), and reports hub drops.
+    private func housekeeping() throws(RecorderError) {
+        try cutFragmentIfDue()
+        let now = DispatchTime.now()
+        if now.uptimeNanoseconds >= lastWrite.uptimeNanoseconds + Self.interval {
+            utimensat(AT_FDCWD, path, nil, 0)
+            lastWrite = now
+        }
+        let dropped = subscription.stats.dropped
+        if dropped > droppedLogged {
+            logger.warning("recorder is too slow, frames dropped",
+                           metadata: ["dropped": "\(dropped - droppedLogged)", "total": "\(dropped)"])
+            droppedLogged = dropped
+        }
+    }
+
+    private func nextDeadline() -> DispatchTime {
+        var deadline = lastWrite.uptimeNanoseconds + Self.interval
+        if let since = writer.pendingSince { deadline = min(deadline, since.uptimeNanoseconds + Self.interval) }
+        return DispatchTime(uptimeNanoseconds: max(deadline, DispatchTime.now().uptimeNanoseconds + 1_000_000))
+    }
+
+    /// fsync through a descriptor of our own: libavformat keeps its own private.
+    private func fileSync() {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+
+    private func report(_ change: (inout Mailbox.State) -> Void) { mailbox.state.withLock { change(&$0) } }
+
+    private func publishBytes() {
+        let bytes = writer.bytesWritten
+        report { $0.stats.bytesWritten = bytes }
+    }
+
+    /// Ends the thread's work: leaves the hub, fixes the figures and answers every waiting caller.
+    private func stop(_ failure: RecorderError?) {
+        let dropped = subscription.stats.dropped
+        subscription.cancel()
+        let bytes = writer.bytesWritten
+        let (stats, syncs, waiters) = mailbox.state.withLock { s in
+            s.stopped = true
+            s.failure = failure
+            s.stats.bytesWritten = bytes
+            s.stats.framesDropped = s.framesInvalid + dropped
+            let syncs = (commands + s.commands).compactMap { command -> CheckedContinuation<Void, any Error>? in
+                if case .sync(_, let continuation) = command { continuation } else { nil }
+            }
+            s.commands.removeAll()
+            defer { s.finishWaiters.removeAll() }
+            return (s.stats, syncs, s.finishWaiters)
+        }
+        commands.removeAll()
+        for sync in syncs {
+            if let failure { sync.resume(throwing: failure) } else { sync.resume() }
+        }
+        for waiter in waiters { waiter.resume(returning: stats) }
+    }
+}
