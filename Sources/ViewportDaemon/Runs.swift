@@ -178,7 +178,8 @@ actor Runs {
             release(id, from: record.sessionID)
         }
         record.status = status
-        record.finishedAt = Date()
+        // Finished when completion was asked for, which is also where the recording ends.
+        record.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
         record.failureReason = failureReason
         record.stepCount = run.steps.count
         do { try store.update(record) } catch {
