@@ -84,8 +84,13 @@ func httpRaw(_ method: String, _ url: String, key: String? = nil, json: Any? = n
     } else if let rawBody {
         request.httpBody = rawBody
     }
-    let (data, response) = try await URLSession.shared.data(for: request)
-    return ((response as! HTTPURLResponse).statusCode, data)
+    request.timeoutInterval = 30
+    do {
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as! HTTPURLResponse).statusCode, data)
+    } catch {
+        throw DaemonError("\(method) \(url): \(error)")
+    }
 }
 
 /// Polls `condition` until it holds or `timeout` seconds pass.
