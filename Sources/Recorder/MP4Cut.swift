@@ -196,12 +196,16 @@ private final class CutWriter {
         try check(avformat_write_header(f, &options), "avformat_write_header \(output)")
     }
 
+    private var lastDTS = Int64.min
+
     func add(_ packet: Packet) throws(RecorderError) {
         let pts = packet.pointer.pointee.pts - start
         if holding { try writeHeld(duration: pts - held.pointer.pointee.pts) }
         try check(av_packet_ref(held.pointer, packet.pointer), "av_packet_ref")
         held.pointer.pointee.pts = pts
-        held.pointer.pointee.dts -= start
+        // The recorder's streams have no B-frames, so decode order is presentation order; the demuxer's dts of a
+        // fragmented file can land on the previous fragment's guessed end, so it is not used.
+        held.pointer.pointee.dts = pts
         holding = true
         frames += 1
     }
@@ -226,6 +230,12 @@ private final class CutWriter {
         p.pointee.pos = -1
         av_packet_rescale_ts(p, timeBase, stream.pointee.time_base)
         defer { av_packet_unref(p) }
+        // Strictly increasing, even if the output time base is coarser than the input's.
+        if p.pointee.dts <= lastDTS {
+            p.pointee.dts = lastDTS + 1
+            p.pointee.pts = max(p.pointee.pts, p.pointee.dts)
+        }
+        lastDTS = p.pointee.dts
         try check(av_write_frame(format.pointer, p), "av_write_frame")
     }
 }
