@@ -53,7 +53,9 @@ let package = Package(
         .target(
             name: "Recorder",
             dependencies: ["ViewportCore", "CFFmpeg", "CTurboJPEG", .product(name: "Logging", package: "swift-log")],
-            swiftSettings: settings),
+            // Optimised in debug builds too: the tests record live 60 fps sessions and an unoptimised encoder loop
+            // falls behind.
+            swiftSettings: settings + [.unsafeFlags(["-O"])]),
         // SQLite persistence.
         .target(
             name: "Store",
