@@ -214,8 +214,14 @@ private final class Worker: @unchecked Sendable {
         case .sync(_, let continuation):
             // Every frame received so far, not only those captured before the sync's time: a run that ended before
             // its first frame came still gets that frame. Up to the next keyframe, which must follow its own frames.
-            try encodeQueued(before: commands.lazy.compactMap(\.keyframeTime).first)
-            try writer.cutFragment()
+            do throws(RecorderError) {
+                try encodeQueued(before: commands.lazy.compactMap(\.keyframeTime).first)
+                try writer.cutFragment()
+            } catch {
+                // Taken off the list already: answered here, or its caller would wait for ever.
+                continuation.resume(throwing: error)
+                throw error
+            }
             lastWrite = .now()
             fileSync()
             publishBytes()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Recorder
 import Store
+import Synchronization
 import ViewportCore
 
 /// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
@@ -167,7 +168,7 @@ actor Runs {
         }
         if let segment = segments[record.sessionID], segment.runs.contains(id) {
             do {
-                try await segment.recorder.sync(until: end)
+                try await Self.sync(segment.recorder, until: end, logger: logger)
                 let stats = segment.recorder.stats
                 let summary = try await publishRecording(record, steps: run.steps, segment: segment.record, end: end)
                 record.framesRecorded = summary.frames
@@ -396,10 +397,37 @@ actor Runs {
         return nil
     }
 
+    /// Waits for the recorder to have written every frame up to `end`, for at most a minute: an encoder far behind
+    /// must not hold the completion forever; the cut then takes what the file holds.
+    private static func sync(_ recorder: SegmentRecorder, until end: UInt64, logger: Logger) async throws {
+        // Not a task group: a group would wait for the sync even after the timeout won.
+        let caughtUp: Bool = try await withCheckedThrowingContinuation { continuation in
+            let once = ResumeOnce(continuation)
+            Task {
+                do {
+                    try await recorder.sync(until: end)
+                    once.resume(with: .success(true))
+                } catch { once.resume(with: .failure(error)) }
+            }
+            Task {
+                try? await Task.sleep(for: .seconds(60))
+                once.resume(with: .success(false))
+            }
+        }
+        if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
+    }
+
     /// Runs blocking file work on a thread outside the cooperative pool.
     private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global(qos: .utility).async { continuation.resume(with: Result { try work() }) }
         }
     }
+}
+
+/// A continuation that the first of several racing tasks resumes.
+private final class ResumeOnce<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
+    init(_ continuation: CheckedContinuation<T, any Error>) { self.continuation = Mutex(continuation) }
+    func resume(with result: Result<T, any Error>) { continuation.withLock { $0.take() }?.resume(with: result) }
 }

@@ -84,7 +84,7 @@ func httpRaw(_ method: String, _ url: String, key: String? = nil, json: Any? = n
     } else if let rawBody {
         request.httpBody = rawBody
     }
-    request.timeoutInterval = 30
+    request.timeoutInterval = 90
     do {
         let (data, response) = try await URLSession.shared.data(for: request)
         return ((response as! HTTPURLResponse).statusCode, data)
