@@ -153,8 +153,6 @@ private final class Worker: @unchecked Sendable {
     /// A frame taken from the queue but captured after the command being handled.
     private var held: Frame?
     private var lastPTS: Int64 = -1
-    /// Capture time of the last frame encoded.
-    private var lastCaptureTime: UInt64 = 0
     private var lastWrite = DispatchTime.now()
     private var droppedLogged: UInt64 = 0
 
@@ -248,11 +246,8 @@ private final class Worker: @unchecked Sendable {
     /// Encodes one frame; a frame that does not decode is counted and skipped, anything else fails the recording.
     private func encode(_ frame: Frame) throws(RecorderError) {
         // The hub raises a capture time that went backwards to the previous one: such a frame is older than the one
-        // already shown and would last zero time. Leave it out.
-        guard let decoder, frame.captureTime > lastCaptureTime || lastCaptureTime == 0,
-              picture == nil || Self.ticks(frame.captureTime, since: fileOrigin) > lastPTS
-        else { return }
-        lastCaptureTime = frame.captureTime
+        // already shown and would last zero time (no tick after the last picture's). Leave it out.
+        guard let decoder, picture == nil || Self.ticks(frame.captureTime, since: fileOrigin) > lastPTS else { return }
         let jpeg = frame.jpeg.bytes
         let header: JPEGHeader
         do { header = try decoder.header(jpeg) } catch { return skip(frame, error) }

@@ -97,13 +97,8 @@ final class API: HTTPServerDelegate {
             throw APIError(422, "browser_address: \(error)")
         }
         let timeout = try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
-        var id: String?
-        if let given = body["browser_session_id"], !(given is NSNull) {
-            guard let text = given as? String,
-                  text.range(of: #"^pbs_[A-Za-z0-9_-]{1,64}$"#, options: .regularExpression) != nil
-            else { throw APIError(422, "browser_session_id must be pbs_ followed by 1-64 of A-Z a-z 0-9 _ -") }
-            id = text
-        }
+        let id = try Self.string(body, "browser_session_id", pattern: #"^pbs_[A-Za-z0-9_-]{1,64}$"#,
+                                 rule: "pbs_ followed by 1-64 of A-Z a-z 0-9 _ -")
         let record = try await sessions.create(organizationID: organization, browserAddress: address,
                                                timeoutMinutes: timeout, id: id)
         return .json(201, sessionJSON(record))
@@ -264,8 +259,8 @@ final class API: HTTPServerDelegate {
         // A token for the run, or one for watching its session.
         let granted = [runID, run.sessionID].contains { (try? auth.verifyViewerToken(token, sessionID: $0)) != nil }
         guard granted else { return .html(401, Self.message("This replay link is not valid or has expired.")) }
-        let links = runs.links(run)
         let artifacts = (try? store.artifacts(runID: runID)) ?? []
+        let links = runs.links(artifacts)
         let steps = ((try? store.steps(runID: runID)) ?? []).map { step -> ReplayPage.Step in
             let screenshot = artifacts.first { $0.id == step.artifactID }.map(runs.artifactURL)
             return .init(index: step.index, label: step.label,

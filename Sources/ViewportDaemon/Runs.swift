@@ -209,7 +209,7 @@ actor Runs {
         try files.publish(temporary, as: relative)
         let (size, checksum) = try files.measure(relative)
         let now = Date()
-        try store.insert(ArtifactRecord(id: "art_\(Digest.randomBytes(12).hex)", kind: .recording, runID: run.id,
+        try store.insert(ArtifactRecord(id: Self.newArtifactID(), kind: .recording, runID: run.id,
                                         sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
                                         path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
                                         contentType: "video/mp4", createdAt: now, modifiedAt: now))
@@ -239,7 +239,11 @@ actor Runs {
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
     nonisolated func links(_ run: RunRecord) -> (recording: String?, screenshots: [String]) {
-        let artifacts = (try? store.artifacts(runID: run.id)) ?? []
+        links((try? store.artifacts(runID: run.id)) ?? [])
+    }
+
+    /// The same, from a run's artifacts already read (oldest first).
+    nonisolated func links(_ artifacts: [ArtifactRecord]) -> (recording: String?, screenshots: [String]) {
         let recording = artifacts.last { $0.kind == .recording }.map(artifactURL)
         return (recording, artifacts.filter { $0.kind == .screenshot }.reversed().map(artifactURL))
     }
@@ -365,7 +369,7 @@ actor Runs {
             let relative = "\(directory)/\(name).\(png ? "png" : "jpg")"
             try files.write(data, to: relative)
             let now = Date()
-            return ArtifactRecord(id: "art_\(Digest.randomBytes(12).hex)", kind: .screenshot, runID: run.id,
+            return ArtifactRecord(id: Self.newArtifactID(), kind: .screenshot, runID: run.id,
                                   sessionID: run.sessionID, organizationID: run.organizationID, step: step,
                                   path: relative, filename: "\(run.id)-\(name).\(png ? "png" : "jpg")",
                                   fileSize: data.count, checksum: Digest.sha256(data).hex,
@@ -416,6 +420,8 @@ actor Runs {
         }
         if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
     }
+
+    private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
 
     /// Runs blocking file work on a thread outside the cooperative pool.
     private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
