@@ -75,9 +75,9 @@ struct CrashRecoveryTests {
         }
 
         let first = try await serve()
-        let (_, session) = try await httpJSON("POST", base + "/v1/browser_sessions", ["browser_address": browser.address])
+        let (_, session) = try await requestJSON("POST", base + "/v1/browser_sessions", json: ["browser_address": browser.address])
         let id = try #require(session["browser_session_id"].string)
-        let (status, run) = try await httpJSON("POST", base + "/v1/browser_sessions/\(id)/runs", ["run_id": "wr_crash"])
+        let (status, run) = try await requestJSON("POST", base + "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_crash"])
         try #require(status == 201, "\(run)")
         let started = Date()
         try await Task.sleep(for: .seconds(4))
@@ -87,7 +87,7 @@ struct CrashRecoveryTests {
 
         let second = try await serve()
         defer { second.terminate(); second.waitUntilExit() }
-        let (_, recovered) = try await httpJSON("GET", base + "/v1/runs/wr_crash")
+        let (_, recovered) = try await requestJSON("GET", base + "/v1/runs/wr_crash")
         #expect(recovered["status"].string == "terminated")
         #expect(recovered["failure_reason"].string?.contains("stopped") == true)
         let (videoStatus, video) = try await httpRaw("GET", try #require(recovered["recording_url"].string))
@@ -98,11 +98,6 @@ struct CrashRecoveryTests {
         #expect(abs(duration - killedAfter) <= 1.0, "covers \(duration) s of the \(killedAfter) s before the kill")
         try? FileManager.default.removeItem(atPath: stateDir)
     }
-}
-
-private func httpJSON(_ method: String, _ url: String, _ body: [String: Any]? = nil) async throws -> (Int, JSON) {
-    let (status, data) = try await httpRaw(method, url, key: keyA, json: body)
-    return (status, (try? JSONDecoder().decode(JSON.self, from: data)) ?? .null)
 }
 
 /// A loopback port nobody listens on now.

@@ -67,9 +67,16 @@ final class TestDaemon: Sendable {
     func request(_ method: String, _ path: String, key: String? = keyA, json: Any? = nil, rawBody: Data? = nil)
         async throws -> (Int, JSON)
     {
-        let (status, data) = try await httpRaw(method, base + path, key: key, json: json, rawBody: rawBody)
-        return (status, (try? JSONDecoder().decode(JSON.self, from: data)) ?? .null)
+        try await requestJSON(method, base + path, key: key, json: json, rawBody: rawBody)
     }
+}
+
+/// A REST request and its JSON answer (null when the body is not JSON).
+func requestJSON(_ method: String, _ url: String, key: String? = keyA, json: Any? = nil, rawBody: Data? = nil)
+    async throws -> (Int, JSON)
+{
+    let (status, data) = try await httpRaw(method, url, key: key, json: json, rawBody: rawBody)
+    return (status, (try? JSONDecoder().decode(JSON.self, from: data)) ?? .null)
 }
 
 func httpRaw(_ method: String, _ url: String, key: String? = nil, json: Any? = nil, rawBody: Data? = nil)
