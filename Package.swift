@@ -15,10 +15,12 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
     ],
     targets: [
         // C shims: one per C library, each imported by exactly one Swift module.
@@ -33,9 +35,13 @@ let package = Package(
         .systemLibrary(
             name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
             providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(
+            name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
-        // Frames, the frame hub and the session model. Imports nothing local.
-        .target(name: "ViewportCore", swiftSettings: settings),
+        // Frames, the frame hub, its metrics and the session model. Imports nothing local.
+        .target(
+            name: "ViewportCore", dependencies: [.product(name: "CoreMetrics", package: "swift-metrics")],
+            swiftSettings: settings),
         // The only importer of CWebSockets: the service thread, HTTP and WebSocket server and clients.
         .target(name: "WebSocketIO", dependencies: ["CWebSockets"], swiftSettings: settings),
         // Chrome DevTools Protocol screencast source.
@@ -61,12 +67,14 @@ let package = Package(
             name: "Store",
             dependencies: ["ViewportCore", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings),
-        // Config, auth, REST, session lifecycle: the only module that wires sources and sinks.
+        // Config, auth, REST, session lifecycle, metrics, systemd: the only module that wires sources and sinks.
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder", "CSystemd",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  pkg-config libwebsockets-dev libssl-dev libsqlite3-dev   # build
+  pkg-config libwebsockets-dev libssl-dev libsqlite3-dev libsystemd-dev   # build
+  systemd                                        # systemd-analyze verifies the unit in the tests
   libavcodec-dev libavformat-dev libswscale-dev libavutil-dev libturbojpeg0-dev   # recording (x264 inside)
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
   python3-venv ffmpeg                           # test clients; ffprobe checks recordings

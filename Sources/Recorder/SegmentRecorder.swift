@@ -24,7 +24,7 @@ public final class SegmentRecorder: Sendable {
         self.mailbox = mailbox
         subscription = hub.subscribe(kind: .recorder, capacity: settings.queueFrames) { mailbox.wake() }
         let worker = Worker(mailbox: mailbox, subscription: subscription, writer: writer, path: path, origin: origin,
-                            settings: settings, logger: logger)
+                            settings: settings, metrics: hub.metrics, logger: logger)
         let thread = Thread { worker.run() }
         thread.name = "recorder"
         thread.start()
@@ -143,6 +143,7 @@ private final class Worker: @unchecked Sendable {
     /// The wall-clock time of the file's time 0: its first frame's.
     private var fileOrigin: UInt64 = 0
     private let settings: EncoderSettings
+    private let metrics: StreamMetrics
     private let logger: Logger
 
     private var decoder: JPEGDecoder?
@@ -155,6 +156,8 @@ private final class Worker: @unchecked Sendable {
     private var lastPTS: Int64 = -1
     private var lastWrite = DispatchTime.now()
     private var droppedLogged: UInt64 = 0
+    /// Bytes of the file already added to the metrics.
+    private var bytesCounted: UInt64 = 0
 
     /// How late a first frame may come and still be shown from the recording's start (µs).
     private static let firstFrameGrace: UInt64 = 2_000_000
@@ -163,8 +166,9 @@ private final class Worker: @unchecked Sendable {
     private static let interval: UInt64 = 1_000_000_000
 
     init(mailbox: Mailbox, subscription: FrameSubscription, writer: FragmentWriter, path: String, origin: UInt64,
-         settings: EncoderSettings, logger: Logger) {
+         settings: EncoderSettings, metrics: StreamMetrics, logger: Logger) {
         self.mailbox = mailbox
+        self.metrics = metrics
         self.subscription = subscription
         self.writer = writer
         self.path = path
@@ -262,8 +266,10 @@ private final class Worker: @unchecked Sendable {
             try openEncoder(header, at: max(time, origin))
         }
         guard let encoder, let picture else { return }
+        let started = DispatchTime.now().uptimeNanoseconds
         do { try picture.load(jpeg, header, decoder: decoder) } catch { return skip(frame, error) }
         try encode(picture, with: encoder, at: max(time, fileOrigin), keyframe: false)
+        metrics.frameEncoded(nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
     }
 
     private func skip(_ frame: Frame, _ error: RecorderError) {
@@ -357,12 +363,17 @@ private final class Worker: @unchecked Sendable {
     private func publishBytes() {
         let bytes = writer.bytesWritten
         report { $0.stats.bytesWritten = bytes }
+        if bytes > bytesCounted {
+            metrics.recordingWritten(bytes: bytes - bytesCounted)
+            bytesCounted = bytes
+        }
     }
 
     /// Ends the thread's work: leaves the hub, fixes the figures and answers every waiting caller.
     private func stop(_ failure: RecorderError?) {
         let dropped = subscription.stats.dropped
         subscription.cancel()
+        publishBytes()
         let bytes = writer.bytesWritten
         let (stats, syncs, waiters) = mailbox.state.withLock { s in
             s.stopped = true

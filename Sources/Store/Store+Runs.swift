@@ -84,6 +84,8 @@ public struct ArtifactRecord: Sendable, Equatable {
     public var contentType: String
     public var createdAt: Date
     public var modifiedAt: Date
+    /// When retention deleted the file; the record stays so the API can say so.
+    public var expiredAt: Date?
 
     public init(id: String, kind: Kind, runID: String, sessionID: String, organizationID: String, step: Int?,
                 path: String, filename: String, fileSize: Int, checksum: String, contentType: String, createdAt: Date,
@@ -235,10 +237,11 @@ extension Store {
         }
     }
 
-    /// Recordings of a session's runs, oldest first.
+    /// Recordings of a session's runs that retention has not deleted, oldest first.
     public func recordings(sessionID: String) throws -> [ArtifactRecord] {
         try database.read { db in
-            try ArtifactRow.filter(Column("sessionID") == sessionID && Column("kind") == "recording")
+            try ArtifactRow.filter(Column("sessionID") == sessionID && Column("kind") == "recording"
+                                   && Column("expiredAt") == nil)
                 .order(Column("createdAt")).fetchAll(db).map(\.record)
         }
     }
@@ -312,7 +315,7 @@ private struct StepRow: Codable, FetchableRecord, PersistableRecord {
     }
 }
 
-private struct ArtifactRow: Codable, FetchableRecord, PersistableRecord {
+struct ArtifactRow: Codable, FetchableRecord, PersistableRecord {
     static let databaseTableName = "artifact"
     var id, kind, runID, sessionID, organizationID: String
     var step: Int?
@@ -320,18 +323,21 @@ private struct ArtifactRow: Codable, FetchableRecord, PersistableRecord {
     var fileSize: Int
     var checksum, contentType: String
     var createdAt, modifiedAt: Date
+    var expiredAt: Date?
 
     init(_ a: ArtifactRecord) {
         (id, kind, runID, sessionID, organizationID, step) = (a.id, a.kind.rawValue, a.runID, a.sessionID, a.organizationID, a.step)
         (path, filename, fileSize, checksum, contentType) = (a.path, a.filename, a.fileSize, a.checksum, a.contentType)
-        (createdAt, modifiedAt) = (a.createdAt, a.modifiedAt)
+        (createdAt, modifiedAt, expiredAt) = (a.createdAt, a.modifiedAt, a.expiredAt)
     }
 
     var record: ArtifactRecord {
-        ArtifactRecord(id: id, kind: ArtifactRecord.Kind(rawValue: kind) ?? .screenshot, runID: runID,
-                       sessionID: sessionID, organizationID: organizationID, step: step, path: path,
-                       filename: filename, fileSize: fileSize, checksum: checksum, contentType: contentType,
-                       createdAt: createdAt, modifiedAt: modifiedAt)
+        var record = ArtifactRecord(id: id, kind: ArtifactRecord.Kind(rawValue: kind) ?? .screenshot, runID: runID,
+                                    sessionID: sessionID, organizationID: organizationID, step: step, path: path,
+                                    filename: filename, fileSize: fileSize, checksum: checksum,
+                                    contentType: contentType, createdAt: createdAt, modifiedAt: modifiedAt)
+        record.expiredAt = expiredAt
+        return record
     }
 }
 

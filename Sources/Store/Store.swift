@@ -40,6 +40,7 @@ public final class Store: Sendable {
         }
         registerRunMigrations(&migrator)
         registerWebhookMigrations(&migrator)
+        registerLifecycleMigrations(&migrator)
         return migrator
     }
 
@@ -79,6 +80,26 @@ public final class Store: Sendable {
         }
     }
 
+    /// How many sessions are in each status (statuses without any are absent).
+    public func sessionCounts() throws -> [SessionStatus: Int] {
+        try database.read { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT status, COUNT(*) AS n FROM session GROUP BY status")
+            return Dictionary(uniqueKeysWithValues: rows.compactMap { row in
+                SessionStatus(rawValue: row["status"]).map { ($0, row["n"] as Int) }
+            })
+        }
+    }
+
+    /// Throws unless the database takes its write lock now (an immediate write transaction that changes nothing).
+    public func checkWritable() throws {
+        try database.writeWithoutTransaction { db in
+            try db.inTransaction(.immediate) {
+                try db.execute(sql: "UPDATE session SET id = id WHERE 0")
+                return .commit
+            }
+        }
+    }
+
     private static let activeStatuses = SessionStatus.allCases.filter(\.isActive).map(\.rawValue)
 }
 
@@ -94,6 +115,7 @@ private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
     var timeoutMinutes: Int
     var browserAddress: String
     var failureReason: String?
+    var renewedAt: Date?
 
     init(_ r: SessionRecord) {
         id = r.id
@@ -106,11 +128,16 @@ private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
         timeoutMinutes = r.timeoutMinutes
         browserAddress = r.browserAddress
         failureReason = r.failureReason
+        renewedAt = r.renewedAt
     }
 
     var record: SessionRecord {
-        SessionRecord(id: id, organizationID: organizationID, status: SessionStatus(rawValue: status) ?? .failed,
-                      createdAt: createdAt, modifiedAt: modifiedAt, startedAt: startedAt, completedAt: completedAt,
-                      timeoutMinutes: timeoutMinutes, browserAddress: browserAddress, failureReason: failureReason)
+        var record = SessionRecord(id: id, organizationID: organizationID,
+                                   status: SessionStatus(rawValue: status) ?? .failed, createdAt: createdAt,
+                                   modifiedAt: modifiedAt, startedAt: startedAt, completedAt: completedAt,
+                                   timeoutMinutes: timeoutMinutes, browserAddress: browserAddress,
+                                   failureReason: failureReason)
+        record.renewedAt = renewedAt
+        return record
     }
 }

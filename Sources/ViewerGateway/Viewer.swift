@@ -51,14 +51,13 @@ public final class ViewerGateway: @unchecked Sendable {
         viewers.withLock { $0.values.filter { $0.sessionID == sessionID }.compactMap { $0.stats } }
     }
 
-    /// Closes every viewer with 1001 (going away) and waits up to `timeout` seconds for them to go.
+    /// Tells every viewer `{"type":"status","status":"shutting_down"}`, closes it with 1001 (going away) and waits
+    /// up to `timeout` seconds for them to go.
     public func closeAll(timeout: Double = 2) async {
         let deadline = Date().addingTimeInterval(timeout)
         loop.execute {
             self.closingAll = true
-            for viewer in self.viewers.withLock({ Array($0.values) }) {
-                viewer.close(code: 1001, reason: "viewportd is shutting down")
-            }
+            for viewer in self.viewers.withLock({ Array($0.values) }) { viewer.goAway() }
         }
         while viewerCount > 0, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
     }
@@ -127,7 +126,11 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         self.queueFrames = queueFrames
     }
 
-    func close(code: UInt16, reason: String) { socket?.close(code: code, reason: reason) }
+    /// Says the daemon is going away, then closes with 1001 once that message is out.
+    func goAway() {
+        sendJSON(["type": "status", "status": "shutting_down"])
+        closeAfterControl = (1001, "viewportd is shutting down")
+    }
 
     func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket

@@ -45,8 +45,12 @@ public final class FrameHub: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Where the hub and its consumers count frames.
+    public let metrics: StreamMetrics
 
-    public init() {}
+    public init(metrics: StreamMetrics = .none) {
+        self.metrics = metrics
+    }
 
     /// Publishes a captured JPEG. The capture time is raised to the previous frame's if it went backwards.
     /// Returns the frame, or nil once the stream has ended.
@@ -63,6 +67,7 @@ public final class FrameHub: Sendable {
             return (frame, s.subscribers)
         }
         guard let (frame, subscribers) = result else { return nil }
+        metrics.captured.increment()
         for subscriber in subscribers { subscriber.push(frame) }
         return frame
     }
@@ -159,15 +164,17 @@ public final class FrameSubscription: Sendable {
     }
 
     fileprivate func push(_ frame: Frame) {
-        let accepted = queue.withLock { q in
-            guard !q.cancelled else { return false }
-            if q.frames.count == capacity {
+        let (accepted, dropped) = queue.withLock { q in
+            guard !q.cancelled else { return (false, false) }
+            let full = q.frames.count == capacity
+            if full {
                 q.frames.removeFirst()
                 q.stats.dropped += 1
             }
             q.frames.append(frame)
-            return true
+            return (true, full)
         }
+        if dropped { hub.metrics.frameDropped(by: kind) }
         if accepted { wakeHandler() }
     }
 
@@ -175,11 +182,13 @@ public final class FrameSubscription: Sendable {
 
     /// The oldest queued frame, or nil when none is waiting.
     public func next() -> Frame? {
-        queue.withLock { q in
+        let frame: Frame? = queue.withLock { q in
             guard !q.frames.isEmpty else { return nil }
             q.stats.delivered += 1
             return q.frames.removeFirst()
         }
+        if let frame { hub.metrics.frameTaken(frame, by: kind) }
+        return frame
     }
 
     /// True when a frame is waiting.

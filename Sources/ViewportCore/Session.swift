@@ -29,6 +29,8 @@ public struct SessionRecord: Sendable, Equatable {
     public var timeoutMinutes: Int
     public var browserAddress: String
     public var failureReason: String?
+    /// Last renewal; the timeout then counts from here.
+    public var renewedAt: Date?
 
     public init(id: String, organizationID: String, status: SessionStatus, createdAt: Date, modifiedAt: Date,
                 startedAt: Date? = nil, completedAt: Date? = nil, timeoutMinutes: Int, browserAddress: String,
@@ -46,6 +48,9 @@ public struct SessionRecord: Sendable, Equatable {
         self.failureReason = failureReason
     }
 
-    /// When the session closes by timeout: its timeout after it started (or was created, if never attached).
-    public var expiresAt: Date { (startedAt ?? createdAt).addingTimeInterval(Double(timeoutMinutes) * 60) }
+    /// When the session closes by timeout: its timeout after its last renewal, else after it started (or was
+    /// created, if never attached).
+    public var expiresAt: Date {
+        (renewedAt ?? startedAt ?? createdAt).addingTimeInterval(Double(timeoutMinutes) * 60)
+    }
 }

@@ -17,11 +17,13 @@ final class API: HTTPServerDelegate {
     private let webhooks: Webhooks
     private let auth: Auth
     private let gateway: ViewerGateway
+    private let metrics: DaemonMetrics
     private let config: Config
 
     init(sessions: Sessions, runs: Runs, store: Store, files: ArtifactFiles, webhooks: Webhooks, auth: Auth,
-         gateway: ViewerGateway, config: Config)
+         gateway: ViewerGateway, metrics: DaemonMetrics, config: Config)
     {
+        self.metrics = metrics
         self.sessions = sessions
         self.runs = runs
         self.store = store
@@ -35,13 +37,23 @@ final class API: HTTPServerDelegate {
     // MARK: - HTTP
 
     func respond(to request: HTTPRequest) async -> HTTPResponse {
+        let response: HTTPResponse
         do {
-            return try await route(request)
+            response = try await route(request)
         } catch let error as APIError {
-            return .json(error.status, ["detail": error.detail])
+            response = .json(error.status, ["detail": error.detail])
         } catch {
-            return .json(500, ["detail": "internal error: \(error)"])
+            response = .json(500, ["detail": "internal error: \(error)"])
         }
+        if response.status == 401 { metrics.authFailed(Self.credential(of: request)) }
+        return response
+    }
+
+    /// Which credential a refused request relied on (for the auth failure metric).
+    private static func credential(of request: HTTPRequest) -> DaemonMetrics.AuthFailure {
+        if request.headers["x-api-key"] != nil { return .apiKey }
+        if request.query["signature"] != nil { return .artifactURL }
+        return request.query["token"] != nil ? .viewerToken : .apiKey
     }
 
     private typealias Handler = @Sendable (API, HTTPRequest, [String]) async throws -> HTTPResponse
@@ -49,11 +61,14 @@ final class API: HTTPServerDelegate {
     /// Path patterns (`*` captures one component) and their handlers by method.
     private static let routes: [(pattern: [String], methods: [String: Handler])] = [
         (["healthz"], ["GET": { _, _, _ in .json(200, ["status": "ok"]) }]),
+        (["readyz"], ["GET": { api, _, _ in api.readiness() }]),
+        (["metrics"], ["GET": { api, _, _ in api.metricsText() }]),
         (["watch", "*"], ["GET": { api, request, ids in api.watchPage(sessionID: ids[0], token: request.query["token"]) }]),
         (["v1", "browser_sessions"], ["POST": { api, request, _ in try await api.createSession(request) },
                                       "GET": { api, request, _ in try api.listSessions(request) }]),
         (["v1", "browser_sessions", "*"], ["GET": { api, request, ids in try api.getSession(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "close"], ["POST": { api, request, ids in try await api.closeSession(request, ids[0]) }]),
+        (["v1", "browser_sessions", "*", "renew"], ["POST": { api, request, ids in try await api.renewSession(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "viewer_tokens"],
          ["POST": { api, request, ids in try api.mintViewerToken(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "runs"], ["POST": { api, request, ids in try await api.startRun(request, ids[0]) }]),
@@ -116,6 +131,27 @@ final class API: HTTPServerDelegate {
         .json(200, sessionJSON(try await sessions.close(id: id, organizationID: try organization(request))))
     }
 
+    private func renewSession(_ request: HTTPRequest, _ id: String) async throws(APIError) -> HTTPResponse {
+        let organization = try organization(request)
+        let body = try Self.jsonBody(request)
+        let timeout = body["timeout"] == nil ? nil : try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
+        return .json(200, sessionJSON(try await sessions.renew(id: id, organizationID: organization, timeoutMinutes: timeout)))
+    }
+
+    /// 200 when the listener serves (this answer proves it) and the store takes writes; else 503 saying why.
+    private func readiness() -> HTTPResponse {
+        do { try store.checkWritable() } catch {
+            return .json(503, ["status": "not ready", "detail": "the store does not take writes: \(error)"])
+        }
+        return .json(200, ["status": "ready"])
+    }
+
+    private func metricsText() -> HTTPResponse {
+        let counts = (try? store.sessionCounts()) ?? [:]
+        return HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", headers: [],
+                            body: Data(metrics.exposition(sessions: counts, viewers: gateway.viewerCount)))
+    }
+
     private func mintViewerToken(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
         let record = try sessions.session(id: id, organizationID: try organization(request))
         let body = try Self.jsonBody(request)
@@ -160,6 +196,7 @@ final class API: HTTPServerDelegate {
             "started_at": record.startedAt.map(Self.iso) ?? NSNull(),
             "completed_at": record.completedAt.map(Self.iso) ?? NSNull(),
             "timeout": record.timeoutMinutes,
+            "expires_at": record.status.isActive ? Self.iso(record.expiresAt) : NSNull(),
             "browser_address": record.browserAddress,
             "app_url": "\(config.effectivePublicURL)/watch/\(record.id)",
             "vnc_streaming_supported": false,
@@ -184,7 +221,7 @@ final class API: HTTPServerDelegate {
                                          rule: "an http:// or https:// URL of at most 2048 characters")
         if let webhookURL {
             do { try Webhooks.validate(url: webhookURL) } catch { throw APIError(422, "webhook_url: \(error)") }
-            guard config.webhookSecrets[organization] != nil else {
+            guard webhooks.hasSecret(organizationID: organization) else {
                 throw APIError(422, "webhook_url: no webhook secret is configured for organization \(organization) (config webhooks.secrets)")
             }
         }
@@ -239,7 +276,7 @@ final class API: HTTPServerDelegate {
         if let key = request.headers["x-api-key"], !key.isEmpty {
             guard let organization = auth.organization(apiKey: key) else { throw APIError(401, "invalid API key") }
             guard let artifact, artifact.organizationID == organization else { throw APIError(404, "artifact \(id) not found") }
-            return files.response(for: artifact, request: request)
+            return try serve(artifact, request)
         }
         guard let expires = request.query["expires"], let signature = request.query["signature"] else {
             throw APIError(401, "missing credentials: an x-api-key header or a signed URL (expires, signature)")
@@ -248,6 +285,11 @@ final class API: HTTPServerDelegate {
             throw APIError(401, error == .expired ? "signed URL expired" : "invalid signature")
         }
         guard let artifact else { throw APIError(404, "artifact \(id) not found") }
+        return try serve(artifact, request)
+    }
+
+    private func serve(_ artifact: ArtifactRecord, _ request: HTTPRequest) throws(APIError) -> HTTPResponse {
+        guard artifact.expiredAt == nil else { throw APIError(404, "artifact expired") }
         return files.response(for: artifact, request: request)
     }
 
@@ -299,6 +341,12 @@ final class API: HTTPServerDelegate {
     // MARK: - Viewers
 
     func upgrade(_ request: HTTPRequest) -> WebSocketUpgrade {
+        let upgrade = acceptViewer(request)
+        if case .reject(let response) = upgrade, response.status == 401 { metrics.authFailed(Self.credential(of: request)) }
+        return upgrade
+    }
+
+    private func acceptViewer(_ request: HTTPRequest) -> WebSocketUpgrade {
         let path = Self.components(request.path)
         guard path.count == 3, path[0] == "stream", path[1] == "browser" else {
             return .reject(.json(404, ["detail": "not found: \(request.path)"]))

@@ -56,6 +56,16 @@ struct ArtifactFiles: Sendable {
     /// Removes a file, ignoring one already gone.
     func remove(_ relative: String) { unlink(url(relative).path) }
 
+    /// Removes the run, session and organization directories of `paths` that are empty now.
+    func removeEmptyDirectories(of paths: [String]) {
+        var directories = Set(paths.map { ($0 as NSString).deletingLastPathComponent })
+        while !directories.isEmpty {
+            // Level by level (every artifact sits at the same depth): a parent is tried once a child is gone.
+            let next = directories.filter { !$0.isEmpty && rmdir(url($0).path) == 0 }
+            directories = Set(next.map { ($0 as NSString).deletingLastPathComponent })
+        }
+    }
+
     // MARK: - Serving
 
     /// The artifact's bytes for a GET/HEAD: ETag and conditional requests, one `Range` (206/416), long-lived

@@ -22,9 +22,13 @@ import Yams
 /// - `artifacts.url_ttl_seconds` (60-604800, 3600): lifetime of the signed artifact URLs handed out.
 /// - `webhooks.secrets` (list of `{organization_id, secret}`, empty): HMAC key of each organization's webhooks.
 /// - `webhooks.max_attempts` (1-20, 5), `webhooks.timeout_seconds` (1-120, 10): delivery retries and timeout.
+/// - `retention.max_age_days` (1-3650, 30): closed sessions' artifacts older than this are deleted.
+/// - `retention.max_disk_gb` (0.001-100000, 50): above this, the oldest closed sessions' artifacts are deleted.
+/// - `retention.sweep_interval_seconds` (10-86400, 300): how often retention runs.
 ///
 /// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
-/// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`). `VIEWPORTD_API_KEY` with
+/// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`); lists in YAML flow style
+/// (`VIEWPORTD_API_KEYS='[{key: ..., organization_id: ...}]'`). `VIEWPORTD_API_KEY` with
 /// `VIEWPORTD_ORGANIZATION_ID` adds one API key.
 public struct Config: Sendable, Equatable {
     public struct APIKey: Sendable, Equatable {
@@ -60,6 +64,9 @@ public struct Config: Sendable, Equatable {
     public var webhookSecrets: [String: String] = [:]
     public var webhookMaxAttempts = 5
     public var webhookTimeoutSeconds = 10
+    public var retentionMaxAgeDays = 30
+    public var retentionMaxDiskGB = 50.0
+    public var retentionSweepIntervalSeconds = 300
 
     /// How step screenshots are stored.
     public enum ScreenshotFormat: String, Sendable, CaseIterable { case jpeg, png }
@@ -80,7 +87,19 @@ public struct Config: Sendable, Equatable {
         "recording.enabled", "recording.preset", "recording.crf", "recording.threads", "recording.queue_frames",
         "screenshot_format", "artifacts.url_ttl_seconds",
         "webhooks.secrets", "webhooks.max_attempts", "webhooks.timeout_seconds",
+        "retention.max_age_days", "retention.max_disk_gb", "retention.sweep_interval_seconds",
     ]
+
+    /// Keys whose value is a list (given in the environment in YAML flow style).
+    static let listKeys: Set = ["api_keys", "webhooks.secrets"]
+
+    /// Keys whose values are secrets: masked when the config is printed.
+    static let secretKeys: Set = ["api_keys", "viewer_token_secret", "webhooks.secrets"]
+
+    /// The environment variable of `key`: `VIEWPORTD_` + the path in upper case, dots and dashes as underscores.
+    static func environmentName(_ key: String) -> String {
+        "VIEWPORTD_" + key.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")
+    }
 
     static let x264Presets = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                               "veryslow"]
@@ -114,11 +133,17 @@ public struct Config: Sendable, Equatable {
     private static func applyEnvironment(_ environment: [String: String], to tree: inout [String: Any])
         throws(ConfigError)
     {
-        for key in keys where !["api_keys", "webhooks.secrets"].contains(key) {
-            let name = "VIEWPORTD_" + key.uppercased().replacingOccurrences(of: ".", with: "_")
-                .replacingOccurrences(of: "-", with: "_")
+        for key in keys {
+            let name = environmentName(key)
             guard let value = environment[name] else { continue }
-            tree.set(path: key.split(separator: ".").map(String.init), value)
+            if listKeys.contains(key) {
+                // A list is given in YAML flow style: [{key: ..., organization_id: ...}].
+                let parsed: Any?
+                do { parsed = try Yams.load(yaml: value) } catch { throw ConfigError(key: name, "not valid YAML: \(error)") }
+                tree.set(path: key.split(separator: ".").map(String.init), parsed ?? NSNull())
+            } else {
+                tree.set(path: key.split(separator: ".").map(String.init), value)
+            }
         }
         if let key = environment["VIEWPORTD_API_KEY"] {
             guard let organization = environment["VIEWPORTD_ORGANIZATION_ID"] else {
@@ -236,6 +261,13 @@ public struct Config: Sendable, Equatable {
             webhookTimeoutSeconds = try webhooks.int("timeout_seconds", in: 1...120) ?? webhookTimeoutSeconds
             try webhooks.finish()
         }
+        if var retention = try root.section("retention") {
+            retentionMaxAgeDays = try retention.int("max_age_days", in: 1...3650) ?? retentionMaxAgeDays
+            retentionMaxDiskGB = try retention.double("max_disk_gb", in: 0.001...100_000) ?? retentionMaxDiskGB
+            retentionSweepIntervalSeconds = try retention.int("sweep_interval_seconds", in: 10...86400)
+                ?? retentionSweepIntervalSeconds
+            try retention.finish()
+        }
         try root.finish()
     }
 
@@ -288,6 +320,16 @@ private struct ConfigReader {
         return number
     }
 
+    mutating func double(_ key: String, in range: ClosedRange<Double>) throws(ConfigError) -> Double? {
+        used.insert(key)
+        guard let value = values[key], !(value is NSNull) else { return nil }
+        let number = (value as? Double) ?? (value as? Int).map(Double.init) ?? (value as? String).flatMap(Double.init)
+        guard let number, range.contains(number) else {
+            throw ConfigError(key: name(key), "must be a number from \(range.lowerBound) to \(range.upperBound) (got \"\(value)\")")
+        }
+        return number
+    }
+
     mutating func bool(_ key: String) throws(ConfigError) -> Bool? {
         used.insert(key)
         guard let value = values[key], !(value is NSNull) else { return nil }
@@ -328,6 +370,71 @@ extension Dictionary where Key == String, Value == Any {
             var child = self[first] as? [String: Any] ?? [:]
             child.set(path: Array(path.dropFirst()), value)
             self[first] = child
+        }
+    }
+}
+
+extension Config {
+    /// The effective configuration as YAML, every key in the shipped file's order. Secrets are masked as `"***"`
+    /// unless `revealingSecrets`; loading the output with the secrets revealed gives this config back.
+    public func yaml(revealingSecrets: Bool = false) -> String {
+        let values = values(revealingSecrets: revealingSecrets)
+        var root: [(Node, Node)] = []
+        for key in Self.keys {
+            let path = key.split(separator: ".").map(String.init)
+            let value = Self.node(values[key] ?? NSNull())
+            if path.count == 1 {
+                root.append((Node(key), value))
+            } else if let index = root.firstIndex(where: { $0.0.string == path[0] }), case .mapping(var section) = root[index].1 {
+                section[Node(path[1])] = value
+                root[index].1 = .mapping(section)
+            } else {
+                root.append((Node(path[0]), Node([(Node(path[1]), value)])))
+            }
+        }
+        return (try? Yams.serialize(node: Node(root))) ?? ""
+    }
+
+    /// Keys a reload (SIGHUP) applies; the others need a restart.
+    static let reloadableKeys: Set = ["api_keys", "webhooks.secrets"]
+
+    /// The keys whose values differ in `other`.
+    func changedKeys(to other: Config) -> [String] {
+        let mine = values(revealingSecrets: true), theirs = other.values(revealingSecrets: true)
+        return Self.keys.filter { Self.node(mine[$0] ?? NSNull()) != Self.node(theirs[$0] ?? NSNull()) }
+    }
+
+    /// Every key's value as YAML would hold it.
+    private func values(revealingSecrets: Bool) -> [String: Any] {
+        func secret(_ value: String) -> String { revealingSecrets ? value : "***" }
+        return [
+            "listen": "\(listenHost):\(listenPort)", "state_dir": stateDir, "public_url": publicURL ?? NSNull(),
+            "log_level": logLevel,
+            "api_keys": apiKeys.map { ["key": secret($0.key), "organization_id": $0.organizationID] },
+            "viewer_token_secret": viewerTokenSecret.map(secret) ?? NSNull(),
+            "screencast.quality": screencastQuality, "screencast.max_width": screencastMaxWidth,
+            "screencast.max_height": screencastMaxHeight, "viewer.queue_frames": viewerQueueFrames,
+            "viewer.token_ttl_seconds": viewerTokenTTLSeconds, "cdp.retry_seconds": cdpRetrySeconds,
+            "recording.enabled": recordingEnabled, "recording.preset": recordingPreset, "recording.crf": recordingCRF,
+            "recording.threads": recordingThreads, "recording.queue_frames": recordingQueueFrames,
+            "screenshot_format": screenshotFormat.rawValue, "artifacts.url_ttl_seconds": artifactURLTTLSeconds,
+            "webhooks.secrets": webhookSecrets.sorted { $0.key < $1.key }
+                .map { ["organization_id": $0.key, "secret": secret($0.value)] },
+            "webhooks.max_attempts": webhookMaxAttempts, "webhooks.timeout_seconds": webhookTimeoutSeconds,
+            "retention.max_age_days": retentionMaxAgeDays, "retention.max_disk_gb": retentionMaxDiskGB,
+            "retention.sweep_interval_seconds": retentionSweepIntervalSeconds,
+        ]
+    }
+
+    private static func node(_ value: Any) -> Node {
+        switch value {
+        case let text as String: Node(text, Tag(.str), .doubleQuoted)
+        case let flag as Bool: Node(flag ? "true" : "false", Tag(.bool))
+        case let number as Int: Node(String(number), Tag(.int))
+        case let number as Double: Node(String(number), Tag(.float))
+        case let list as [[String: String]]:
+            Node(list.map { item in Node(item.keys.sorted().map { (Node($0), node(item[$0]!)) }) }, Tag(.seq), .flow)
+        default: Node("null", Tag(.null))
         }
     }
 }

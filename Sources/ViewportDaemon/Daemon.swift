@@ -9,7 +9,8 @@ public import ViewportCore
 import WebSocketIO
 
 /// The whole daemon, built from a config: one event loop, the store, the sessions, the viewer gateway and the
-/// API. ``run(signals:)`` runs its services in one `ServiceGroup` until SIGTERM/SIGINT or ``shutdown()``.
+/// API. ``run(signals:)`` runs its services in one `ServiceGroup` until SIGTERM/SIGINT or ``shutdown()``; SIGHUP
+/// reloads API keys and webhook secrets when the daemon was built with a way to re-read its config.
 public final class Daemon: Sendable {
     public let config: Config
     /// The port the API listens on (the kernel's pick when `listen` says port 0).
@@ -22,11 +23,18 @@ public final class Daemon: Sendable {
     let webhooks: Webhooks
     let gateway: ViewerGateway
     let auth: Auth
+    let metrics: DaemonMetrics
+    let retention: Retention
+    /// The config as loaded (before defaults filled in), to tell what a reload changed.
+    private let loadedConfig: Config
+    private let reloadConfig: (@Sendable () throws -> Config)?
     private let logger: Logger
     private let group = Mutex<ServiceGroup?>(nil)
     private let shutdownRequested = Atomic(false)
 
-    init(config: Config, logger: Logger) throws {
+    init(config: Config, logger: Logger, reloadConfig: (@Sendable () throws -> Config)?) throws {
+        loadedConfig = config
+        self.reloadConfig = reloadConfig
         var config = config
         self.logger = logger
         do {
@@ -54,8 +62,10 @@ public final class Daemon: Sendable {
             throw DaemonError("cannot create the artifacts directory in \(config.stateDir): \(error.localizedDescription)")
         }
         self.store = store
-        sessions = Sessions(store: store, loop: loop, config: config, logger: logger)
-        webhooks = Webhooks(store: store, loop: loop, config: config, logger: logger)
+        metrics = DaemonMetrics()
+        sessions = Sessions(store: store, loop: loop, config: config, metrics: metrics.stream, logger: logger)
+        webhooks = Webhooks(store: store, loop: loop, config: config, metrics: metrics, logger: logger)
+        retention = Retention(store: store, files: files, config: config, logger: logger)
         runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
                     logger: logger)
         gateway = ViewerGateway(loop: loop, logger: logger)
@@ -65,15 +75,18 @@ public final class Daemon: Sendable {
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let api = API(sessions: sessions, runs: runs, store: store, files: files, webhooks: webhooks, auth: auth,
-                      gateway: gateway, config: config)
-        // Started in this order, shut down in reverse: viewers are told first, then runs are finalized and
-        // sources stop, then webhooks still due are left in the store, then the loop stops.
-        let services: [any Service] = [
+                      gateway: gateway, metrics: metrics, config: config)
+        // Started in this order, shut down in reverse: systemd hears STOPPING=1, viewers are told, runs are
+        // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
+        var services: [any Service] = [
             LoopService(loop: loop, api: api, logger: logger, address: "\(config.listenHost):\(port)"),
             WebhookService(webhooks: webhooks),
+            RetentionService(retention: retention, interval: .seconds(config.retentionSweepIntervalSeconds)),
             SessionService(sessions: sessions, runs: runs),
             ViewerService(gateway: gateway),
         ]
+        if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
+        services.append(SystemdService(loop: loop, logger: logger))
         await runs.recover()  // runs a crash left open: terminated, with their recordings published
         try sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
@@ -86,6 +99,28 @@ public final class Daemon: Sendable {
     public func shutdown() async {
         shutdownRequested.store(true, ordering: .releasing)
         await group.withLock { $0 }?.triggerGracefulShutdown()
+    }
+
+    /// Re-reads the config and applies what can change while running: `api_keys` and `webhooks.secrets`. Viewers,
+    /// sessions and recordings are untouched; a config that does not load changes nothing.
+    func reload() {
+        guard let reloadConfig else { return }
+        ServiceManager.notify("RELOADING=1\n" + ServiceManager.monotonicNow)
+        defer { ServiceManager.notify("READY=1\nSTATUS=serving") }
+        let fresh: Config
+        do { fresh = try reloadConfig() } catch {
+            logger.error("reload failed, the running configuration stays", metadata: ["error": "\(error)"])
+            return
+        }
+        auth.setAPIKeys(fresh.apiKeys)
+        webhooks.setSecrets(fresh.webhookSecrets)
+        logger.notice("configuration reloaded", metadata: [
+            "api_keys": "\(fresh.apiKeys.count)", "webhook_secrets": "\(fresh.webhookSecrets.count)",
+        ])
+        let needRestart = loadedConfig.changedKeys(to: fresh).filter { !Config.reloadableKeys.contains($0) }
+        if !needRestart.isEmpty {
+            logger.warning("changed keys take effect at the next start", metadata: ["keys": "\(needRestart.joined(separator: ","))"])
+        }
     }
 
     /// Registers a session for `organizationID` (as `POST /v1/browser_sessions` does) and returns its id.
@@ -110,8 +145,10 @@ public final class Daemon: Sendable {
 }
 
 /// Builds the daemon for `config`: opens the store, binds the listener. Nothing runs until ``Daemon/run(signals:)``.
-public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewportd")) throws -> Daemon {
-    try Daemon(config: config, logger: logger)
+/// With `reloadConfig` (how to read the config again), SIGHUP applies the new API keys and webhook secrets.
+public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewportd"),
+                        reloadConfig: (@Sendable () throws -> Config)? = nil) throws -> Daemon {
+    try Daemon(config: config, logger: logger, reloadConfig: reloadConfig)
 }
 
 /// The service thread: serves from start until the group shuts down, then closes every connection.
@@ -141,6 +178,18 @@ private struct SessionService: Service {
         }
         await runs.terminateAll(reason: "viewportd shut down; the recording ends there")
         await sessions.stopAll()
+    }
+}
+
+/// Reloads on SIGHUP until shutdown.
+private struct ReloadService: Service {
+    let daemon: Daemon
+
+    func run() async throws {
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        try? await cancelWhenGracefulShutdown {
+            for await _ in hangups { daemon.reload() }
+        }
     }
 }
 

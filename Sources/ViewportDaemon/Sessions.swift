@@ -49,6 +49,7 @@ final class Sessions: Sendable {
     private let store: Store
     private let loop: EventLoop
     private let config: Config
+    private let metrics: StreamMetrics
     private let logger: Logger
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
@@ -56,10 +57,11 @@ final class Sessions: Sendable {
     /// Called after a session ended (runs complete then).
     private let endHandler = Mutex<(@Sendable (String) async -> Void)?>(nil)
 
-    init(store: Store, loop: EventLoop, config: Config, logger: Logger) {
+    init(store: Store, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
         self.store = store
         self.loop = loop
         self.config = config
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -132,6 +134,27 @@ final class Sessions: Sendable {
         return closed
     }
 
+    /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own). 409 once it has ended.
+    func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(APIError) -> SessionRecord {
+        _ = try session(id: id, organizationID: organizationID)
+        let renewed: SessionRecord? = state.withLock { state in
+            guard let session = state.open[id] else { return nil }
+            let now = Date()
+            session.record.renewedAt = now
+            session.record.timeoutMinutes = timeoutMinutes ?? session.record.timeoutMinutes
+            session.record.modifiedAt = now
+            save(session.record)
+            return session.record
+        }
+        guard let renewed else {
+            let status = lookup(id)?.status.rawValue ?? "closed"
+            throw APIError(409, "browser session \(id) is \(status) and cannot be renewed")
+        }
+        await flushWrites()
+        logger.info("session renewed", metadata: ["browser_session_id": "\(id)", "timeout_minutes": "\(renewed.timeoutMinutes)"])
+        return renewed
+    }
+
     /// The organization and hub a viewer of `id` reads. A session that has ended gets a hub that says so.
     /// Sessions that ended long ago are read from the store (a rare, small read on the service thread).
     func hubForViewer(id: String) -> ViewerLookup {
@@ -148,6 +171,9 @@ final class Sessions: Sendable {
 
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
     func hub(id: String) -> FrameHub? { state.withLock { $0.open[id]?.hub } }
+
+    /// Ids of the sessions open now.
+    var openIDs: Set<String> { state.withLock { Set($0.open.keys) } }
 
     // MARK: - Lifecycle
 
@@ -185,7 +211,7 @@ final class Sessions: Sendable {
         options.maxWidth = config.screencastMaxWidth
         options.maxHeight = config.screencastMaxHeight
         options.retryWindow = Double(config.cdpRetrySeconds)
-        let hub = FrameHub()
+        let hub = FrameHub(metrics: metrics)
         let source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id)) { [weak self] state in
             self?.sourceChanged(id: id, state)

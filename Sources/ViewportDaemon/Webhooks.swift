@@ -25,13 +25,16 @@ final class Webhooks: Sendable {
     private let backoffBase: Double
     private let maxConcurrent: Int
     private let secrets: Mutex<[String: String]>
+    private let metrics: DaemonMetrics?
     /// Ids of deliveries being sent, so the loop neither picks them twice nor waits on them as due.
     private let inFlight = Mutex<Set<Int64>>([])
     private let wakeup = Wakeup()
 
     /// `backoffBase` seconds before the second attempt, doubling for each one after.
-    init(store: Store, loop: EventLoop, config: Config, logger: Logger, backoffBase: Double = 1, maxConcurrent: Int = 4) {
+    init(store: Store, loop: EventLoop, config: Config, metrics: DaemonMetrics? = nil, logger: Logger,
+         backoffBase: Double = 1, maxConcurrent: Int = 4) {
         self.store = store
+        self.metrics = metrics
         self.loop = loop
         self.logger = logger
         maxAttempts = config.webhookMaxAttempts
@@ -66,6 +69,9 @@ final class Webhooks: Sendable {
         guard url.lowercased().hasPrefix("http://") else { throw WebhookError("only http:// URLs are supported") }
         do { _ = try Endpoint(url) } catch { throw WebhookError("\(error)") }
     }
+
+    /// True when `organizationID` has a signing secret (runs of other organizations cannot have a webhook).
+    func hasSecret(organizationID: String) -> Bool { secrets.withLock { $0[organizationID] != nil } }
 
     /// Replaces the signing secrets by organization id (on reload).
     func setSecrets(_ secrets: [String: String]) { self.secrets.withLock { $0 = secrets } }
@@ -141,8 +147,10 @@ final class Webhooks: Sendable {
         if let statusCode, (200..<300).contains(statusCode) {
             delivery.status = .delivered
             delivery.deliveredAt = Date()
+            metrics?.webhookDelivered()
             logger.info("webhook delivered", metadata: metadata)
         } else {
+            metrics?.webhookFailed()
             metadata["error"] = "\(delivery.lastError ?? "")"
             if delivery.attempts >= maxAttempts {
                 delivery.status = .failed

@@ -9,12 +9,15 @@ struct Viewportd: AsyncParsableCommand {
         commandName: "viewportd",
         abstract: "Live view of browser sessions: CDP screencast fanned out to WebSocket viewers.",
         version: viewportdVersion,
-        subcommands: [Serve.self, Demo.self])
+        subcommands: [Serve.self, Demo.self, CheckConfig.self])
 }
 
 struct Options: ParsableArguments {
     @Option(name: .long, help: "YAML config file (default: compiled defaults; VIEWPORTD_* variables override).")
     var config: String?
+
+    init() {}
+    init(config: String) { self.config = config }
 
     func load() throws -> Config {
         do { return try Config.load(path: config) } catch {
@@ -25,14 +28,15 @@ struct Options: ParsableArguments {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run the daemon.")
+    static let configuration = CommandConfiguration(abstract: "Run the daemon; SIGHUP reloads API keys and webhook secrets.")
     @OptionGroup var options: Options
 
     func run() async throws {
         let config = try options.load()
-        let logger = makeLogger(config)
+        let logger = makeDaemonLogger(config)
+        let path = options.config
         do {
-            try await buildDaemon(config, logger: logger).run()
+            try await buildDaemon(config, logger: logger, reloadConfig: { try Config.load(path: path) }).run()
         } catch let error as DaemonError {
             logger.critical("\(error)")
             throw ExitCode(1)
@@ -54,13 +58,18 @@ struct Demo: AsyncParsableCommand {
             try? FileManager.default.removeItem(at: directory)
             config.stateDir = directory.path
         }
-        try await ViewportDaemon.Demo.run(config: config, logger: makeLogger(config))
+        try await ViewportDaemon.Demo.run(config: config, logger: makeDaemonLogger(config))
     }
 }
 
-func makeLogger(_ config: Config) -> Logger {
-    LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
-    var logger = Logger(label: "viewportd")
-    logger.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
-    return logger
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a config file (with VIEWPORTD_* overrides) and print the effective config, secrets masked.")
+    @Argument(help: "The YAML config file.") var file: String
+
+    func run() throws {
+        let config = try Options(config: file).load()
+        print(config.yaml(), terminator: "")
+    }
 }

@@ -1,0 +1,59 @@
+public import CoreMetrics
+
+/// The frame pipeline's metrics, shared by every hub of a daemon and reached by consumers through their hub.
+///
+/// Built from a swift-metrics factory (the daemon's Prometheus registry); ``none`` records nothing.
+public final class StreamMetrics: Sendable {
+    /// Frames published by sources.
+    let captured: Counter
+    /// Frames taken by consumers, by consumer kind.
+    private let sent: [ConsumerKind: Counter]
+    /// Frames a full queue dropped, by consumer kind.
+    private let dropped: [ConsumerKind: Counter]
+    /// From capture to a consumer taking the frame (a viewer's socket ready to send it, the encoder starting on it).
+    private let latency: [ConsumerKind: Timer]
+    /// Time to decode and encode one frame into a recording.
+    private let encodeTime: Timer
+    /// Bytes written to recordings.
+    private let recordingBytes: Counter
+
+    /// Metrics names, as exported.
+    public enum Name {
+        public static let captured = "viewportd_frames_captured_total"
+        public static let sent = "viewportd_frames_sent_total"
+        public static let dropped = "viewportd_frames_dropped_total"
+        public static let latency = "viewportd_capture_to_send_seconds"
+        public static let encodeTime = "viewportd_encode_seconds"
+        public static let recordingBytes = "viewportd_recording_bytes_total"
+    }
+
+    public init(factory: any MetricsFactory) {
+        let kinds: [ConsumerKind] = [.viewer, .recorder, .vncBridge, .screenshot]
+        func each<M>(_ make: (ConsumerKind) -> M) -> [ConsumerKind: M] {
+            Dictionary(uniqueKeysWithValues: kinds.map { ($0, make($0)) })
+        }
+        captured = Counter(label: Name.captured, factory: factory)
+        sent = each { Counter(label: Name.sent, dimensions: [("consumer", $0.rawValue)], factory: factory) }
+        dropped = each { Counter(label: Name.dropped, dimensions: [("consumer", $0.rawValue)], factory: factory) }
+        latency = each { Timer(label: Name.latency, dimensions: [("consumer", $0.rawValue)], factory: factory) }
+        encodeTime = Timer(label: Name.encodeTime, factory: factory)
+        recordingBytes = Counter(label: Name.recordingBytes, factory: factory)
+    }
+
+    /// Records nothing (tests and tools that build hubs of their own).
+    public static let none = StreamMetrics(factory: NOOPMetricsHandler.instance)
+
+    func frameTaken(_ frame: Frame, by kind: ConsumerKind) {
+        sent[kind]?.increment()
+        let now = wallClockMicros()
+        latency[kind]?.recordNanoseconds(Int64(now > frame.captureTime ? (now - frame.captureTime) * 1000 : 0))
+    }
+
+    func frameDropped(by kind: ConsumerKind) { dropped[kind]?.increment() }
+
+    /// A recorder took `nanoseconds` to decode and encode one frame.
+    public func frameEncoded(nanoseconds: UInt64) { encodeTime.recordNanoseconds(Int64(nanoseconds)) }
+
+    /// A recorder wrote `bytes` more to its file.
+    public func recordingWritten(bytes: UInt64) { recordingBytes.increment(by: Int64(bytes)) }
+}

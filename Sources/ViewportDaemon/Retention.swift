@@ -1,0 +1,85 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Store
+
+/// Keeps artifacts from filling the disk: deletes those of closed sessions older than `retention.max_age_days`,
+/// then, while all artifacts take more than `retention.max_disk_gb`, whole closed sessions' artifacts, the oldest
+/// closed session first. An open session's artifacts are never deleted. The records stay, marked expired, so the
+/// API answers 404 "artifact expired" for them.
+struct Retention: Sendable {
+    let store: Store
+    let files: ArtifactFiles
+    let maxAge: TimeInterval
+    let maxBytes: Int
+    let logger: Logger
+
+    init(store: Store, files: ArtifactFiles, config: Config, logger: Logger) {
+        self.store = store
+        self.files = files
+        maxAge = Double(config.retentionMaxAgeDays) * 86400
+        maxBytes = Int(config.retentionMaxDiskGB * 1_000_000_000)
+        self.logger = logger
+    }
+
+    /// What a sweep did.
+    struct Sweep: Equatable {
+        var expired: [String] = []
+        var bytesFreed = 0
+        /// Bytes of the artifacts left.
+        var bytesLeft = 0
+    }
+
+    /// Deletes what the limits say must go, as of `now`.
+    @discardableResult
+    func sweep(now: Date = Date()) throws -> Sweep {
+        var doomed = try store.expirableArtifacts(createdBefore: now.addingTimeInterval(-maxAge))
+        var left = try store.liveArtifactBytes() - doomed.reduce(0) { $0 + $1.fileSize }
+        if left > maxBytes {
+            let chosen = Set(doomed.map(\.id))
+            var bySession: [(id: String, artifacts: [ArtifactRecord])] = []
+            for artifact in try store.expirableArtifacts() where !chosen.contains(artifact.id) {
+                if bySession.last?.id == artifact.sessionID {
+                    bySession[bySession.count - 1].artifacts.append(artifact)
+                } else {
+                    bySession.append((artifact.sessionID, [artifact]))
+                }
+            }
+            for session in bySession where left > maxBytes {
+                doomed += session.artifacts
+                left -= session.artifacts.reduce(0) { $0 + $1.fileSize }
+            }
+        }
+        // Marked first: the API never serves a record whose file is going.
+        try store.markExpired(artifactIDs: doomed.map(\.id), at: now)
+        for artifact in doomed { files.remove(artifact.path) }
+        files.removeEmptyDirectories(of: doomed.map(\.path))
+        let result = Sweep(expired: doomed.map(\.id), bytesFreed: doomed.reduce(0) { $0 + $1.fileSize }, bytesLeft: left)
+        if !doomed.isEmpty {
+            logger.info("retention deleted artifacts", metadata: [
+                "artifacts": "\(doomed.count)", "bytes_freed": "\(result.bytesFreed)", "bytes_left": "\(left)",
+                "sessions": "\(Set(doomed.map(\.sessionID)).count)",
+            ])
+        }
+        if left > maxBytes {
+            logger.warning("artifacts exceed retention.max_disk_gb, but the rest belong to open sessions",
+                           metadata: ["bytes": "\(left)", "limit": "\(maxBytes)"])
+        }
+        return result
+    }
+}
+
+/// Sweeps at start and then every `retention.sweep_interval_seconds`.
+struct RetentionService: Service {
+    let retention: Retention
+    let interval: Duration
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do { try retention.sweep() } catch {
+                retention.logger.error("retention sweep failed", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+}
