@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ViewportDaemon
+import Yams
 
 @Suite("Configuration")
 struct ConfigTests {
@@ -74,6 +75,21 @@ struct ConfigTests {
         ("viewer: {queue_frames: 0}", "viewer.queue_frames"),
         ("viewer: {token_ttl_seconds: 5}", "viewer.token_ttl_seconds"),
         ("cdp: {retry_seconds: -1}", "cdp.retry_seconds"),
+        ("recording: {enabled: maybe}", "recording.enabled"),
+        ("recording: {preset: turbo}", "recording.preset"),
+        ("recording: {crf: 52}", "recording.crf"),
+        ("recording: {threads: 0}", "recording.threads"),
+        ("recording: {queue_frames: 8}", "recording.queue_frames"),
+        ("screenshot_format: gif", "screenshot_format"),
+        ("artifacts: {url_ttl_seconds: 30}", "artifacts.url_ttl_seconds"),
+        ("webhooks: {secrets: [{organization_id: a, secret: short}]}", "webhooks.secrets[0].secret"),
+        ("webhooks: {max_attempts: 0}", "webhooks.max_attempts"),
+        ("webhooks: {timeout_seconds: 121}", "webhooks.timeout_seconds"),
+        ("retention: {max_age_days: 0}", "retention.max_age_days"),
+        ("retention: {max_disk_gb: 0}", "retention.max_disk_gb"),
+        ("retention: {max_disk_gb: lots}", "retention.max_disk_gb"),
+        ("retention: {sweep_interval_seconds: 1}", "retention.sweep_interval_seconds"),
+        ("retention: {max_days: 3}", "retention.max_days"),
         ("listn: 127.0.0.1:8200", "listn"),
         ("- a list", "(file)"),
         ("listen: [unclosed", "(file)"),
@@ -86,6 +102,61 @@ struct ConfigTests {
             #expect(error.key == key, "\(yaml) -> \(error)")
             #expect(error.description.hasPrefix("config key \(key): "))
         }
+    }
+
+    /// A config with every key off its default, as YAML: the environment test sets each key from it.
+    static let everyKeyChanged: Config = {
+        var config = Config()
+        (config.listenHost, config.listenPort, config.stateDir) = ("0.0.0.0", 9100, "/srv/viewportd")
+        (config.publicURL, config.logLevel) = ("https://live.example.com", "debug")
+        config.apiKeys = [.init(key: "env-key-0123456789", organizationID: "org_env")]
+        config.viewerTokenSecret = String(repeating: "s", count: 40)
+        (config.screencastQuality, config.screencastMaxWidth, config.screencastMaxHeight) = (55, 1024, 600)
+        (config.viewerQueueFrames, config.viewerTokenTTLSeconds, config.cdpRetrySeconds) = (3, 90, 12)
+        (config.recordingEnabled, config.recordingPreset, config.recordingCRF) = (false, "faster", 30)
+        (config.recordingThreads, config.recordingQueueFrames) = (2, 120)
+        (config.screenshotFormat, config.artifactURLTTLSeconds) = (.png, 7200)
+        config.webhookSecrets = ["org_env": "webhook-secret-0123456789"]
+        (config.webhookMaxAttempts, config.webhookTimeoutSeconds) = (3, 20)
+        (config.retentionMaxAgeDays, config.retentionMaxDiskGB, config.retentionSweepIntervalSeconds) = (7, 2.5, 60)
+        return config
+    }()
+
+    @Test func everyKeyCanBeSetFromItsEnvironmentVariable() throws {
+        let expected = Self.everyKeyChanged
+        #expect(Config().changedKeys(to: expected) == Config.keys, "the fixture changes every key")
+        // Each key's value as the masked-free YAML prints it, handed over in the key's variable.
+        let printed = try #require(try Yams.load(yaml: expected.yaml(revealingSecrets: true)) as? [String: Any])
+        var environment: [String: String] = [:]
+        for key in Config.keys {
+            let path = key.split(separator: ".").map(String.init)
+            let value = path.count == 1 ? printed[key] : (printed[path[0]] as? [String: Any])?[path[1]]
+            environment[Config.environmentName(key)] = try #require(Self.flowYAML(value), "\(key)")
+        }
+        #expect(environment["VIEWPORTD_SCREENCAST_MAX_WIDTH"] == "1024")
+        #expect(environment["VIEWPORTD_RETENTION_MAX_DISK_GB"] == "2.5")
+        #expect(try Config.load(yaml: nil, environment: environment) == expected)
+    }
+
+    private static func flowYAML(_ value: Any?) -> String? {
+        switch value {
+        case nil: nil
+        case let list as [Any]:
+            (try? Yams.dump(object: list, sortKeys: true, sequenceStyle: .flow, mappingStyle: .flow))?
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        default: "\(value!)"
+        }
+    }
+
+    @Test func thePrintedConfigMasksSecretsAndLoadsBackWithThemRevealed() throws {
+        let config = Self.everyKeyChanged
+        let masked = config.yaml()
+        for secret in ["env-key-0123456789", config.viewerTokenSecret!, "webhook-secret-0123456789"] {
+            #expect(!masked.contains(secret))
+        }
+        #expect(masked.contains("organization_id: \"org_env\""))
+        #expect(try Config.load(yaml: config.yaml(revealingSecrets: true)) == config)
+        #expect(try Config.load(yaml: Config().yaml()) == Config())
     }
 
     @Test func anAPIKeyFromTheEnvironmentNeedsItsOrganization() {
