@@ -103,7 +103,7 @@ let package = Package(
             swiftSettings: settings),
         .testTarget(
             name: "ViewportDaemonTests",
-            dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO", .product(name: "Yams", package: "Yams")],
+            dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", .product(name: "Yams", package: "Yams")],
             exclude: ["Fixtures"],
             swiftSettings: settings),
     ]

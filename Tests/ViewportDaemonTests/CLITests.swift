@@ -2,16 +2,12 @@ import Foundation
 import Testing
 @testable import ViewportDaemon
 
-/// The `viewportd` executable next to the test bundle (`swift build --build-tests` builds both).
-private let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    .appendingPathComponent("viewportd").path
-
 private func viewportd(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 10)
     throws -> (status: Int32, output: String)
 {
-    try #require(FileManager.default.isExecutableFile(atPath: binary), "build viewportd first (swift build --build-tests)")
+    try #require(FileManager.default.isExecutableFile(atPath: viewportdBinary), "build viewportd first (swift build --build-tests)")
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: binary)
+    process.executableURL = URL(fileURLWithPath: viewportdBinary)
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let pipe = Pipe()
@@ -40,6 +36,67 @@ struct CLITests {
         #expect(envStatus == 2 && envOutput.contains("viewer.queue_frames"))
     }
 
+    @Test func checkConfigPrintsTheEffectiveConfigWithSecretsMasked() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("cfg-\(UUID().uuidString).yaml")
+        try Data("""
+            api_keys: [{key: \(keyA), organization_id: org_a}]
+            webhooks: {secrets: [{organization_id: org_a, secret: \(webhookTestSecret)}]}
+            screencast: {quality: 61}
+            """.utf8).write(to: file)
+        let (status, output) = try viewportd(["check-config", file.path], environment: ["VIEWPORTD_RETENTION_MAX_AGE_DAYS": "9"])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("quality: 61") && output.contains("max_age_days: 9"), "file and environment both apply")
+        #expect(output.contains("organization_id: \"org_a\"") && output.contains("\"***\""))
+        #expect(!output.contains(keyA) && !output.contains(webhookTestSecret))
+        try Data("retention: {max_disk_gb: -1}\n".utf8).write(to: file)
+        let (badStatus, badOutput) = try viewportd(["check-config", file.path])
+        #expect(badStatus == 2 && badOutput.contains("config key retention.max_disk_gb"))
+    }
+
+    @Test func theSystemdUnitPassesSystemdAnalyzeVerify() throws {
+        let unit = try String(contentsOfFile: Self.repository + "/systemd/viewportd.service", encoding: .utf8)
+        for directive in ["Type=notify", "WatchdogSec=", "ExecReload=", "Restart=on-failure", "StateDirectory=viewportd",
+                          "ConfigurationDirectory=viewportd", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
+                          "NoNewPrivileges=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "LimitNOFILE=",
+                          "TimeoutStopSec="] {
+            #expect(unit.contains(directive), "the unit sets \(directive)")
+        }
+        // systemd-analyze checks that ExecStart's binary exists: point it at the one just built.
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("unit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let copy = directory.appendingPathComponent("viewportd.service").path
+        try unit.replacingOccurrences(of: "/usr/local/bin/viewportd", with: viewportdBinary)
+            .write(toFile: copy, atomically: true, encoding: .utf8)
+        let output = String(decoding: try runTool("systemd-analyze", ["verify", copy], stderr: true), as: UTF8.self)
+        #expect(output.isEmpty, "systemd-analyze verify: \(output)")
+    }
+
+    @Test func theInstallScriptIsIdempotentAndKeepsAnEditedConfig() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("root-\(UUID().uuidString)").path
+        func install() throws -> Int32 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Self.repository + "/scripts/install.sh")
+            process.arguments = ["--binary", viewportdBinary]
+            process.environment = ProcessInfo.processInfo.environment.merging(["DESTDIR": root]) { $1 }
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            return process.terminationStatus
+        }
+        #expect(try install() == 0)
+        let config = root + "/etc/viewportd/viewportd.yaml"
+        for path in ["/usr/local/bin/viewportd", "/etc/systemd/system/viewportd.service", "/etc/viewportd/viewportd.yaml.dist"] {
+            #expect(FileManager.default.fileExists(atPath: root + path), "\(path) installed")
+        }
+        #expect(FileManager.default.isExecutableFile(atPath: root + "/usr/local/bin/viewportd"))
+        try Data("log_level: debug\n".utf8).write(to: URL(fileURLWithPath: config))
+        #expect(try install() == 0, "a second run succeeds")
+        #expect(try String(contentsOfFile: config, encoding: .utf8) == "log_level: debug\n", "the edited config stays")
+    }
+
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../..").standardized.path
+
     @Test func aTakenPortIsAClearErrorNotACrash() async throws {
         let first = try await TestDaemon.start()
         defer { Task { await first.stop() } }
@@ -58,35 +115,21 @@ struct CrashRecoveryTests {
         let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
         defer { browser.terminate() }
         let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-crash-\(UUID().uuidString)").path
-        let port = try freeLoopbackPort()
-        let base = "http://127.0.0.1:\(port)"
-        func serve() async throws -> Process {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["serve"]
-            process.environment = ProcessInfo.processInfo.environment.merging([
-                "VIEWPORTD_LISTEN": "127.0.0.1:\(port)", "VIEWPORTD_STATE_DIR": stateDir, "VIEWPORTD_API_KEY": keyA,
-                "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "warning",
-            ]) { $1 }
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
-            try await eventually("viewportd answers") { (try? await httpRaw("GET", base + "/healthz"))?.0 == 200 }
-            return process
-        }
-
-        let first = try await serve()
+        let environment = ["VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "warning"]
+        let first = try await ChildDaemon.start(stateDir: stateDir, environment: environment)
+        let base = first.base
         let (_, session) = try await requestJSON("POST", base + "/v1/browser_sessions", json: ["browser_address": browser.address])
         let id = try #require(session["browser_session_id"].string)
         let (status, run) = try await requestJSON("POST", base + "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_crash"])
         try #require(status == 201, "\(run)")
         let started = Date()
         try await Task.sleep(for: .seconds(4))
-        kill(first.processIdentifier, SIGKILL)
+        first.signal(SIGKILL)
         let killedAfter = Date().timeIntervalSince(started)
-        first.waitUntilExit()
+        first.process.waitUntilExit()
 
-        let second = try await serve()
-        defer { second.terminate(); second.waitUntilExit() }
+        let second = try await ChildDaemon.start(port: first.port, stateDir: stateDir, environment: environment)
+        defer { second.signal(SIGKILL); second.process.waitUntilExit() }
         let (_, recovered) = try await requestJSON("GET", base + "/v1/runs/wr_crash")
         #expect(recovered["status"].string == "terminated")
         #expect(recovered["failure_reason"].string?.contains("stopped") == true)

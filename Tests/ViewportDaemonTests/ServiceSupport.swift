@@ -1,0 +1,129 @@
+import Foundation
+import Testing
+@testable import ViewportDaemon
+
+/// The `viewportd` executable next to the test bundle (`swift build --build-tests` builds both).
+let viewportdBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    .appendingPathComponent("viewportd").path
+
+/// `viewportd serve` as a child process on a free loopback port, with its standard error in a file.
+final class ChildDaemon: Sendable {
+    let process: Process
+    let port: Int
+    /// Where its standard error goes (appended to by every start with the same path).
+    let logPath: String
+    var base: String { "http://127.0.0.1:\(port)" }
+
+    /// Starts `viewportd serve` with `environment` added (state directory and listen address included) and waits
+    /// until it answers `/healthz`.
+    static func start(arguments: [String] = [], port: Int? = nil, stateDir: String, logPath: String? = nil,
+                      environment: [String: String] = [:]) async throws -> ChildDaemon
+    {
+        try #require(FileManager.default.isExecutableFile(atPath: viewportdBinary), "build viewportd first (swift build --build-tests)")
+        let port = try port ?? freeLoopbackPort()
+        let logPath = logPath ?? stateDir + ".log"
+        if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
+        let log = try #require(FileHandle(forWritingAtPath: logPath))
+        log.seekToEndOfFile()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: viewportdBinary)
+        process.arguments = ["serve"] + arguments
+        process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("VIEWPORTD_") }
+            .merging(["VIEWPORTD_LISTEN": "127.0.0.1:\(port)", "VIEWPORTD_STATE_DIR": stateDir]) { $1 }
+            .merging(environment) { $1 }
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = log
+        try process.run()
+        let child = ChildDaemon(process: process, port: port, logPath: logPath)
+        try await eventually("viewportd answers") {
+            guard process.isRunning else { throw DaemonError("viewportd exited with \(process.terminationStatus)") }
+            return (try? await httpRaw("GET", child.base + "/healthz"))?.0 == 200
+        }
+        return child
+    }
+
+    private init(process: Process, port: Int, logPath: String) {
+        self.process = process
+        self.port = port
+        self.logPath = logPath
+    }
+
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the process to exit and returns its status; SIGKILLs it after `timeout` seconds and fails.
+    func exitStatus(within timeout: Double) async throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning {
+            if Date() > deadline {
+                signal(SIGKILL)
+                process.waitUntilExit()
+                Issue.record("viewportd did not exit within \(timeout) s")
+                return -1
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return process.terminationStatus
+    }
+
+    /// What it logged so far.
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}
+
+/// An AF_UNIX datagram socket standing in for systemd's notify socket (`NOTIFY_SOCKET`).
+final class NotifySocket: @unchecked Sendable {
+    let path: String
+    private let fd: Int32
+
+    init() throws {
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("vp-notify-\(UUID().uuidString.prefix(8))").path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8.prefix(raw.count - 1))
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(fd >= 0 && bound == 0, "cannot bind \(path)")
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Messages received during the next `seconds`, or until one satisfies `stop` (included).
+    func receive(for seconds: Double, until stop: @escaping @Sendable (String) -> Bool = { _ in false }) async -> [String] {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { [self] in
+                var messages: [String] = []
+                let deadline = Date().addingTimeInterval(seconds)
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while Date() < deadline {
+                    var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    guard poll(&poller, 1, Int32(max(1, deadline.timeIntervalSinceNow * 1000))) > 0 else { continue }
+                    let count = recv(fd, &buffer, buffer.count, 0)
+                    guard count > 0 else { continue }
+                    let message = String(decoding: buffer[0..<count], as: UTF8.self)
+                    messages.append(message)
+                    if stop(message) { break }
+                }
+                continuation.resume(returning: messages)
+            }
+        }
+    }
+}
+
+/// Samples of one metric in a Prometheus text exposition, by their label set (`{consumer="viewer"}`, or "").
+func prometheusSamples(_ text: String, _ name: String) -> [String: Double] {
+    var samples: [String: Double] = [:]
+    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+        guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+        let series = line[..<space]
+        let metric = series.prefix { $0 != "{" }
+        guard metric == name else { continue }
+        samples[String(series.dropFirst(metric.count))] = value
+    }
+    return samples
+}
