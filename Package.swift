@@ -36,6 +36,8 @@ let package = Package(
             name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
             providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(
+            name: "CVNC", path: "Sources/CVNC", pkgConfig: "libvncserver", providers: [.apt(["libvncserver-dev"])]),
+        .systemLibrary(
             name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
         // Frames, the frame hub, its metrics and the session model. Imports nothing local.
@@ -54,13 +56,20 @@ let package = Package(
             name: "ViewerGateway",
             dependencies: ["ViewportCore", "WebSocketIO", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings),
+        // JPEG decoding (to YUV planes or pixels) and encoding. The only importer of CTurboJPEG.
+        .target(name: "JPEGCodec", dependencies: ["CTurboJPEG"], swiftSettings: settings + [.unsafeFlags(["-O"])]),
         // H.264 recording of a session's frames into crash-safe fragmented MP4, and cutting runs out of it.
-        // The only importer of CFFmpeg and CTurboJPEG.
+        // The only importer of CFFmpeg.
         .target(
             name: "Recorder",
-            dependencies: ["ViewportCore", "CFFmpeg", "CTurboJPEG", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ViewportCore", "JPEGCodec", "CFFmpeg", .product(name: "Logging", package: "swift-log")],
             // Optimised in debug builds too: the tests record live 60 fps sessions and an unoptimised encoder loop
             // falls behind.
+            swiftSettings: settings + [.unsafeFlags(["-O"])]),
+        // A libvncserver screen per session for stock VNC clients and noVNC. The only importer of CVNC.
+        .target(
+            name: "VNCBridge",
+            dependencies: ["ViewportCore", "JPEGCodec", "CVNC", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings + [.unsafeFlags(["-O"])]),
         // SQLite persistence.
         .target(
@@ -72,6 +81,7 @@ let package = Package(
             name: "ViewportDaemon",
             dependencies: [
                 "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder", "CSystemd",
+                "VNCBridge",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -14,7 +14,7 @@ import Foundation
 /// taken. A lost connection is retried with backoff for ``Options/retryWindow`` seconds, then the source fails.
 ///
 /// `@unchecked Sendable`: all state is confined to the event loop's service thread; public methods hop onto it.
-public final class CDPSource: @unchecked Sendable {
+public final class CDPSource: InputTarget, @unchecked Sendable {
     /// Screencast and reconnection settings.
     public struct Options: Sendable {
         /// JPEG quality, 0-100.
@@ -61,6 +61,10 @@ public final class CDPSource: @unchecked Sendable {
     private var demand = false
     private var lostSince: Date?
     private var attempt = 0
+    /// When input was last sent and no frame has come since (for the input-to-frame latency).
+    private var inputSentAt: UInt64?
+    /// CSS pixels per frame pixel, from the last frame's metadata.
+    private var cssPerFramePixel = 1.0
 
     /// Creates the source; nothing happens until ``start()``.
     public init(address: String, hub: FrameHub, loop: EventLoop, options: Options, logger: Logger,
@@ -185,11 +189,55 @@ public final class CDPSource: @unchecked Sendable {
         connection?.demandChanged(wanted)
     }
 
-    fileprivate func publish(_ bytes: FrameBytes, captureTime: UInt64?, url: String?) -> Bool {
+    fileprivate func publish(_ bytes: FrameBytes, captureTime: UInt64?, url: String?, deviceWidth: Double? = nil)
+        -> Bool
+    {
         guard let size = JPEG.dimensions(bytes.bytes) else { return false }
+        if let deviceWidth, deviceWidth > 0, size.width > 0 { cssPerFramePixel = deviceWidth / Double(size.width) }
         hub.publish(jpeg: bytes, width: size.width, height: size.height, captureTime: captureTime ?? wallClockMicros(),
                     url: url)
+        if let sent = inputSentAt {
+            hub.metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- sent)
+            inputSentAt = nil
+        }
         return true
+    }
+
+    // MARK: - Input
+
+    /// Sends `input` to the active tab: mouse and wheel through `Input.dispatchMouseEvent` (frame pixels mapped to
+    /// CSS pixels), keys through `Input.dispatchKeyEvent`, paste through `Input.insertText`, navigation through
+    /// `Page.navigate`. Dropped while the browser is not attached.
+    public func deliver(_ input: RemoteInput) {
+        loop.execute { [self] in
+            guard !stopped, let connection else { return }
+            let scale = cssPerFramePixel
+            let (method, params): (String, [String: Any])
+            switch input {
+            case .mouse(let m):
+                let buttons = m.kind == .released ? 0 : ["left": 1, "right": 2, "middle": 4][m.button.rawValue] ?? 0
+                (method, params) = ("Input.dispatchMouseEvent", [
+                    "type": m.kind.rawValue, "x": m.x * scale, "y": m.y * scale, "button": m.button.rawValue,
+                    "buttons": buttons, "clickCount": m.clickCount, "modifiers": m.modifiers,
+                ])
+            case .wheel(let x, let y, let dx, let dy):
+                (method, params) = ("Input.dispatchMouseEvent", [
+                    "type": "mouseWheel", "x": x * scale, "y": y * scale, "deltaX": dx, "deltaY": dy,
+                ])
+            case .key(let k):
+                var p: [String: Any] = ["type": k.kind.rawValue, "key": k.key, "code": k.code, "modifiers": k.modifiers,
+                                        "windowsVirtualKeyCode": k.virtualKeyCode,
+                                        "nativeVirtualKeyCode": k.virtualKeyCode]
+                if !k.text.isEmpty, k.kind != .up { p["text"] = k.text; p["unmodifiedText"] = k.text }
+                (method, params) = ("Input.dispatchKeyEvent", p)
+            case .navigate(let url):
+                (method, params) = ("Page.navigate", ["url": url])
+            case .paste(let text):
+                (method, params) = ("Input.insertText", ["text": text])
+            }
+            inputSentAt = inputSentAt ?? wallClockMicros()
+            connection.sendToActiveTab(method, params)
+        }
     }
 
     // MARK: - One DevTools connection
@@ -277,6 +325,12 @@ public final class CDPSource: @unchecked Sendable {
             guard let data = try? JSONSerialization.data(withJSONObject: message) else { return }
             outbox.append(.text(Payload(copying: data)))
             socket.requestWrite()
+        }
+
+        /// Sends a command to the tab being shown (the page endpoint's own session when connected to one).
+        func sendToActiveTab(_ method: String, _ params: [String: Any]) {
+            guard let session = streaming ?? (pageEndpoint ? "" : nil) else { return }
+            send(method, params, session: session)
         }
 
         func stopScreencasts() {
@@ -465,7 +519,8 @@ public final class CDPSource: @unchecked Sendable {
             guard session == streaming else { return }
             let metadata = params["metadata"] as? [String: Any]
             let time = (metadata?["timestamp"] as? Double).map { UInt64(max(0, $0) * 1_000_000) }
-            if source.publish(frame, captureTime: time, url: url(of: session)) { published += 1 }
+            if source.publish(frame, captureTime: time, url: url(of: session),
+                              deviceWidth: metadata?["deviceWidth"] as? Double) { published += 1 }
         }
 
         private func url(of session: String) -> String? { pageTarget[session].flatMap { urls[$0] } }

@@ -1,5 +1,5 @@
 import CFFmpeg
-import CTurboJPEG
+import JPEGCodec
 public import Foundation
 
 /// Still-image conversions for step screenshots.
@@ -17,7 +17,7 @@ public enum ImageConversion {
             f.pointee.format = AV_PIX_FMT_RGB24.rawValue
             try check(av_frame_get_buffer(f, 0), "av_frame_get_buffer")
             try decoder.decodePixels(bytes, header, into: f.pointee.data.0!, pitch: f.pointee.linesize.0,
-                                     format: TJPF_RGB)
+                                     format: .rgb)
         }
         guard let codec = avcodec_find_encoder(AV_CODEC_ID_PNG) else {
             throw RecorderError("avcodec_find_encoder: no PNG encoder in libavcodec")

@@ -1,52 +1,5 @@
 import CFFmpeg
-import CTurboJPEG
-
-/// What a JPEG's header says.
-struct JPEGHeader {
-    var width: Int32
-    var height: Int32
-    var subsampling: Int32
-    var colorspace: Int32
-}
-
-/// A libturbojpeg decompressor.
-final class JPEGDecoder {
-    private let handle: tjhandle
-
-    init() throws(RecorderError) { handle = try allocated(tjInitDecompress(), "tjInitDecompress") }
-    deinit { tjDestroy(handle) }
-
-    func header(_ jpeg: UnsafeRawBufferPointer) throws(RecorderError) -> JPEGHeader {
-        var h = JPEGHeader(width: 0, height: 0, subsampling: 0, colorspace: 0)
-        guard tjDecompressHeader3(handle, jpeg.baseAddress, UInt(jpeg.count), &h.width, &h.height, &h.subsampling,
-                                  &h.colorspace) == 0, (1...16384).contains(h.width), (1...16384).contains(h.height)
-        else { throw RecorderError("tjDecompressHeader3: \(String(cString: tjGetErrorStr2(handle)))") }
-        return h
-    }
-
-    /// Decodes the Y, Cb and Cr planes as they are coded (no upsampling, no colour conversion). The fast integer
-    /// IDCT saves 5 % of the decode; after H.264 at CRF 28 its error does not show (SSIM -0.0001).
-    func decodePlanes(_ jpeg: UnsafeRawBufferPointer, _ header: JPEGHeader,
-                      into planes: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>,
-                      strides: UnsafeMutablePointer<Int32>) throws(RecorderError) {
-        try check(tjDecompressToYUVPlanes(handle, jpeg.baseAddress, UInt(jpeg.count), planes, header.width, strides,
-                                          header.height, TJFLAG_FASTDCT), "tjDecompressToYUVPlanes")
-    }
-
-    /// Decodes to packed pixels of `format` (`TJPF_BGRX`, `TJPF_RGB`, ...), rows `pitch` bytes apart.
-    func decodePixels(_ jpeg: UnsafeRawBufferPointer, _ header: JPEGHeader, into pixels: UnsafeMutablePointer<UInt8>,
-                      pitch: Int32, format: TJPF) throws(RecorderError) {
-        try check(tjDecompress2(handle, jpeg.baseAddress, UInt(jpeg.count), pixels, header.width, pitch, header.height,
-                                Int32(format.rawValue), 0), "tjDecompress2")
-    }
-
-    /// A failed call throws with libturbojpeg's text; a warning (a truncated or slightly corrupt JPEG) still
-    /// decoded the picture and passes.
-    private func check(_ result: Int32, _ call: String) throws(RecorderError) {
-        guard result < 0, tjGetErrorCode(handle) != Int32(TJERR_WARNING.rawValue) else { return }
-        throw RecorderError("\(call): \(String(cString: tjGetErrorStr2(handle)))")
-    }
-}
+import JPEGCodec
 
 /// The encoder's input picture (YUV 4:2:0, full-range BT.601, `width`×`height`), refilled from each JPEG in place.
 ///
@@ -72,8 +25,7 @@ final class Picture {
 
     /// True when `header` describes a JPEG that decodes straight into the picture.
     func fits(_ header: JPEGHeader) -> Bool {
-        header.subsampling == Int32(TJSAMP_420.rawValue) && header.colorspace == Int32(TJCS_YCbCr.rawValue)
-            && header.width & ~1 == width && header.height & ~1 == height
+        header.isYCbCr420 && header.width & ~1 == width && header.height & ~1 == height
     }
 
     func load(_ jpeg: UnsafeRawBufferPointer, _ header: JPEGHeader, decoder: JPEGDecoder) throws(RecorderError) {
@@ -86,7 +38,9 @@ final class Picture {
         let f = frame.pointer
         if fits(header) {
             try withPlanes(f) { planes, strides throws(RecorderError) in
-                try decoder.decodePlanes(jpeg, header, into: planes, strides: strides)
+                do { try decoder.decodePlanes(jpeg, header, into: planes, strides: strides) } catch {
+                    throw RecorderError("\(error)")
+                }
             }
             return
         }
@@ -95,8 +49,10 @@ final class Picture {
             pixels.deallocate()
             pixels = .allocate(byteCount: size, alignment: 64)
         }
-        try decoder.decodePixels(jpeg, header, into: pixels.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                 pitch: Int32(pitch), format: TJPF_BGRX)
+        do {
+            try decoder.decodePixels(jpeg, header, into: pixels.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                     pitch: Int32(pitch), format: .bgrx)
+        } catch { throw RecorderError("\(error)") }
         let context = try scaler.context(from: AV_PIX_FMT_BGR0, header.width, header.height, to: width, height)
         var source: [UnsafePointer<UInt8>?] = [UnsafePointer(pixels.baseAddress!.assumingMemoryBound(to: UInt8.self)),
                                                nil, nil, nil]

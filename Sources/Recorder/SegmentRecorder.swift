@@ -1,4 +1,5 @@
 import Foundation
+import JPEGCodec
 public import Logging
 public import ViewportCore
 import Synchronization
@@ -180,7 +181,7 @@ private final class Worker: @unchecked Sendable {
     func run() {
         var failure: RecorderError?
         do throws(RecorderError) {
-            decoder = try JPEGDecoder()
+            do { decoder = try JPEGDecoder() } catch { throw RecorderError("\(error)") }
             var finishing = false
             while true {
                 if !finishing { mailbox.wait(until: nextDeadline()) }
@@ -254,7 +255,7 @@ private final class Worker: @unchecked Sendable {
         guard let decoder, picture == nil || Self.ticks(frame.captureTime, since: fileOrigin) > lastPTS else { return }
         let jpeg = frame.jpeg.bytes
         let header: JPEGHeader
-        do { header = try decoder.header(jpeg) } catch { return skip(frame, error) }
+        do { header = try decoder.header(jpeg) } catch { return skip(frame, RecorderError("\(error)")) }
         var time = frame.captureTime
         if picture == nil {
             guard header.width >= 2, header.height >= 2 else {

@@ -16,6 +16,10 @@ public final class StreamMetrics: Sendable {
     private let encodeTime: Timer
     /// Bytes written to recordings.
     private let recordingBytes: Counter
+    /// From input sent to the browser to its next frame.
+    private let inputLatency: Timer
+    /// Connected VNC clients (all sessions).
+    private let vncClients: Meter
 
     /// Metrics names, as exported.
     public enum Name {
@@ -25,6 +29,8 @@ public final class StreamMetrics: Sendable {
         public static let latency = "viewportd_capture_to_send_seconds"
         public static let encodeTime = "viewportd_encode_seconds"
         public static let recordingBytes = "viewportd_recording_bytes_total"
+        public static let inputLatency = "viewportd_input_to_frame_seconds"
+        public static let vncClients = "viewportd_vnc_clients"
     }
 
     public init(factory: any MetricsFactory) {
@@ -38,6 +44,8 @@ public final class StreamMetrics: Sendable {
         latency = each { Timer(label: Name.latency, dimensions: [("consumer", $0.rawValue)], factory: factory) }
         encodeTime = Timer(label: Name.encodeTime, factory: factory)
         recordingBytes = Counter(label: Name.recordingBytes, factory: factory)
+        inputLatency = Timer(label: Name.inputLatency, factory: factory)
+        vncClients = Meter(label: Name.vncClients, factory: factory)
     }
 
     /// Records nothing (tests and tools that build hubs of their own).
@@ -53,6 +61,16 @@ public final class StreamMetrics: Sendable {
 
     /// A recorder took `nanoseconds` to decode and encode one frame.
     public func frameEncoded(nanoseconds: UInt64) { encodeTime.recordNanoseconds(Int64(nanoseconds)) }
+
+    /// The first frame after input came `microseconds` after the input was sent.
+    public func inputAnswered(afterMicroseconds microseconds: UInt64) {
+        inputLatency.recordNanoseconds(Int64(clamping: microseconds &* 1000))
+    }
+
+    /// A VNC client connected (+1) or left (-1).
+    public func vncClientsChanged(by delta: Int) {
+        if delta > 0 { vncClients.increment(by: Double(delta)) } else { vncClients.decrement(by: Double(-delta)) }
+    }
 
     /// A recorder wrote `bytes` more to its file.
     public func recordingWritten(bytes: UInt64) { recordingBytes.increment(by: Int64(bytes)) }

@@ -68,6 +68,7 @@ final class API: HTTPServerDelegate {
                                       "GET": { api, request, _ in try api.listSessions(request) }]),
         (["v1", "browser_sessions", "*"], ["GET": { api, request, ids in try api.getSession(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "close"], ["POST": { api, request, ids in try await api.closeSession(request, ids[0]) }]),
+        (["v1", "browser_sessions", "*", "vnc"], ["POST": { api, request, ids in try api.mintVNCPassword(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "renew"], ["POST": { api, request, ids in try await api.renewSession(request, ids[0]) }]),
         (["v1", "browser_sessions", "*", "viewer_tokens"],
          ["POST": { api, request, ids in try api.mintViewerToken(request, ids[0]) }]),
@@ -138,6 +139,24 @@ final class API: HTTPServerDelegate {
         return .json(200, sessionJSON(try await sessions.renew(id: id, organizationID: organization, timeoutMinutes: timeout)))
     }
 
+    /// A fresh VNC password for the session's screen: view-only unless `control`.
+    private func mintVNCPassword(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
+        let record = try sessions.session(id: id, organizationID: try organization(request))
+        let body = try Self.jsonBody(request)
+        let ttl = try Self.int(body, "ttl_seconds", in: 5...86400, default: config.vncPasswordTTLSeconds, unit: "seconds")
+        let control = try Self.bool(body, "control", default: false)
+        guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
+        guard let bridge = sessions.vncBridge(id: id) else {
+            throw APIError(409, config.vncEnabled ? "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
+                                                  : "VNC is disabled (config vnc.enabled)")
+        }
+        let expiresAt = Date().addingTimeInterval(Double(ttl))
+        let password = bridge.passwords.mint(control: control, expiresAt: expiresAt)
+        let host = config.vncListen == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.vncListen
+        return .json(201, ["host": host, "port": bridge.port, "password": password,
+                           "vnc_url": "vnc://\(host):\(bridge.port)", "expires_at": Self.iso(expiresAt), "control": control])
+    }
+
     /// 200 when the listener serves (this answer proves it) and the store takes writes; else 503 saying why.
     private func readiness() -> HTTPResponse {
         do { try store.checkWritable() } catch {
@@ -199,7 +218,7 @@ final class API: HTTPServerDelegate {
             "expires_at": record.status.isActive ? Self.iso(record.expiresAt) : NSNull(),
             "browser_address": record.browserAddress,
             "app_url": "\(config.effectivePublicURL)/watch/\(record.id)",
-            "vnc_streaming_supported": false,
+            "vnc_streaming_supported": sessions.vncBridge(id: record.id) != nil,
             "recordings": ((try? store.recordings(sessionID: record.id)) ?? []).map { artifact -> [String: Any] in
                 ["url": runs.artifactURL(artifact), "checksum": artifact.checksum, "filename": artifact.filename,
                  "modified_at": Self.iso(artifact.modifiedAt)]
@@ -415,9 +434,20 @@ final class API: HTTPServerDelegate {
                             unit: String) throws(APIError) -> Int
     {
         guard let raw = body[key], !(raw is NSNull) else { return value }
-        guard !(raw is Bool), let int = raw as? Int, range.contains(int)
+        guard !isBool(raw), let int = raw as? Int, range.contains(int)
         else { throw APIError(422, "\(key) must be an integer from \(range.lowerBound) to \(range.upperBound) \(unit)") }
         return int
+    }
+
+    private static func bool(_ body: [String: Any], _ key: String, default value: Bool) throws(APIError) -> Bool {
+        guard let raw = body[key], !(raw is NSNull) else { return value }
+        guard isBool(raw), let flag = raw as? Bool else { throw APIError(422, "\(key) must be true or false") }
+        return flag
+    }
+
+    /// True for a JSON true/false. JSONSerialization gives NSNumbers, and 0 and 1 also cast to Bool.
+    private static func isBool(_ raw: Any) -> Bool {
+        (raw as? NSNumber).map { String(cString: $0.objCType) == "c" } ?? false
     }
 
     static func iso(_ date: Date) -> String {

@@ -25,6 +25,9 @@ import Yams
 /// - `retention.max_age_days` (1-3650, 30): closed sessions' artifacts older than this are deleted.
 /// - `retention.max_disk_gb` (0.001-100000, 50): above this, the oldest closed sessions' artifacts are deleted.
 /// - `retention.sweep_interval_seconds` (10-86400, 300): how often retention runs.
+/// - `vnc.enabled` (bool, true): a VNC screen per session for vncviewer and noVNC.
+/// - `vnc.listen` (IPv4 address, `127.0.0.1`), `vnc.port_range` (`first-last`, `5900-5999`): where the screens listen.
+/// - `vnc.password_ttl_seconds` (10-86400, 300): default lifetime of minted VNC passwords.
 ///
 /// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
 /// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`); lists in YAML flow style
@@ -67,6 +70,10 @@ public struct Config: Sendable, Equatable {
     public var retentionMaxAgeDays = 30
     public var retentionMaxDiskGB = 50.0
     public var retentionSweepIntervalSeconds = 300
+    public var vncEnabled = true
+    public var vncListen = "127.0.0.1"
+    public var vncPorts: ClosedRange<Int> = 5900...5999
+    public var vncPasswordTTLSeconds = 300
 
     /// How step screenshots are stored.
     public enum ScreenshotFormat: String, Sendable, CaseIterable { case jpeg, png }
@@ -88,6 +95,7 @@ public struct Config: Sendable, Equatable {
         "screenshot_format", "artifacts.url_ttl_seconds",
         "webhooks.secrets", "webhooks.max_attempts", "webhooks.timeout_seconds",
         "retention.max_age_days", "retention.max_disk_gb", "retention.sweep_interval_seconds",
+        "vnc.enabled", "vnc.listen", "vnc.port_range", "vnc.password_ttl_seconds",
     ]
 
     /// Keys whose value is a list (given in the environment in YAML flow style).
@@ -268,6 +276,21 @@ public struct Config: Sendable, Equatable {
                 ?? retentionSweepIntervalSeconds
             try retention.finish()
         }
+        if var vnc = try root.section("vnc") {
+            vncEnabled = try vnc.bool("enabled") ?? vncEnabled
+            if let listen = try vnc.string("listen") {
+                guard Self.isIPv4(listen) else { throw ConfigError(key: "vnc.listen", "must be an IPv4 address (got \"\(listen)\")") }
+                vncListen = listen
+            }
+            if let range = try vnc.string("port_range") {
+                let parts = range.split(separator: "-").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+                guard parts.count == 2, let first = parts[0], let last = parts[1], 1 <= first, first <= last, last <= 65535
+                else { throw ConfigError(key: "vnc.port_range", "must be first-last, e.g. 5900-5999 (got \"\(range)\")") }
+                vncPorts = first...last
+            }
+            vncPasswordTTLSeconds = try vnc.int("password_ttl_seconds", in: 10...86400) ?? vncPasswordTTLSeconds
+            try vnc.finish()
+        }
         try root.finish()
     }
 
@@ -423,6 +446,9 @@ extension Config {
             "webhooks.max_attempts": webhookMaxAttempts, "webhooks.timeout_seconds": webhookTimeoutSeconds,
             "retention.max_age_days": retentionMaxAgeDays, "retention.max_disk_gb": retentionMaxDiskGB,
             "retention.sweep_interval_seconds": retentionSweepIntervalSeconds,
+            "vnc.enabled": vncEnabled, "vnc.listen": vncListen,
+            "vnc.port_range": "\(vncPorts.lowerBound)-\(vncPorts.upperBound)",
+            "vnc.password_ttl_seconds": vncPasswordTTLSeconds,
         ]
     }
 

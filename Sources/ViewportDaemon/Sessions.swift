@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Store
 import Synchronization
+import VNCBridge
 import ViewportCore
 import WebSocketIO
 
@@ -24,10 +25,19 @@ final class Sessions: Sendable {
         var record: SessionRecord
         let hub: FrameHub
         let source: CDPSource
-        init(record: SessionRecord, hub: FrameHub, source: CDPSource) {
+        /// The session's VNC screen; nil when `vnc.enabled` is off or no port was free.
+        let bridge: VNCBridge?
+        init(record: SessionRecord, hub: FrameHub, source: CDPSource, bridge: VNCBridge?) {
             self.record = record
             self.hub = hub
             self.source = source
+            self.bridge = bridge
+        }
+
+        /// Stops capturing and closes the VNC screen (its clients are disconnected, its port freed).
+        func stop() {
+            source.stop()
+            bridge?.close()
         }
     }
 
@@ -51,6 +61,8 @@ final class Sessions: Sendable {
     private let config: Config
     private let metrics: StreamMetrics
     private let logger: Logger
+    /// Wrong VNC passwords are slowed down per address, across sessions.
+    private let vncThrottle = VNCAuthThrottle()
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
@@ -172,6 +184,9 @@ final class Sessions: Sendable {
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
     func hub(id: String) -> FrameHub? { state.withLock { $0.open[id]?.hub } }
 
+    /// The VNC screen of an open session.
+    func vncBridge(id: String) -> VNCBridge? { state.withLock { $0.open[id]?.bridge } }
+
     /// Ids of the sessions open now.
     var openIDs: Set<String> { state.withLock { Set($0.open.keys) } }
 
@@ -200,7 +215,7 @@ final class Sessions: Sendable {
 
     /// Stops every source, leaving the sessions open in the store so the next start re-attaches them.
     func stopAll() async {
-        for session in state.withLock({ Array($0.open.values) }) { session.source.stop() }
+        for session in state.withLock({ Array($0.open.values) }) { session.stop() }
         await flushWrites()
     }
 
@@ -216,7 +231,19 @@ final class Sessions: Sendable {
                                logger: logger.with(sessionID: id)) { [weak self] state in
             self?.sourceChanged(id: id, state)
         }
-        return Open(record: record, hub: hub, source: source)
+        var bridge: VNCBridge?
+        if config.vncEnabled {
+            var vnc = VNCBridge.Options()
+            vnc.host = config.vncListen
+            vnc.ports = config.vncPorts
+            do {
+                bridge = try VNCBridge(hub: hub, options: vnc, throttle: vncThrottle, input: source, name: "viewportd \(id)",
+                                       logger: logger.with(sessionID: id))
+            } catch {
+                logger.warning("session has no VNC screen", metadata: ["browser_session_id": "\(id)", "error": "\(error)"])
+            }
+        }
+        return Open(record: record, hub: hub, source: source, bridge: bridge)
     }
 
     private func sourceChanged(id: String, _ change: CDPSource.State) {
@@ -259,7 +286,7 @@ final class Sessions: Sendable {
         }
         guard let ended else { return nil }
         ended.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
-        ended.source.stop()
+        ended.stop()
         return state.withLock { $0.ended[id] } ?? lookup(id)
     }
 

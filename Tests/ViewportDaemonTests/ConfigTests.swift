@@ -90,6 +90,11 @@ struct ConfigTests {
         ("retention: {max_disk_gb: lots}", "retention.max_disk_gb"),
         ("retention: {sweep_interval_seconds: 1}", "retention.sweep_interval_seconds"),
         ("retention: {max_days: 3}", "retention.max_days"),
+        ("vnc: {enabled: 2}", "vnc.enabled"),
+        ("vnc: {listen: localhost}", "vnc.listen"),
+        ("vnc: {port_range: 5999-5900}", "vnc.port_range"),
+        ("vnc: {port_range: 5900}", "vnc.port_range"),
+        ("vnc: {password_ttl_seconds: 5}", "vnc.password_ttl_seconds"),
         ("listn: 127.0.0.1:8200", "listn"),
         ("- a list", "(file)"),
         ("listen: [unclosed", "(file)"),
@@ -119,6 +124,7 @@ struct ConfigTests {
         config.webhookSecrets = ["org_env": "webhook-secret-0123456789"]
         (config.webhookMaxAttempts, config.webhookTimeoutSeconds) = (3, 20)
         (config.retentionMaxAgeDays, config.retentionMaxDiskGB, config.retentionSweepIntervalSeconds) = (7, 2.5, 60)
+        (config.vncEnabled, config.vncListen, config.vncPorts, config.vncPasswordTTLSeconds) = (false, "0.0.0.0", 6000...6010, 60)
         return config
     }()
 

@@ -11,7 +11,7 @@ struct ServiceTests {
         let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-notify-\(UUID().uuidString)").path
         // The journal names its stream by device and inode: those of the log file stand in for it.
         let logPath = stateDir + ".log"
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         var info = stat()
         try #require(stat(logPath, &info) == 0)
         let daemon = try await ChildDaemon.start(stateDir: stateDir, logPath: logPath, environment: [
@@ -154,7 +154,10 @@ struct ServiceTests {
             let latency = prometheusSamples(text, "viewportd_capture_to_send_seconds_count")
             #expect(latency[#"{consumer="viewer"}"#] == sent[#"{consumer="viewer"}"#], "one latency sample per frame sent")
             #expect((prometheusSamples(text, "viewportd_encode_seconds_count")[""] ?? 0) >= 10)
-            #expect((prometheusSamples(text, "viewportd_recording_bytes_total")[""] ?? 0) > 10_000)
+            let (_, artifacts) = try await daemon.request("GET", "/v1/runs/wr_metrics/artifacts")
+            let mp4 = try #require(artifacts.array.first { $0["artifact_type"].string == "recording" }?["file_size"].int)
+            #expect((prometheusSamples(text, "viewportd_recording_bytes_total")[""] ?? 0) >= Double(mp4) / 2,
+                    "the session's recording holds at least the run's video (\(mp4) bytes)")
             #expect(prometheusSamples(text, "viewportd_sessions")[#"{status="running"}"#] == 1)
             #expect(prometheusSamples(text, "viewportd_viewers")[""] == 0, "the viewer has left")
             #expect(prometheusSamples(text, "viewportd_auth_failures_total")[#"{credential="api_key"}"#] == 1)

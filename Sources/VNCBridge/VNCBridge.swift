@@ -1,0 +1,453 @@
+import CVNC
+public import Foundation
+import JPEGCodec
+public import Logging
+public import ViewportCore
+import Synchronization
+
+/// A VNC failure.
+public struct VNCError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// A session's screen for stock VNC clients: one libvncserver screen on a port of its own, fed from the session's
+/// frame hub, with per-request passwords (view-only or with control) and input forwarded to the browser.
+///
+/// The screen runs on a thread of its own with libvncserver in its single-threaded mode (`rfbProcessEvents`):
+/// accepting, authenticating, reading client messages, sending updates and refreshing the framebuffer all happen
+/// there, so the framebuffer is never read while it is written. It subscribes to the hub only while a client is
+/// connected; each frame is decoded once and only the 32×32 tiles that changed are marked, so clients get small
+/// updates.
+public final class VNCBridge: Sendable {
+    public struct Options: Sendable {
+        /// Address to listen on (IPv4).
+        public var host = "127.0.0.1"
+        /// Ports to try, in order.
+        public var ports: ClosedRange<Int> = 5900...5999
+        public init() {}
+    }
+
+    /// The port the screen listens on.
+    public let port: Int
+    /// Who may connect.
+    public let passwords: VNCPasswords
+    private let worker: Worker
+
+    /// Opens the screen on the first free port of `options.ports`. `input` receives pointer and key events of
+    /// clients with control.
+    public init(hub: FrameHub, options: Options, throttle: VNCAuthThrottle, input: (any InputTarget)?, name: String,
+                logger: Logger) throws(VNCError)
+    {
+        _ = quietVNC
+        let passwords = VNCPasswords()
+        let worker = Worker(hub: hub, passwords: passwords, throttle: throttle, input: input, logger: logger)
+        port = try worker.open(options: options, name: name)
+        self.passwords = passwords
+        self.worker = worker
+        let thread = Thread { worker.run() }
+        thread.name = "vnc-bridge"
+        thread.start()
+    }
+
+    deinit { worker.stop(wait: false) }
+
+    /// Disconnects every client, closes the port and waits for the screen's thread to end. Idempotent.
+    public func close() { worker.stop(wait: true) }
+
+    /// Clients connected now.
+    public var clientCount: Int { worker.clients.load(ordering: .relaxed) }
+}
+
+private let quietVNC: Void = vpd_rfb_quiet()
+
+/// Random passwords for one screen. A VNC password is 8 characters (the DES key of the challenge response).
+public final class VNCPasswords: Sendable {
+    private struct Entry {
+        var password: [CChar]
+        var expiresAt: Date
+        var control: Bool
+    }
+
+    private let entries = Mutex<[Entry]>([])
+    private static let alphabet = Array("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+
+    /// A new password valid until `expiresAt`; with `control`, its client's input reaches the browser.
+    public func mint(control: Bool, expiresAt: Date) -> String {
+        var generator = SystemRandomNumberGenerator()
+        let password = String((0..<8).map { _ in Self.alphabet.randomElement(using: &generator)! })
+        entries.withLock { entries in
+            entries.removeAll { $0.expiresAt <= Date() }
+            entries.append(Entry(password: Array(password.utf8CString), expiresAt: expiresAt, control: control))
+        }
+        return password
+    }
+
+    /// Whether a valid password answers `challenge` with `response`, and if so whether it grants control.
+    func check(challenge: [UInt8], response: [UInt8], now: Date = Date()) -> Bool? {
+        let valid = entries.withLock { entries in
+            entries.removeAll { $0.expiresAt <= now }
+            return entries
+        }
+        for entry in valid {
+            var expected = challenge
+            var password = entry.password
+            vpd_rfb_encrypt(&expected, &password)
+            if expected == response { return entry.control }
+        }
+        return nil
+    }
+}
+
+/// Slows down guessing: after 3 failed passwords in a row from one address, its connections are refused for
+/// 1 s, then 2, 4, ... up to 60 s after each further failure. A success clears the address.
+public final class VNCAuthThrottle: Sendable {
+    private struct Record {
+        var failures = 0
+        var blockedUntil = Date.distantPast
+    }
+
+    private let records = Mutex<[String: Record]>([:])
+    public init() {}
+
+    /// False while `address` is blocked.
+    public func allows(_ address: String, now: Date = Date()) -> Bool {
+        records.withLock { ($0[address]?.blockedUntil ?? .distantPast) <= now }
+    }
+
+    func record(_ address: String, success: Bool, now: Date = Date()) {
+        records.withLock { records in
+            guard !success else {
+                records[address] = nil
+                return
+            }
+            var record = records[address] ?? Record()
+            record.failures += 1
+            if record.failures >= 3 {
+                record.blockedUntil = now.addingTimeInterval(min(60, pow(2, Double(record.failures - 3))))
+            }
+            records[address] = record
+            if records.count > 10_000 { records = records.filter { $0.value.blockedUntil > now } }
+        }
+    }
+}
+
+/// The screen and everything that touches it. `@unchecked Sendable`: after `open` the screen, the framebuffer
+/// and the client states are used only on the bridge's thread (libvncserver calls the hooks from
+/// `rfbProcessEvents` there); other threads only set `stopping` and read `clients`.
+private final class Worker: @unchecked Sendable {
+    let hub: FrameHub
+    let passwords: VNCPasswords
+    let throttle: VNCAuthThrottle
+    let input: (any InputTarget)?
+    let logger: Logger
+    let clients = Atomic(0)
+    private let stopping = Atomic(false)
+    private let finished = DispatchSemaphore(value: 0)
+    private var screen: rfbScreenInfoPtr?
+    private var framebuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var width = 0, height = 0
+    private var subscription: FrameSubscription?
+    private var decoder: JPEGDecoder?
+    /// True once a frame is in the framebuffer.
+    private var hasPicture = false
+    /// Clients waiting for the first frame, until a deadline.
+    private var held: [(client: rfbClientPtr, until: Date)] = []
+
+    static let tile = 32
+
+    init(hub: FrameHub, passwords: VNCPasswords, throttle: VNCAuthThrottle, input: (any InputTarget)?, logger: Logger) {
+        self.hub = hub
+        self.passwords = passwords
+        self.throttle = throttle
+        self.input = input
+        self.logger = logger
+    }
+
+    deinit {
+        framebuffer.deallocate()
+        scratch.deallocate()
+    }
+
+    /// Creates the screen at the hub's latest frame size (1280×720 before any) and binds the first free port.
+    func open(options: VNCBridge.Options, name: String) throws(VNCError) -> Int {
+        let latest = hub.latest
+        (width, height) = (latest?.width ?? 1280, latest?.height ?? 720)
+        framebuffer = .allocate(byteCount: width * height * 4, alignment: 64)
+        framebuffer.initializeMemory(as: UInt8.self, repeating: 0)
+        guard inet_addr(options.host) != INADDR_NONE else { throw VNCError("vnc.listen \(options.host) is not an IPv4 address") }
+        for port in options.ports {
+            guard let screen = rfbGetScreen(nil, nil, Int32(width), Int32(height), 8, 3, 4) else {
+                throw VNCError("rfbGetScreen failed (out of memory?)")
+            }
+            let s = screen
+            s.pointee.frameBuffer = framebuffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+            s.pointee.port = Int32(port)
+            s.pointee.ipv6port = 0
+            s.pointee.autoPort = vpd_rfb_false()
+            s.pointee.listenInterface = inet_addr(options.host)
+            s.pointee.httpPort = 0
+            s.pointee.cursor = nil
+            s.pointee.alwaysShared = vpd_rfb_true()
+            s.pointee.desktopName = UnsafePointer(strdup(name))
+            s.pointee.screenData = Unmanaged.passUnretained(self).toOpaque()
+            // Any non-nil value turns VNC authentication on; passwordCheck decides.
+            s.pointee.authPasswdData = UnsafeMutableRawPointer(s)
+            s.pointee.passwordCheck = { cl, response, length in
+                guard let cl, let response else { return vpd_rfb_false() }
+                return Worker.of(cl).checkPassword(cl, UnsafeRawBufferPointer(start: response, count: Int(length)))
+            }
+            s.pointee.newClientHook = { cl in
+                guard let cl else { return RFB_CLIENT_REFUSE }
+                return Worker.of(cl).clientArrived(cl)
+            }
+            s.pointee.ptrAddEvent = { mask, x, y, cl in
+                guard let cl else { return }
+                Worker.of(cl).pointer(mask: Int(mask), x: Int(x), y: Int(y), cl)
+            }
+            s.pointee.kbdAddEvent = { down, keysym, cl in
+                guard let cl else { return }
+                Worker.of(cl).key(down: down != 0, keysym: UInt32(keysym), cl)
+            }
+            vpd_rfb_init_server(s)
+            if vpd_rfb_is_listening(s) != 0 {
+                self.screen = s
+                return port
+            }
+            rfbScreenCleanup(s)
+        }
+        throw VNCError("no free port in vnc.port_range \(options.ports.lowerBound)-\(options.ports.upperBound) on \(options.host)")
+    }
+
+    static func of(_ cl: rfbClientPtr) -> Worker {
+        Unmanaged<Worker>.fromOpaque(cl.pointee.screen.pointee.screenData).takeUnretainedValue()
+    }
+
+    func run() {
+        while !stopping.load(ordering: .acquiring), let screen {
+            rfbProcessEvents(screen, 10_000)
+            refresh()
+            releaseHeldClients()
+        }
+        subscription?.cancel()
+        subscription = nil
+        if let screen {
+            rfbShutdownServer(screen, vpd_rfb_true())
+            free(UnsafeMutableRawPointer(mutating: screen.pointee.desktopName))
+            rfbScreenCleanup(screen)
+        }
+        screen = nil
+        finished.signal()
+    }
+
+    func stop(wait: Bool) {
+        guard stopping.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
+            return
+        }
+        if wait { finished.wait() }
+    }
+
+    // MARK: - Clients
+
+    private func clientArrived(_ cl: rfbClientPtr) -> rfbNewClientAction {
+        let address = cl.pointee.host.map { String(cString: $0) } ?? "?"
+        guard throttle.allows(address) else {
+            logger.notice("VNC client refused: too many wrong passwords", metadata: ["address": "\(address)"])
+            return RFB_CLIENT_REFUSE
+        }
+        cl.pointee.clientData = Unmanaged.passRetained(ClientState(address: address)).toOpaque()
+        cl.pointee.clientGoneHook = { cl in
+            guard let cl, let data = cl.pointee.clientData else { return }
+            cl.pointee.clientData = nil
+            let state = Unmanaged<ClientState>.fromOpaque(data).takeRetainedValue()
+            Worker.of(cl).clientLeft(state, cl)
+        }
+        if clients.add(1, ordering: .relaxed).newValue == 1 {
+            subscription = hub.subscribe(kind: .vncBridge, capacity: 2) {}
+        }
+        hub.metrics.vncClientsChanged(by: 1)
+        // The hub hands a new subscriber its latest frame at once: show it before this client's first update.
+        refresh()
+        guard hasPicture else {
+            // Nothing captured yet (the source starts when somebody watches): hold the client until the first
+            // frame, rather than showing it a black screen, for at most a few seconds.
+            held.append((cl, Date().addingTimeInterval(3)))
+            return RFB_CLIENT_ON_HOLD
+        }
+        return RFB_CLIENT_ACCEPT
+    }
+
+    private func releaseHeldClients() {
+        guard !held.isEmpty else { return }
+        let now = Date()
+        held.removeAll { client, until in
+            guard hasPicture || until <= now else { return false }
+            client.pointee.onHold = vpd_rfb_false()
+            return true
+        }
+    }
+
+    private func clientLeft(_ state: ClientState, _ cl: rfbClientPtr) {
+        held.removeAll { $0.client == cl }
+        hub.metrics.vncClientsChanged(by: -1)
+        if clients.subtract(1, ordering: .relaxed).newValue == 0 {
+            subscription?.cancel()
+            subscription = nil
+        }
+        logger.debug("VNC client left", metadata: ["address": "\(state.address)"])
+    }
+
+    private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafeRawBufferPointer) -> rfbBool {
+        let state = ClientState.of(cl)
+        let challenge = withUnsafeBytes(of: cl.pointee.authChallenge) { Array($0) }
+        guard response.count == challenge.count, let control = passwords.check(challenge: challenge, response: Array(response))
+        else {
+            throttle.record(state?.address ?? "?", success: false)
+            logger.notice("VNC client gave a wrong or expired password", metadata: ["address": "\(state?.address ?? "?")"])
+            return vpd_rfb_false()
+        }
+        throttle.record(state?.address ?? "?", success: true)
+        cl.pointee.viewOnly = control ? vpd_rfb_false() : vpd_rfb_true()
+        logger.info("VNC client connected", metadata: ["address": "\(state?.address ?? "?")", "control": "\(control)"])
+        return vpd_rfb_true()
+    }
+
+    // MARK: - Input
+
+    private func pointer(mask: Int, x: Int, y: Int, _ cl: rfbClientPtr) {
+        guard cl.pointee.viewOnly == vpd_rfb_false(), let input, let state = ClientState.of(cl) else { return }
+        let (px, py) = (Double(max(0, min(x, width - 1))), Double(max(0, min(y, height - 1))))
+        let modifiers = state.modifiers
+        let buttons: [(bit: Int, button: MouseInput.Button)] = [(1, .left), (2, .middle), (4, .right)]
+        if (px, py) != (state.x, state.y) {
+            let held = buttons.first { mask & $0.bit != 0 }?.button ?? .none
+            input.deliver(.mouse(MouseInput(kind: .moved, x: px, y: py, button: held, modifiers: modifiers)))
+        }
+        for (bit, button) in buttons where (mask ^ state.mask) & bit != 0 {
+            let pressed = mask & bit != 0
+            let clicks = pressed ? state.clickCount(at: px, py) : state.clicks
+            input.deliver(.mouse(MouseInput(kind: pressed ? .pressed : .released, x: px, y: py, button: button,
+                                            clickCount: clicks, modifiers: modifiers)))
+        }
+        // Wheel: buttons 4 and 5 (up, down) and 6 and 7 (left, right) click once per notch.
+        for (bit, dx, dy) in [(8, 0.0, -100.0), (16, 0, 100), (32, -100, 0), (64, 100, 0)]
+        where mask & bit != 0 && state.mask & bit == 0 {
+            input.deliver(.wheel(x: px, y: py, deltaX: dx, deltaY: dy))
+        }
+        (state.mask, state.x, state.y) = (mask, px, py)
+    }
+
+    private func key(down: Bool, keysym: UInt32, _ cl: rfbClientPtr) {
+        guard cl.pointee.viewOnly == vpd_rfb_false(), let input, let state = ClientState.of(cl) else { return }
+        if let bit = Keysyms.modifier(keysym) {
+            state.modifiers = down ? state.modifiers | bit : state.modifiers & ~bit
+        }
+        guard let event = Keysyms.key(keysym, down: down, modifiers: state.modifiers) else { return }
+        input.deliver(.key(event))
+    }
+
+    // MARK: - Framebuffer
+
+    /// Takes the newest queued frame, decodes it and marks the tiles that changed.
+    private func refresh() {
+        guard let subscription, let screen else { return }
+        var newest: Frame?
+        while let frame = subscription.next() { newest = frame }
+        guard let frame = newest else { return }
+        do {
+            if decoder == nil { decoder = try JPEGDecoder() }
+            try load(frame.jpeg.bytes, into: screen)
+        } catch {
+            logger.warning("VNC bridge skipped a frame it cannot decode", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func load(_ jpeg: UnsafeRawBufferPointer, into screen: rfbScreenInfoPtr) throws(JPEGError) {
+        guard let decoder else { return }
+        let header = try decoder.header(jpeg)
+        let (w, h) = (Int(header.width), Int(header.height))
+        if w != width || h != height {
+            resize(screen, w, h)
+            try decoder.decodePixels(jpeg, header, into: framebuffer.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                     pitch: Int32(w * 4), format: .rgbx)
+            rfbMarkRectAsModified(screen, 0, 0, Int32(w), Int32(h))
+            hasPicture = true
+            return
+        }
+        if scratch.count != framebuffer.count {
+            scratch.deallocate()
+            scratch = .allocate(byteCount: framebuffer.count, alignment: 64)
+        }
+        try decoder.decodePixels(jpeg, header, into: scratch.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                 pitch: Int32(w * 4), format: .rgbx)
+        markChangedTiles(screen)
+        hasPicture = true
+    }
+
+    /// Copies the tiles of `scratch` that differ from the framebuffer and marks them, merging runs of changed
+    /// tiles on a row into one rectangle.
+    private func markChangedTiles(_ screen: rfbScreenInfoPtr) {
+        let pitch = width * 4, tile = Self.tile
+        let old = framebuffer.baseAddress!, new = scratch.baseAddress!
+        for top in stride(from: 0, to: height, by: tile) {
+            let rows = min(tile, height - top)
+            var runStart: Int?
+            for left in stride(from: 0, through: width, by: tile) {
+                var changed = false
+                if left < width {
+                    let bytes = min(tile, width - left) * 4
+                    for row in top..<(top + rows) where memcmp(old + row * pitch + left * 4, new + row * pitch + left * 4, bytes) != 0 {
+                        changed = true
+                        break
+                    }
+                    if changed {
+                        for row in top..<(top + rows) {
+                            memcpy(old + row * pitch + left * 4, new + row * pitch + left * 4, bytes)
+                        }
+                    }
+                }
+                if changed, runStart == nil { runStart = left }
+                if !changed, let start = runStart {
+                    rfbMarkRectAsModified(screen, Int32(start), Int32(top), Int32(min(left, width)), Int32(top + rows))
+                    runStart = nil
+                }
+            }
+        }
+    }
+
+    private func resize(_ screen: rfbScreenInfoPtr, _ w: Int, _ h: Int) {
+        let fresh = UnsafeMutableRawBufferPointer.allocate(byteCount: w * h * 4, alignment: 64)
+        fresh.initializeMemory(as: UInt8.self, repeating: 0)
+        rfbNewFramebuffer(screen, fresh.baseAddress!.assumingMemoryBound(to: CChar.self), Int32(w), Int32(h), 8, 3, 4)
+        framebuffer.deallocate()
+        framebuffer = fresh
+        (width, height) = (w, h)
+    }
+}
+
+/// Per-client state: the address, the buttons and modifiers held, the last press (for double clicks).
+private final class ClientState {
+    let address: String
+    var mask = 0
+    var x = -1.0, y = -1.0
+    var modifiers = 0
+    var clicks = 0
+    private var lastPress = Date.distantPast
+    private var lastPressAt = (x: -100.0, y: -100.0)
+
+    init(address: String) { self.address = address }
+
+    static func of(_ cl: rfbClientPtr) -> ClientState? {
+        cl.pointee.clientData.map { Unmanaged<ClientState>.fromOpaque($0).takeUnretainedValue() }
+    }
+
+    /// 1, or one more than the last press's when this one comes within 0.5 s and 4 pixels of it (up to 3).
+    func clickCount(at x: Double, _ y: Double) -> Int {
+        let now = Date()
+        let near = abs(x - lastPressAt.x) <= 4 && abs(y - lastPressAt.y) <= 4
+        clicks = now.timeIntervalSince(lastPress) < 0.5 && near ? min(clicks + 1, 3) : 1
+        (lastPress, lastPressAt) = (now, (x, y))
+        return clicks
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+@testable import ViewportDaemon
+
+/// Runs PyPI's `vncdo` against `127.0.0.1::port`; returns its exit status and output.
+func vncdo(port: Int, password: String, _ commands: [String], timeout: Int = 10) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: URL(fileURLWithPath: Client.python).deletingLastPathComponent()
+        .appendingPathComponent("vncdo").path)
+    process.arguments = ["-s", "127.0.0.1::\(port)", "-p", password, "-t", "\(timeout)"] + commands
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+}
+
+/// The RGB pixels of a PNG (through ffmpeg) and its width.
+func rgbPixels(ofPNG path: String) throws -> (pixels: [UInt8], width: Int) {
+    let width = try #require(try ffprobe(path)["streams"][0]["width"].int)
+    let pixels = try runTool("ffmpeg", ["-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    return (Array(pixels), width)
+}
+
+/// A path for a capture nobody reads (vncdo saves by extension, so not /dev/null).
+func scratchPNG() -> String {
+    FileManager.default.temporaryDirectory.appendingPathComponent("vnc-\(UUID().uuidString).png").path
+}
+
+@Suite("VNC bridge with a real Chromium and vncdotool", .serialized)
+struct VNCTests {
+    private func mint(_ daemon: TestDaemon, _ id: String, control: Bool, ttl: Int = 60) async throws
+        -> (port: Int, password: String)
+    {
+        let (status, body) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/vnc",
+                                                      json: ["control": control, "ttl_seconds": ttl])
+        try #require(status == 201, "\(body)")
+        #expect(body["control"].bool == control && body["vnc_url"].string == "vnc://127.0.0.1:\(body["port"].int ?? 0)")
+        return (try #require(body["port"].int), try #require(body["password"].string))
+    }
+
+    private func evaluate(_ browser: Chromium, _ expression: String) async throws -> JSON {
+        try await Client.cdp(browser, "Runtime.evaluate", ["expression": expression, "returnByValue": true],
+                             page: "vnc.html")["result"]["value"]
+    }
+
+    @Test func vncdotoolSeesThePageAndDrivesItWithAControlPassword() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, browser, id in
+            let (_, session) = try await daemon.request("GET", "/v1/browser_sessions/\(id)")
+            #expect(session["vnc_streaming_supported"].bool == true)
+            let (port, password) = try await mint(daemon, id, control: true)
+
+            let png = FileManager.default.temporaryDirectory.appendingPathComponent("vnc-\(UUID().uuidString).png").path
+            let capture = try vncdo(port: port, password: password, ["capture", png])
+            try #require(capture.status == 0, "vncdo capture: \(capture.output)")
+            let (pixels, width) = try rgbPixels(ofPNG: png)
+            func pixel(_ x: Int, _ y: Int) -> [Int] { (0..<3).map { Int(pixels[(y * width + x) * 3 + $0]) } }
+            func near(_ a: [Int], _ b: [Int]) -> Bool { zip(a, b).allSatisfy { abs($0 - $1) <= 24 } }
+            #expect(near(pixel(160, 100), [255, 0, 0]), "red block: \(pixel(160, 100))")
+            #expect(near(pixel(480, 100), [0, 255, 0]), "green block: \(pixel(480, 100))")
+            #expect(near(pixel(800, 100), [0, 0, 255]), "blue block: \(pixel(800, 100))")
+            #expect(near(pixel(1100, 300), [255, 255, 255]), "white page: \(pixel(1100, 300))")
+
+            let click = try vncdo(port: port, password: password, ["move", "200", "440", "click", "1"])
+            #expect(click.status == 0, "\(click.output)")
+            try await eventually("the click reaches the page") { try await evaluate(browser, "window.clicks").int == 1 }
+
+            let typed = try vncdo(port: port, password: password, ["move", "850", "420", "click", "1", "pause", "0.3",
+                                                                   "type", "Hi there!", "key", "bsp"])
+            #expect(typed.status == 0, "\(typed.output)")
+            try await eventually("the text arrives in the field") {
+                try await evaluate(browser, "document.getElementById('field').value").string == "Hi there"
+            }
+        }
+    }
+
+    @Test func aViewOnlyPasswordWatchesButItsInputIsIgnoredAndWrongOrExpiredPasswordsAreRefused() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, browser, id in
+            let (_, shortLived) = try await mint(daemon, id, control: true, ttl: 5)
+            let minted = Date()
+            let (port, password) = try await mint(daemon, id, control: false)
+            let click = try vncdo(port: port, password: password, ["move", "200", "440", "click", "1", "pause", "1"])
+            #expect(click.status == 0, "a view-only client connects: \(click.output)")
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await evaluate(browser, "window.clicks").int == 0, "its click changed nothing")
+
+            let wrong = try vncdo(port: port, password: "wrongpw1", ["capture", scratchPNG()], timeout: 5)
+            #expect(wrong.status != 0, "a wrong password is refused: \(wrong.output)")
+            // After three failures from one address, even the right password waits out a backoff.
+            _ = try vncdo(port: port, password: "wrongpw2", ["capture", scratchPNG()], timeout: 5)
+            _ = try vncdo(port: port, password: "wrongpw3", ["capture", scratchPNG()], timeout: 5)
+            let blocked = try vncdo(port: port, password: password, ["capture", scratchPNG()], timeout: 3)
+            #expect(blocked.status != 0, "the address is slowed down: \(blocked.output)")
+            try await Task.sleep(for: .seconds(2.2))
+            #expect(try vncdo(port: port, password: password, ["capture", scratchPNG()]).status == 0, "and let in after the backoff")
+            try await Task.sleep(for: .seconds(max(0, 5.5 - Date().timeIntervalSince(minted))))
+            #expect(try vncdo(port: port, password: shortLived, ["capture", scratchPNG()], timeout: 5).status != 0,
+                    "an expired password is refused")
+        }
+    }
+
+    @Test func closingTheSessionDisconnectsItsClientsAndFreesItsPort() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, _, id in
+            let (port, _) = try await mint(daemon, id, control: false)
+            #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/close").0 == 200)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            #expect(connected != 0, "nothing listens on \(port) any more")
+            #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/vnc", json: [:]).0 == 409)
+        }
+    }
+}
