@@ -22,25 +22,46 @@ public enum ViewerFormat: String, Sendable {
 public final class ViewerGateway: @unchecked Sendable {
     /// Largest message a viewer may send; bigger ones close the socket with 1009.
     public static let maxInboundMessageBytes = 64 * 1024
+    /// A viewer with control permission may paste up to 1 MiB; its messages may be this large.
+    public static let maxControlMessageBytes = 2 * 1024 * 1024
 
     private let loop: EventLoop
     private let logger: Logger
     private let viewers = Mutex<[ObjectIdentifier: Viewer]>([:])
     private var jsonCache: [String: (sequence: UInt64, payload: Payload)] = [:]
     private var closingAll = false
+    /// The viewer in control of each session (absent: the agent is).
+    private var controllers: [String: ObjectIdentifier] = [:]
 
     public init(loop: EventLoop, logger: Logger) {
         self.loop = loop
         self.logger = logger
     }
 
-    /// Accepts an authenticated viewer of `hub`; call from the upgrade callback.
-    public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int) -> WebSocketUpgrade {
+    /// Accepts an authenticated viewer of `hub`; call from the upgrade callback. With `control` permission and an
+    /// `input` target, the viewer may take control of the browser.
+    public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int, control: Bool = false,
+                       input: (any InputTarget)? = nil) -> WebSocketUpgrade
+    {
         guard !closingAll else {
             return .reject(.json(503, ["detail": "viewportd is shutting down"]))
         }
-        let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames)
-        return .accept(viewer, maxMessageBytes: Self.maxInboundMessageBytes)
+        let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames,
+                            mayControl: control, input: input)
+        return .accept(viewer, maxMessageBytes: control ? Self.maxControlMessageBytes : Self.maxInboundMessageBytes)
+    }
+
+    /// Who controls `sessionID`'s browser: "agent" or "viewer".
+    fileprivate func controller(of sessionID: String) -> String { controllers[sessionID] == nil ? "agent" : "viewer" }
+
+    fileprivate func isController(_ viewer: Viewer) -> Bool { controllers[viewer.sessionID] == ObjectIdentifier(viewer) }
+
+    /// Gives control to `viewer` (nil: back to the agent) and tells every viewer of the session.
+    fileprivate func setController(_ viewer: Viewer?, of sessionID: String) {
+        controllers[sessionID] = viewer.map(ObjectIdentifier.init)
+        let message: [String: Any] = ["type": "control", "controller": controller(of: sessionID)]
+        for other in viewers.withLock({ Array($0.values) }) where other.sessionID == sessionID { other.sendJSON(message) }
+        logger.info("control changed", metadata: ["browser_session_id": "\(sessionID)", "controller": "\(controller(of: sessionID))"])
     }
 
     /// Number of connected viewers.
@@ -79,6 +100,7 @@ public final class ViewerGateway: @unchecked Sendable {
             viewers[ObjectIdentifier(viewer)] = nil
             return viewers.values.contains { $0.sessionID == viewer.sessionID }
         }
+        if isController(viewer) { setController(nil, of: viewer.sessionID) }
         if !sessionWatched { jsonCache[viewer.sessionID] = nil }
     }
 
@@ -105,6 +127,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     let hub: FrameHub
     let format: ViewerFormat
     let queueFrames: Int
+    let mayControl: Bool
+    let input: (any InputTarget)?
     private var subscription: FrameSubscription? {
         didSet { subscriptionForStats.withLock { $0 = subscription } }
     }
@@ -118,12 +142,16 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     private var announcedURL: String?
     private var closeAfterControl: (code: UInt16, reason: String)?
 
-    init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int) {
+    init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int,
+         mayControl: Bool, input: (any InputTarget)?)
+    {
         self.gateway = gateway
         self.sessionID = sessionID
         self.hub = hub
         self.format = format
         self.queueFrames = queueFrames
+        self.mayControl = mayControl
+        self.input = input
     }
 
     /// Says the daemon is going away, then closes with 1001 once that message is out.
@@ -137,7 +165,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         gateway.opened(self)
         let latest = hub.latest
         sendJSON(["type": "hello", "browser_session_id": sessionID, "protocol": 1, "format": "jpeg",
-                  "width": latest?.width ?? 0, "height": latest?.height ?? 0])
+                  "width": latest?.width ?? 0, "height": latest?.height ?? 0, "control_permitted": mayControl])
+        sendJSON(["type": "control", "controller": gateway.controller(of: sessionID)])
         subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
     }
 
@@ -152,10 +181,31 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         switch type {
         case "ping":
             sendJSON(["type": "pong", "t": object["t"] ?? NSNull(), "server_time_us": wallClockMicros()])
+        case "take-control":
+            guard mayControl else { return refuse("this viewer has no control permission") }
+            guard input != nil else { return refuse("this session takes no input") }
+            guard !gateway.isController(self) else { return }
+            guard gateway.controller(of: sessionID) == "agent" else { return refuse("another viewer is in control") }
+            gateway.setController(self, of: sessionID)
+        case "cede-control":
+            guard gateway.isController(self) else { return refuse("this viewer is not in control") }
+            gateway.setController(nil, of: sessionID)
+        case _ where ViewerInput.types.contains(type):
+            guard mayControl else { return refuse("this viewer has no control permission") }
+            guard gateway.isController(self), let input else { return refuse("take control first") }
+            let frame = hub.latest
+            do {
+                input.deliver(try ViewerInput.parse(object, frameWidth: frame?.width ?? 16384,
+                                                    frameHeight: frame?.height ?? 16384))
+            } catch {
+                refuse(error.message)
+            }
         default:
-            sendJSON(["type": "error", "message": "unknown message type \"\(type.prefix(64))\""])
+            refuse("unknown message type \"\(type.prefix(64))\"")
         }
     }
+
+    private func refuse(_ message: String) { sendJSON(["type": "error", "message": message]) }
 
     func nextMessage(for socket: WebSocket) -> OutboundMessage? {
         if let status = subscription?.statusChange() { announce(status) }
@@ -204,7 +254,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         }
     }
 
-    private func sendJSON(_ object: [String: Any]) {
+    fileprivate func sendJSON(_ object: [String: Any]) {
         control.append(.text(object))
         socket?.requestWrite()
     }

@@ -175,10 +175,12 @@ final class API: HTTPServerDelegate {
         let record = try sessions.session(id: id, organizationID: try organization(request))
         let body = try Self.jsonBody(request)
         let ttl = try Self.int(body, "ttl_seconds", in: 10...86400, default: config.viewerTokenTTLSeconds, unit: "seconds")
+        let control = try Self.bool(body, "control", default: false)
         guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
         let expiresAt = Date().addingTimeInterval(Double(ttl))
-        let token = auth.viewerToken(sessionID: id, expiresAt: expiresAt)
-        return .json(201, ["token": token, "expires_at": Self.iso(expiresAt), "watch_url": watchURL(id, token: token)])
+        let token = auth.viewerToken(sessionID: id, expiresAt: expiresAt, control: control)
+        return .json(201, ["token": token, "expires_at": Self.iso(expiresAt), "watch_url": watchURL(id, token: token),
+                           "control": control])
     }
 
     private func organization(_ request: HTTPRequest) throws(APIError) -> String {
@@ -378,13 +380,16 @@ final class API: HTTPServerDelegate {
         default: return .reject(.json(400, ["detail": "format must be binary or json"]))
         }
         var organization: String?
+        // The organization's own key may drive its browsers; a viewer token only if minted with control.
+        let control: Bool
         if let key = request.headers["x-api-key"], !key.isEmpty {
             guard let owner = auth.organization(apiKey: key) else {
                 return .reject(.json(401, ["detail": "invalid API key"]))
             }
             organization = owner
+            control = true
         } else if let token = request.query["token"], !token.isEmpty {
-            do { _ = try auth.verifyViewerToken(token, sessionID: id) } catch {
+            do { control = try auth.verifyViewerToken(token, sessionID: id).control } catch {
                 return .reject(.json(401, ["detail": error == .expired ? "viewer token expired" : "invalid viewer token"]))
             }
         } else {
@@ -392,7 +397,8 @@ final class API: HTTPServerDelegate {
         }
         switch sessions.hubForViewer(id: id) {
         case .found(let owner, let hub) where organization == nil || organization == owner:
-            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames)
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
+                                  control: control, input: sessions.inputTarget(id: id))
         case .unavailable:
             return .reject(.json(503, ["detail": "browser session \(id) is not attached yet; retry shortly"]))
         case .found, .notFound:

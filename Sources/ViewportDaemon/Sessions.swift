@@ -184,6 +184,9 @@ final class Sessions: Sendable {
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
     func hub(id: String) -> FrameHub? { state.withLock { $0.open[id]?.hub } }
 
+    /// Where an open session's input goes (its source).
+    func inputTarget(id: String) -> (any InputTarget)? { state.withLock { $0.open[id]?.source } }
+
     /// The VNC screen of an open session.
     func vncBridge(id: String) -> VNCBridge? { state.withLock { $0.open[id]?.bridge } }
 

@@ -119,3 +119,70 @@ struct VNCTests {
         }
     }
 }
+
+@Suite("Control of the browser by WebSocket viewers", .serialized)
+struct ControlTests {
+    @Test func aPermittedViewerTakesControlDrivesThePageWithValidatedInputAndCedesIt() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, browser, id in
+            func token(control: Bool) async throws -> String {
+                let (_, body) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/viewer_tokens",
+                                                         json: ["control": control])
+                #expect(body["control"].bool == control)
+                return try #require(body["token"].string)
+            }
+            let driver = daemon.streamURL(id, query: "token=\(try await token(control: true))")
+            let watcher = daemon.streamURL(id, query: "token=\(try await token(control: false))")
+            func json(_ object: [String: Any]) -> String {
+                String(decoding: try! JSONSerialization.data(withJSONObject: object), as: UTF8.self)
+            }
+            let click: [[String: Any]] = [
+                ["type": "mouse", "event": "mousePressed", "x": 200, "y": 440, "button": "left", "click_count": 1],
+                ["type": "mouse", "event": "mouseReleased", "x": 200, "y": 440, "button": "left", "click_count": 1],
+            ]
+            let focusField: [[String: Any]] = [
+                ["type": "mouse", "event": "mousePressed", "x": 850, "y": 420, "button": "left", "click_count": 1],
+                ["type": "mouse", "event": "mouseReleased", "x": 850, "y": 420, "button": "left", "click_count": 1],
+            ]
+            let typing: [[String: Any]] = ["o", "k"].flatMap { key in
+                [["type": "key", "event": "keyDown", "key": key], ["type": "key", "event": "keyUp", "key": key]]
+            }
+            let invalid: [[String: Any]] = [
+                ["type": "mouse", "event": "mousePressed", "x": 200, "y": 440, "click_count": 5],
+                ["type": "mouse", "event": "mouseDragged", "x": 200, "y": 440],
+                ["type": "key", "event": "keyDown", "key": String(repeating: "k", count: 33)],
+                ["type": "navigate", "url": "javascript:alert(1)"],
+                ["type": "navigate", "url": "http://example.com/" + String(repeating: "a", count: 2100)],
+                ["type": "wheel", "x": "left", "y": 0],
+            ]
+            let afterCede: [String: Any] = ["type": "paste", "text": "late"]
+            let script = [json(["type": "mouse", "event": "mouseMoved", "x": 1, "y": 1]), json(["type": "take-control"])]
+                + (click + invalid + focusField + typing).map(json)
+                + [json(["type": "paste", "text": "!"]), json(["type": "cede-control"]), json(afterCede)]
+
+            async let watched = Client.watch(watcher, seconds: 4, send: [json(["type": "take-control"])])
+            try await Task.sleep(for: .milliseconds(800))
+            let drove = try #require(try await Client.watch(driver, seconds: 2, send: script).first)
+            let saw = try #require(try await watched.first)
+
+            func texts(_ viewer: ViewerResult, _ type: String) -> [JSON] { viewer.texts.filter { $0["type"].string == type } }
+            #expect(drove.hello?["control_permitted"].bool == true && saw.hello?["control_permitted"].bool == false)
+            #expect(texts(drove, "control").map { $0["controller"].string } == ["agent", "viewer", "agent"])
+            #expect(texts(saw, "control").map { $0["controller"].string } == ["agent", "viewer", "agent"],
+                    "every viewer hears who is in control")
+            #expect(texts(saw, "error").map { $0["message"].string } == ["this viewer has no control permission"])
+            let errors = texts(drove, "error").compactMap { $0["message"].string }
+            #expect(errors.first == "take control first", "input before take-control is refused: \(errors)")
+            #expect(errors.count == 1 + invalid.count + 1, "each invalid message and the late paste: \(errors)")
+            #expect(errors.last == "take control first")
+
+            func evaluate(_ expression: String) async throws -> JSON {
+                try await Client.cdp(browser, "Runtime.evaluate", ["expression": expression, "returnByValue": true],
+                                     page: "vnc.html")["result"]["value"]
+            }
+            try await eventually("the text reaches the field") {
+                try await evaluate("document.getElementById('field').value").string == "ok!"
+            }
+            #expect(try await evaluate("window.clicks").int == 1, "only the valid click reached the page")
+        }
+    }
+}
