@@ -69,7 +69,7 @@ let package = Package(
         // A libvncserver screen per session for stock VNC clients and noVNC. The only importer of CVNC.
         .target(
             name: "VNCBridge",
-            dependencies: ["ViewportCore", "JPEGCodec", "CVNC", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["ViewportCore", "JPEGCodec", "WebSocketIO", "CVNC", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings + [.unsafeFlags(["-O"])]),
         // SQLite persistence.
         .target(

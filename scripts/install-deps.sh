@@ -10,6 +10,7 @@ packages=(
   libavcodec-dev libavformat-dev libswscale-dev libavutil-dev libturbojpeg0-dev   # recording (x264 inside)
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
   python3-venv ffmpeg                           # test clients; ffprobe checks recordings
+  novnc                                         # the stock noVNC the VNC relay is tested with
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,6 +1,8 @@
 import CDPSource
 import Foundation
 import Store
+import Logging
+import VNCBridge
 import ViewerGateway
 import ViewportCore
 import WebSocketIO
@@ -19,11 +21,15 @@ final class API: HTTPServerDelegate {
     private let gateway: ViewerGateway
     private let metrics: DaemonMetrics
     private let config: Config
+    private let loop: EventLoop
+    private let logger: Logger
 
     init(sessions: Sessions, runs: Runs, store: Store, files: ArtifactFiles, webhooks: Webhooks, auth: Auth,
-         gateway: ViewerGateway, metrics: DaemonMetrics, config: Config)
+         gateway: ViewerGateway, metrics: DaemonMetrics, config: Config, loop: EventLoop, logger: Logger)
     {
         self.metrics = metrics
+        self.loop = loop
+        self.logger = logger
         self.sessions = sessions
         self.runs = runs
         self.store = store
@@ -369,10 +375,12 @@ final class API: HTTPServerDelegate {
 
     private func acceptViewer(_ request: HTTPRequest) -> WebSocketUpgrade {
         let path = Self.components(request.path)
-        guard path.count == 3, path[0] == "stream", path[1] == "browser" else {
+        // /stream/browser/{id}: frames for viewers; /stream/vnc/browser/{id}: RFB for noVNC.
+        let rfb = path.count == 4 && path[1] == "vnc" && path[2] == "browser"
+        guard path.first == "stream", rfb || (path.count == 3 && path[1] == "browser") else {
             return .reject(.json(404, ["detail": "not found: \(request.path)"]))
         }
-        let id = path[2]
+        let id = path[path.count - 1]
         let format: ViewerFormat
         switch request.query["format"] ?? "binary" {
         case "binary": format = .binary
@@ -396,6 +404,12 @@ final class API: HTTPServerDelegate {
             return .reject(.json(401, ["detail": "missing credentials: an x-api-key header or a ?token= viewer token"]))
         }
         switch sessions.hubForViewer(id: id) {
+        case .found(let owner, _) where rfb && (organization == nil || organization == owner):
+            guard let bridge = sessions.vncBridge(id: id) else {
+                return .reject(.json(409, ["detail": "browser session \(id) has no VNC screen"]))
+            }
+            return .accept(WebSocketRelay(bridge: bridge, control: control, loop: loop, logger: logger.with(sessionID: id)),
+                           maxMessageBytes: 1 << 20)
         case .found(let owner, let hub) where organization == nil || organization == owner:
             return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
                                   control: control, input: sessions.inputTarget(id: id))

@@ -75,7 +75,7 @@ public final class Daemon: Sendable {
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let api = API(sessions: sessions, runs: runs, store: store, files: files, webhooks: webhooks, auth: auth,
-                      gateway: gateway, metrics: metrics, config: config)
+                      gateway: gateway, metrics: metrics, config: config, loop: loop, logger: logger)
         // Started in this order, shut down in reverse: systemd hears STOPPING=1, viewers are told, runs are
         // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
         var services: [any Service] = [

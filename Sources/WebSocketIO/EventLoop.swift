@@ -41,6 +41,7 @@ public final class EventLoop: @unchecked Sendable {
     private let callbackTarget = CallbackTarget()
     private let protocols: UnsafeMutablePointer<lws_protocols>
     private let protocolName: UnsafeMutablePointer<CChar>
+    private let binaryProtocolName: UnsafeMutablePointer<CChar>
     /// Work for the service thread, and whether the context can still be woken. `lws_cancel_service` is called only
     /// under this lock, so it never races with `lws_context_destroy`.
     private let pending = Mutex<(work: [@Sendable () -> Void], closed: Bool)>(([], false))
@@ -57,15 +58,20 @@ public final class EventLoop: @unchecked Sendable {
         self.configuration = configuration
         vpd_lws_quiet_logs()
         protocolName = strdup("viewportd")
-        protocols = .allocate(capacity: 2)
-        protocols.initialize(repeating: lws_protocols(), count: 2)
-        protocols[0].name = UnsafePointer(protocolName)
-        protocols[0].callback = { wsi, reason, user, input, length in
-            EventLoop.dispatch(wsi, reason, user, input, length)
+        binaryProtocolName = strdup("binary")
+        // Two names for one handler: "viewportd" (the default, when a client asks for none) and "binary", the
+        // subprotocol noVNC asks for; lws answers with the one requested.
+        protocols = .allocate(capacity: 3)
+        protocols.initialize(repeating: lws_protocols(), count: 3)
+        for (index, name) in [protocolName, binaryProtocolName].enumerated() {
+            protocols[index].name = UnsafePointer(name)
+            protocols[index].callback = { wsi, reason, user, input, length in
+                EventLoop.dispatch(wsi, reason, user, input, length)
+            }
+            protocols[index].rx_buffer_size = 64 * 1024
+            // lws sends at most this much per send(); a whole frame in one call spares a poll round per viewer.
+            protocols[index].tx_packet_size = 1 << 20
         }
-        protocols[0].rx_buffer_size = 64 * 1024
-        // lws sends at most this much per send(); a whole frame in one call spares a poll round per viewer.
-        protocols[0].tx_packet_size = 1 << 20
 
         var info = lws_context_creation_info()
         info.protocols = UnsafePointer(protocols)
@@ -99,6 +105,7 @@ public final class EventLoop: @unchecked Sendable {
         if let context { lws_context_destroy(context) }
         protocols.deallocate()
         free(protocolName)
+        free(binaryProtocolName)
     }
 
     /// Starts the service thread; `server` answers HTTP requests and WebSocket upgrades.

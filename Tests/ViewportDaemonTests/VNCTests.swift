@@ -120,6 +120,53 @@ struct VNCTests {
     }
 }
 
+@Suite("noVNC through /stream/vnc/browser/{id}", .serialized)
+struct NoVNCTests {
+    @Test func debiansNoVNCRendersTheSessionThroughTheRelayAndNeedsCredentials() async throws {
+        let novnc = "/usr/share/novnc/vnc_lite.html"
+        try #require(FileManager.default.fileExists(atPath: novnc), "install Debian's novnc package")
+        try await withLiveSession(page: "vnc.html") { daemon, _, id in
+            let anonymous = try #require(try await Client.watch(daemon.streamURL(id).replacingOccurrences(
+                of: "/stream/browser/", with: "/stream/vnc/browser/"), seconds: 1).first)
+            #expect(anonymous.handshakeStatus == 401, "no credentials, no RFB")
+
+            let (_, minted) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/viewer_tokens", json: [:])
+            let token = try #require(minted["token"].string)
+            // noVNC is ES modules, which Chromium will not load from file://: serve it.
+            let httpPort = try freeLoopbackPort()
+            let server = Process()
+            server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+            server.arguments = ["-m", "http.server", "\(httpPort)", "--bind", "127.0.0.1", "--directory", "/usr/share/novnc"]
+            server.standardOutput = FileHandle.nullDevice
+            server.standardError = FileHandle.nullDevice
+            try server.run()
+            defer { server.terminate() }
+            let path = "stream/vnc/browser/\(id)?token=\(token)".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+            let page = "http://127.0.0.1:\(httpPort)/vnc_lite.html?host=127.0.0.1&port=\(daemon.daemon.port)&path=\(path)"
+            try await eventually("the noVNC page is served") { (try? await httpRaw("GET", page))?.0 == 200 }
+            // A browser of its own: opened in the watched one, the noVNC tab would become what the session shows.
+            let viewer = try await Chromium.launch(url: page)
+            defer { viewer.terminate() }
+            let probe = """
+                (() => { const c = document.querySelector('#screen canvas'); if (!c || c.width < 900) return null;
+                  const px = (x, y) => Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3));
+                  return JSON.stringify([px(160, 100), px(480, 100), px(800, 100), document.getElementById('status').textContent]); })()
+                """
+            var seen = ""
+            try await eventually("noVNC draws the session's blocks", timeout: 20) {
+                seen = try await Client.cdp(viewer, "Runtime.evaluate", ["expression": probe, "returnByValue": true],
+                                            page: "vnc_lite.html")["result"]["value"].string ?? ""
+                return seen.hasPrefix("[[2") && seen.contains("],[0,2") && seen.contains(",[0,0,2")
+            }
+            let pixels = try JSONDecoder().decode(JSON.self, from: Data(seen.utf8))
+            func near(_ pixel: JSON, _ expected: [Int]) -> Bool {
+                zip(pixel.array.compactMap(\.int), expected).allSatisfy { abs($0 - $1) <= 24 }
+            }
+            #expect(near(pixels[0], [255, 0, 0]) && near(pixels[1], [0, 255, 0]) && near(pixels[2], [0, 0, 255]), "\(seen)")
+        }
+    }
+}
+
 @Suite("Control of the browser by WebSocket viewers", .serialized)
 struct ControlTests {
     @Test func aPermittedViewerTakesControlDrivesThePageWithValidatedInputAndCedesIt() async throws {
