@@ -37,6 +37,8 @@ let package = Package(
             providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(
             name: "CVNC", path: "Sources/CVNC", pkgConfig: "libvncserver", providers: [.apt(["libvncserver-dev"])]),
+        // A C target rather than a system library: it keeps libvncclient's last error in thread-local storage.
+        .target(name: "CVNCClient", path: "Sources/CVNCClient", linkerSettings: [.linkedLibrary("vncclient")]),
         .systemLibrary(
             name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
@@ -66,6 +68,11 @@ let package = Package(
             // Optimised in debug builds too: the tests record live 60 fps sessions and an unoptimised encoder loop
             // falls behind.
             swiftSettings: settings + [.unsafeFlags(["-O"])]),
+        // Frames and input of a VNC server through libvncclient. The only importer of CVNCClient.
+        .target(
+            name: "RFBSource",
+            dependencies: ["ViewportCore", "JPEGCodec", "CVNCClient", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: settings + [.unsafeFlags(["-O"])]),
         // A libvncserver screen per session for stock VNC clients and noVNC. The only importer of CVNC.
         .target(
             name: "VNCBridge",
@@ -81,7 +88,7 @@ let package = Package(
             name: "ViewportDaemon",
             dependencies: [
                 "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder", "CSystemd",
-                "VNCBridge",
+                "VNCBridge", "RFBSource",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

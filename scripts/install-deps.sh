@@ -11,6 +11,7 @@ packages=(
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
   python3-venv ffmpeg                           # test clients; ffprobe checks recordings
   novnc                                         # the stock noVNC the VNC relay is tested with
+  libvncserver-dev tigervnc-standalone-server tigervnc-tools   # VNC bridge and RFB source; Xvnc for the tests
 )
 missing=()
 for p in "${packages[@]}"; do

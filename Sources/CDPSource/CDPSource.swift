@@ -14,7 +14,7 @@ import Foundation
 /// taken. A lost connection is retried with backoff for ``Options/retryWindow`` seconds, then the source fails.
 ///
 /// `@unchecked Sendable`: all state is confined to the event loop's service thread; public methods hop onto it.
-public final class CDPSource: InputTarget, @unchecked Sendable {
+public final class CDPSource: FrameSource, @unchecked Sendable {
     /// Screencast and reconnection settings.
     public struct Options: Sendable {
         /// JPEG quality, 0-100.
@@ -30,13 +30,7 @@ public final class CDPSource: InputTarget, @unchecked Sendable {
     }
 
     /// What the source is doing, as reported to its owner.
-    public enum State: Sendable, Equatable {
-        case connecting
-        /// Attached to the browser; frames flow while somebody watches.
-        case connected
-        case reconnecting(reason: String)
-        case failed(reason: String)
-    }
+    public typealias State = SourceState
 
     private struct Tab {
         var active: Bool

@@ -1,18 +1,14 @@
 #ifndef VIEWPORTD_CVNC_SHIM_H
 #define VIEWPORTD_CVNC_SHIM_H
-// libvncserver (the VNC bridge) and libvncclient (the RFB source). Macros and mutable globals Swift cannot use
-// become small inline functions here.
+// libvncserver (the VNC bridge). Macros and mutable globals Swift cannot use become small inline functions here.
 #include <rfb/rfb.h>
-#include <rfb/rfbclient.h>
 
 static void vpd_rfb_discard_log(const char *format, ...) { (void)format; }
 
-/// Silences libvncserver's and libvncclient's logging (they print to stderr); failures reach Swift as results.
+/// Silences libvncserver's logging (it prints to stderr); failures reach Swift as results.
 static inline void vpd_rfb_quiet(void) {
     rfbLog = vpd_rfb_discard_log;
     rfbErr = vpd_rfb_discard_log;
-    rfbClientLog = vpd_rfb_discard_log;
-    rfbClientErr = vpd_rfb_discard_log;
 }
 
 static inline rfbBool vpd_rfb_true(void) { return TRUE; }

@@ -9,6 +9,12 @@ extension Store {
             try db.alter(table: "artifact") { t in t.add(column: "expiredAt", .datetime) }
             try db.alter(table: "session") { t in t.add(column: "renewedAt", .datetime) }
         }
+        migrator.registerMigration("v5-vnc") { db in
+            try db.alter(table: "session") { t in
+                t.add(column: "vncAddress", .text)
+                t.add(column: "vncPassword", .text)
+            }
+        }
     }
 
     /// Bytes of artifact files not expired yet (open sessions' included).

@@ -116,6 +116,8 @@ private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
     var browserAddress: String
     var failureReason: String?
     var renewedAt: Date?
+    var vncAddress: String?
+    var vncPassword: String?
 
     init(_ r: SessionRecord) {
         id = r.id
@@ -129,6 +131,8 @@ private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
         browserAddress = r.browserAddress
         failureReason = r.failureReason
         renewedAt = r.renewedAt
+        vncAddress = r.vncAddress
+        vncPassword = r.vncPassword
     }
 
     var record: SessionRecord {
@@ -138,6 +142,7 @@ private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
                                    timeoutMinutes: timeoutMinutes, browserAddress: browserAddress,
                                    failureReason: failureReason)
         record.renewedAt = renewedAt
+        (record.vncAddress, record.vncPassword) = (vncAddress, vncPassword)
         return record
     }
 }

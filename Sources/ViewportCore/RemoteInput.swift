@@ -115,3 +115,20 @@ public protocol InputTarget: AnyObject, Sendable {
     /// Delivers `input` to the browser; returns at once.
     func deliver(_ input: RemoteInput)
 }
+
+/// What a source is doing, as reported to its owner.
+public enum SourceState: Sendable, Equatable {
+    case connecting
+    /// Attached; frames flow while somebody watches.
+    case connected
+    case reconnecting(reason: String)
+    case failed(reason: String)
+}
+
+/// A session's capture (CDP screencast or RFB client): publishes frames to its hub and delivers input.
+public protocol FrameSource: InputTarget {
+    /// Connects and starts capturing while the hub has consumers.
+    func start()
+    /// Disconnects; no state change is reported afterwards.
+    func stop()
+}

@@ -31,6 +31,9 @@ public struct SessionRecord: Sendable, Equatable {
     public var failureReason: String?
     /// Last renewal; the timeout then counts from here.
     public var renewedAt: Date?
+    /// A VNC server showing the browser (`host:port`), and its password.
+    public var vncAddress: String?
+    public var vncPassword: String?
 
     public init(id: String, organizationID: String, status: SessionStatus, createdAt: Date, modifiedAt: Date,
                 startedAt: Date? = nil, completedAt: Date? = nil, timeoutMinutes: Int, browserAddress: String,

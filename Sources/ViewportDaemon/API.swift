@@ -1,4 +1,5 @@
 import CDPSource
+import RFBSource
 import Foundation
 import Store
 import Logging
@@ -112,17 +113,24 @@ final class API: HTTPServerDelegate {
     private func createSession(_ request: HTTPRequest) async throws(APIError) -> HTTPResponse {
         let organization = try organization(request)
         let body = try Self.jsonBody(request)
-        guard let address = body["browser_address"] as? String, !address.isEmpty else {
-            throw APIError(422, "browser_address is required: http://host:port or ws://host:port/devtools/...")
+        let address = try Self.string(body, "browser_address", pattern: #"^\S{1,2048}$"#, rule: "a URL")
+        let vncAddress = try Self.string(body, "vnc_address", pattern: #"^\S{1,300}$"#, rule: "host:port")
+        let vncPassword = try Self.string(body, "vnc_password", pattern: #"^[\s\S]{1,256}$"#, rule: "1-256 characters")
+        guard address != nil || vncAddress != nil else {
+            throw APIError(422, "browser_address (http://host:port or ws://host:port/devtools/...) or vnc_address (host:port) is required")
         }
-        do { try CDPSource.validate(address: address) } catch {
-            throw APIError(422, "browser_address: \(error)")
+        if let address {
+            do { try CDPSource.validate(address: address) } catch { throw APIError(422, "browser_address: \(error)") }
+        }
+        if let vncAddress {
+            do { try RFBSource.validate(address: vncAddress) } catch { throw APIError(422, "vnc_address: \(error)") }
         }
         let timeout = try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
         let id = try Self.string(body, "browser_session_id", pattern: #"^pbs_[A-Za-z0-9_-]{1,64}$"#,
                                  rule: "pbs_ followed by 1-64 of A-Z a-z 0-9 _ -")
-        let record = try await sessions.create(organizationID: organization, browserAddress: address,
-                                               timeoutMinutes: timeout, id: id)
+        let record = try await sessions.create(organizationID: organization, browserAddress: address ?? "",
+                                               timeoutMinutes: timeout, id: id, vncAddress: vncAddress,
+                                               vncPassword: vncPassword)
         return .json(201, sessionJSON(record))
     }
 
@@ -224,7 +232,8 @@ final class API: HTTPServerDelegate {
             "completed_at": record.completedAt.map(Self.iso) ?? NSNull(),
             "timeout": record.timeoutMinutes,
             "expires_at": record.status.isActive ? Self.iso(record.expiresAt) : NSNull(),
-            "browser_address": record.browserAddress,
+            "browser_address": record.browserAddress.isEmpty ? NSNull() : record.browserAddress,
+            "vnc_address": record.vncAddress ?? NSNull(),
             "app_url": "\(config.effectivePublicURL)/watch/\(record.id)",
             "vnc_streaming_supported": sessions.vncBridge(id: record.id) != nil,
             "recordings": ((try? store.recordings(sessionID: record.id)) ?? []).map { artifact -> [String: Any] in

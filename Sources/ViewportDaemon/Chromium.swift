@@ -8,9 +8,12 @@ public final class Chromium: Sendable {
     private let process: Process
     private let profile: URL
 
-    /// Starts Chromium showing `url` and waits until its DevTools port is known.
+    /// Starts Chromium showing `url` and waits until its DevTools port is known. Not `headless`, it opens a
+    /// full-screen (kiosk) window on `$DISPLAY`, e.g. an Xvnc display.
     /// The binary is `$VIEWPORTD_CHROMIUM`, else the first of chromium, chromium-browser, google-chrome on PATH.
-    public static func launch(url: String, width: Int = 1280, height: Int = 720) async throws -> Chromium {
+    public static func launch(url: String, width: Int = 1280, height: Int = 720, headless: Bool = true) async throws
+        -> Chromium
+    {
         guard let binary = findBinary() else {
             throw DaemonError("no Chromium found: install the chromium package or set VIEWPORTD_CHROMIUM")
         }
@@ -20,7 +23,7 @@ public final class Chromium: Sendable {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         var arguments = [
-            "--headless=new", "--no-sandbox", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
+            headless ? "--headless=new" : "--kiosk", "--no-sandbox", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
             "--user-data-dir=\(profile.path)", "--no-first-run", "--no-default-browser-check",
             "--window-size=\(width),\(height)", "--disable-dev-shm-usage", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--mute-audio", "--hide-scrollbars", url,

@@ -28,6 +28,7 @@ import Yams
 /// - `vnc.enabled` (bool, true): a VNC screen per session for vncviewer and noVNC.
 /// - `vnc.listen` (IPv4 address, `127.0.0.1`), `vnc.port_range` (`first-last`, `5900-5999`): where the screens listen.
 /// - `vnc.password_ttl_seconds` (10-86400, 300): default lifetime of minted VNC passwords.
+/// - `vnc.source_max_fps` (1-60, 30): frames a second taken from a session's VNC server (`vnc_address`).
 ///
 /// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
 /// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`); lists in YAML flow style
@@ -74,6 +75,7 @@ public struct Config: Sendable, Equatable {
     public var vncListen = "127.0.0.1"
     public var vncPorts: ClosedRange<Int> = 5900...5999
     public var vncPasswordTTLSeconds = 300
+    public var vncSourceMaxFPS = 30
 
     /// How step screenshots are stored.
     public enum ScreenshotFormat: String, Sendable, CaseIterable { case jpeg, png }
@@ -95,7 +97,7 @@ public struct Config: Sendable, Equatable {
         "screenshot_format", "artifacts.url_ttl_seconds",
         "webhooks.secrets", "webhooks.max_attempts", "webhooks.timeout_seconds",
         "retention.max_age_days", "retention.max_disk_gb", "retention.sweep_interval_seconds",
-        "vnc.enabled", "vnc.listen", "vnc.port_range", "vnc.password_ttl_seconds",
+        "vnc.enabled", "vnc.listen", "vnc.port_range", "vnc.password_ttl_seconds", "vnc.source_max_fps",
     ]
 
     /// Keys whose value is a list (given in the environment in YAML flow style).
@@ -289,6 +291,7 @@ public struct Config: Sendable, Equatable {
                 vncPorts = first...last
             }
             vncPasswordTTLSeconds = try vnc.int("password_ttl_seconds", in: 10...86400) ?? vncPasswordTTLSeconds
+            vncSourceMaxFPS = try vnc.int("source_max_fps", in: 1...60) ?? vncSourceMaxFPS
             try vnc.finish()
         }
         try root.finish()
@@ -448,7 +451,7 @@ extension Config {
             "retention.sweep_interval_seconds": retentionSweepIntervalSeconds,
             "vnc.enabled": vncEnabled, "vnc.listen": vncListen,
             "vnc.port_range": "\(vncPorts.lowerBound)-\(vncPorts.upperBound)",
-            "vnc.password_ttl_seconds": vncPasswordTTLSeconds,
+            "vnc.password_ttl_seconds": vncPasswordTTLSeconds, "vnc.source_max_fps": vncSourceMaxFPS,
         ]
     }
 

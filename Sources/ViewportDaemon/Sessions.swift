@@ -1,4 +1,5 @@
 import CDPSource
+import RFBSource
 import Foundation
 import Logging
 import Store
@@ -24,10 +25,10 @@ final class Sessions: Sendable {
     private final class Open: @unchecked Sendable {
         var record: SessionRecord
         let hub: FrameHub
-        let source: CDPSource
+        let source: any FrameSource
         /// The session's VNC screen; nil when `vnc.enabled` is off or no port was free.
         let bridge: VNCBridge?
-        init(record: SessionRecord, hub: FrameHub, source: CDPSource, bridge: VNCBridge?) {
+        init(record: SessionRecord, hub: FrameHub, source: any FrameSource, bridge: VNCBridge?) {
             self.record = record
             self.hub = hub
             self.source = source
@@ -85,13 +86,15 @@ final class Sessions: Sendable {
     // MARK: - API
 
     /// Registers a session and starts attaching to its browser.
-    func create(organizationID: String, browserAddress: String, timeoutMinutes: Int, id: String?) async throws(APIError)
-        -> SessionRecord
+    func create(organizationID: String, browserAddress: String, timeoutMinutes: Int, id: String?,
+                vncAddress: String? = nil, vncPassword: String? = nil) async throws(APIError) -> SessionRecord
     {
         let now = Date()
-        let record = SessionRecord(id: id ?? Self.newID(), organizationID: organizationID, status: .created,
-                                   createdAt: now, modifiedAt: now, timeoutMinutes: timeoutMinutes,
-                                   browserAddress: browserAddress)
+        var draft = SessionRecord(id: id ?? Self.newID(), organizationID: organizationID, status: .created,
+                                  createdAt: now, modifiedAt: now, timeoutMinutes: timeoutMinutes,
+                                  browserAddress: browserAddress)
+        (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
+        let record = draft
         let duplicate = APIError(409, "browser session \(record.id) already exists")
         if (try? store.session(id: record.id)) != nil { throw duplicate }
         let session = makeSession(record)
@@ -224,15 +227,25 @@ final class Sessions: Sendable {
 
     private func makeSession(_ record: SessionRecord) -> Open {
         let id = record.id
-        var options = CDPSource.Options()
-        options.quality = config.screencastQuality
-        options.maxWidth = config.screencastMaxWidth
-        options.maxHeight = config.screencastMaxHeight
-        options.retryWindow = Double(config.cdpRetrySeconds)
         let hub = FrameHub(metrics: metrics)
-        let source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
-                               logger: logger.with(sessionID: id)) { [weak self] state in
-            self?.sourceChanged(id: id, state)
+        let changed: @Sendable (SourceState) -> Void = { [weak self] state in self?.sourceChanged(id: id, state) }
+        let source: any FrameSource
+        if record.browserAddress.isEmpty, let vncAddress = record.vncAddress {
+            // Only a VNC server: frames and input go through RFB.
+            var options = RFBSource.Options()
+            options.maxFPS = config.vncSourceMaxFPS
+            options.quality = config.screencastQuality
+            options.retryWindow = Double(config.cdpRetrySeconds)
+            source = RFBSource(address: vncAddress, password: record.vncPassword, hub: hub, options: options,
+                               logger: logger.with(sessionID: id), onStateChange: changed)
+        } else {
+            var options = CDPSource.Options()
+            options.quality = config.screencastQuality
+            options.maxWidth = config.screencastMaxWidth
+            options.maxHeight = config.screencastMaxHeight
+            options.retryWindow = Double(config.cdpRetrySeconds)
+            source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
+                               logger: logger.with(sessionID: id), onStateChange: changed)
         }
         var bridge: VNCBridge?
         if config.vncEnabled {
@@ -249,7 +262,7 @@ final class Sessions: Sendable {
         return Open(record: record, hub: hub, source: source, bridge: bridge)
     }
 
-    private func sourceChanged(id: String, _ change: CDPSource.State) {
+    private func sourceChanged(id: String, _ change: SourceState) {
         switch change {
         case .connecting:
             break

@@ -95,6 +95,7 @@ struct ConfigTests {
         ("vnc: {port_range: 5999-5900}", "vnc.port_range"),
         ("vnc: {port_range: 5900}", "vnc.port_range"),
         ("vnc: {password_ttl_seconds: 5}", "vnc.password_ttl_seconds"),
+        ("vnc: {source_max_fps: 0}", "vnc.source_max_fps"),
         ("listn: 127.0.0.1:8200", "listn"),
         ("- a list", "(file)"),
         ("listen: [unclosed", "(file)"),
@@ -125,6 +126,7 @@ struct ConfigTests {
         (config.webhookMaxAttempts, config.webhookTimeoutSeconds) = (3, 20)
         (config.retentionMaxAgeDays, config.retentionMaxDiskGB, config.retentionSweepIntervalSeconds) = (7, 2.5, 60)
         (config.vncEnabled, config.vncListen, config.vncPorts, config.vncPasswordTTLSeconds) = (false, "0.0.0.0", 6000...6010, 60)
+        config.vncSourceMaxFPS = 10
         return config
     }()
 

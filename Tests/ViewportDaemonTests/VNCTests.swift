@@ -233,3 +233,113 @@ struct ControlTests {
         }
     }
 }
+
+/// A headed Chromium on a TigerVNC Xvnc display, with VNC authentication and DevTools for checking the page.
+final class XvncBrowser {
+    let port: Int
+    let password = "xvnc-pw1"
+    let browser: Chromium
+    private let xvnc: Process
+    private let directory: URL
+
+    var address: String { "127.0.0.1:\(port)" }
+
+    init(page: String) async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("xvnc-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let passwordFile = directory.appendingPathComponent("passwd").path
+        let hashed = Process()
+        hashed.executableURL = URL(fileURLWithPath: "/bin/sh")
+        hashed.arguments = ["-c", "echo '\(password)' | vncpasswd -f > '\(passwordFile)'"]
+        try hashed.run()
+        hashed.waitUntilExit()
+        try #require(hashed.terminationStatus == 0, "vncpasswd -f (tigervnc-tools)")
+
+        let port = try freeLoopbackPort()
+        self.port = port
+        let display = ":\(50 + port % 400)"
+        let xvnc = Process()
+        self.xvnc = xvnc
+        xvnc.executableURL = URL(fileURLWithPath: "/usr/bin/Xvnc")
+        xvnc.arguments = [display, "-geometry", "1280x720", "-depth", "24", "-rfbport", "\(port)", "-localhost",
+                          "-SecurityTypes", "VncAuth", "-PasswordFile", passwordFile, "-AlwaysShared"]
+        xvnc.standardOutput = FileHandle.nullDevice
+        xvnc.standardError = FileHandle.nullDevice
+        try xvnc.run()
+        try await eventually("Xvnc listens") {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            return withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+        }
+        setenv("DISPLAY", display, 1)
+        defer { unsetenv("DISPLAY") }
+        browser = try await Chromium.launch(url: Fixtures.url(page), headless: false)
+    }
+
+    func stop() {
+        browser.terminate()
+        // SIGKILL: a child of the test runner inherits its blocked SIGTERM.
+        kill(xvnc.processIdentifier, SIGKILL)
+        xvnc.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+@Suite("RFB source: a headed Chromium on Xvnc", .serialized)
+struct RFBSourceTests {
+    @Test func viewersAndTheVNCBridgeGetTheHeadedPageAndInputReachesIt() async throws {
+        let xvnc = try await XvncBrowser(page: "vnc.html")
+        defer { xvnc.stop() }
+        let daemon = try await TestDaemon.start()
+        let (status, created) = try await daemon.request("POST", "/v1/browser_sessions",
+                                                         json: ["vnc_address": xvnc.address, "vnc_password": xvnc.password])
+        try #require(status == 201, "\(created)")
+        let id = try #require(created["browser_session_id"].string)
+        #expect(created["vnc_address"].string == xvnc.address && created["browser_address"].isNull)
+        try await eventually("attached over RFB") {
+            try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "running"
+        }
+        let viewer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3).first)
+        #expect(viewer.frames >= 1 && viewer.sizes.first == [1280, 720], "frames: \(viewer.frames) \(viewer.sizes.prefix(1))")
+
+        // The bridge re-serves the RFB session, so a stock VNC client sees the page and drives it.
+        let (_, minted) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/vnc", json: ["control": true])
+        let port = try #require(minted["port"].int), password = try #require(minted["password"].string)
+        let png = scratchPNG()
+        let capture = try vncdo(port: port, password: password, ["capture", png])
+        try #require(capture.status == 0, "\(capture.output)")
+        let (pixels, width) = try rgbPixels(ofPNG: png)
+        func pixel(_ x: Int, _ y: Int) -> [Int] { (0..<3).map { Int(pixels[(y * width + x) * 3 + $0]) } }
+        #expect(zip(pixel(160, 100), [255, 0, 0]).allSatisfy { abs($0 - $1) <= 24 }, "red block: \(pixel(160, 100))")
+        let click = try vncdo(port: port, password: password, ["move", "200", "440", "click", "1"])
+        #expect(click.status == 0, "\(click.output)")
+        try await eventually("the click reaches the headed page") {
+            try await Client.cdp(xvnc.browser, "Runtime.evaluate", ["expression": "window.clicks", "returnByValue": true],
+                                 page: "vnc.html")["result"]["value"].int == 1
+        }
+        await daemon.stop()
+    }
+
+    @Test func aWrongVNCPasswordFailsTheSessionWithAClearReason() async throws {
+        let xvnc = try await XvncBrowser(page: "vnc.html")
+        defer { xvnc.stop() }
+        let daemon = try await TestDaemon.start()
+        let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
+                                                    json: ["vnc_address": xvnc.address, "vnc_password": "not-it"])
+        let id = try #require(created["browser_session_id"].string)
+        try await eventually("the session fails") {
+            try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "failed"
+        }
+        let (_, failed) = try await daemon.request("GET", "/v1/browser_sessions/\(id)")
+        #expect(failed["failure_reason"].string?.contains("authentication") == true, "\(failed["failure_reason"])")
+        #expect(try await daemon.request("POST", "/v1/browser_sessions", json: ["vnc_address": "nohost"]).0 == 422)
+        #expect(try await daemon.request("POST", "/v1/browser_sessions", json: [:]).0 == 422)
+        await daemon.stop()
+    }
+}

@@ -1,0 +1,297 @@
+import CVNCClient
+import Foundation
+import JPEGCodec
+public import Logging
+public import ViewportCore
+import Synchronization
+
+/// Frames of a VNC server (a headed browser on Xvnc or x11vnc), through libvncclient.
+///
+/// The client runs on a thread of its own: it waits for server messages and applies them to its framebuffer.
+/// The framebuffer is complete once the updated areas have covered the whole screen (Xvnc's first update carries
+/// no pixels); after that, each finished update becomes a frame, at most `maxFPS` a second (a frame held back is
+/// published when its turn comes, so the last picture always goes out). A frame is encoded to JPEG once, and only
+/// while the hub has consumers. Input goes back to the server as pointer and key events. A lost connection is
+/// retried with backoff for `retryWindow` seconds; a wrong password fails the session at once.
+public final class RFBSource: FrameSource, Sendable {
+    public struct Options: Sendable {
+        public var maxFPS = 30
+        /// JPEG quality of the frames, 1-100.
+        public var quality = 75
+        /// Seconds a lost connection is retried before the source fails.
+        public var retryWindow: Double = 30
+        public init() {}
+    }
+
+    private let worker: Worker
+
+    /// `address` is `host:port`.
+    public init(address: String, password: String?, hub: FrameHub, options: Options, logger: Logger,
+                onStateChange: @escaping @Sendable (SourceState) -> Void)
+    {
+        worker = Worker(address: address, password: password, hub: hub, options: options, logger: logger,
+                        onStateChange: onStateChange)
+    }
+
+    /// Checks that `address` is `host:port` with a port from 1 to 65535.
+    public static func validate(address: String) throws(RFBError) {
+        guard let (host, port) = split(address), !host.isEmpty, (1...65535).contains(port) else {
+            throw RFBError("vnc_address must be host:port, e.g. 127.0.0.1:5901")
+        }
+    }
+
+    static func split(_ address: String) -> (String, Int)? {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else { return nil }
+        return (String(address[..<colon]), port)
+    }
+
+    public func start() {
+        let worker = worker
+        let thread = Thread { worker.run() }
+        thread.name = "rfb-source"
+        thread.start()
+    }
+
+    public func stop() { worker.stopping.store(true, ordering: .releasing) }
+
+    public func deliver(_ input: RemoteInput) { worker.inbox.withLock { $0.append(input) } }
+}
+
+/// An RFB source failure.
+public struct RFBError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The client thread's state. `@unchecked Sendable`: everything but `stopping` and `inbox` (both synchronised)
+/// is used only on the client thread.
+private final class Worker: @unchecked Sendable {
+    let address: String
+    let password: String?
+    let hub: FrameHub
+    let options: RFBSource.Options
+    let logger: Logger
+    let onStateChange: @Sendable (SourceState) -> Void
+    let stopping = Atomic(false)
+    let inbox = Mutex<[RemoteInput]>([])
+
+    private var client: UnsafeMutablePointer<rfbClient>?
+    private var covered: [Bool] = []  // 64×64 cells of the screen an update has touched
+    private var complete = false
+    private var dirty = false
+    private var lastPublish = DispatchTime(uptimeNanoseconds: 0)
+    private var encoder: JPEGEncoder?
+    private var buttons: Int32 = 0
+    private var pointer = (x: Int32(0), y: Int32(0))
+    private var state = SourceState.connecting
+
+    init(address: String, password: String?, hub: FrameHub, options: RFBSource.Options, logger: Logger,
+         onStateChange: @escaping @Sendable (SourceState) -> Void)
+    {
+        (self.address, self.password, self.hub, self.options, self.logger, self.onStateChange) =
+            (address, password, hub, options, logger, onStateChange)
+    }
+
+    func run() {
+        vpd_rfbclient_quiet()
+        var lostSince: Date?
+        var attempt = 0
+        while !stopping.load(ordering: .acquiring) {
+            switch connect() {
+            case .success:
+                lostSince = nil
+                attempt = 0
+                report(.connected)
+                serve()
+                disconnect()
+                guard !stopping.load(ordering: .acquiring) else { return }
+                lostSince = Date()
+                hub.setStatus(.reconnecting)
+                report(.reconnecting(reason: "connection to the VNC server lost"))
+            case .failure(let error) where error.description.contains("authentication"):
+                report(.failed(reason: error.description))
+                return
+            case .failure(let error):
+                let since = lostSince ?? Date()
+                lostSince = since
+                guard Date().timeIntervalSince(since) < options.retryWindow else {
+                    report(.failed(reason: "VNC server unreachable for \(Int(options.retryWindow)) s: \(error)"))
+                    return
+                }
+                if state != .connecting { report(.reconnecting(reason: error.description)) }
+            }
+            attempt += 1
+            let delay = min(5, 0.25 * pow(2, Double(min(attempt, 5))))
+            let deadline = Date().addingTimeInterval(delay)
+            while Date() < deadline, !stopping.load(ordering: .acquiring) { usleep(50_000) }
+        }
+    }
+
+    private func report(_ new: SourceState) {
+        guard new != state, !stopping.load(ordering: .acquiring) else { return }
+        state = new
+        if new == .connected { hub.setStatus(.live) }
+        onStateChange(new)
+    }
+
+    // MARK: - Connection
+
+    private func connect() -> Result<Void, RFBError> {
+        guard let (host, port) = RFBSource.split(address), let client = rfbGetClient(8, 3, 4) else {
+            return .failure(RFBError("bad address \(address)"))
+        }
+        client.pointee.serverHost = strdup(host)
+        client.pointee.serverPort = Int32(port)
+        client.pointee.canHandleNewFBSize = 1
+        rfbClientSetClientData(client, vpd_rfbclient_tag(), Unmanaged.passUnretained(self).toOpaque())
+        client.pointee.GetPassword = { client in
+            guard let client else { return nil }
+            // libvncclient frees what this returns.
+            return strdup(Worker.of(client).password ?? "")
+        }
+        client.pointee.GotFrameBufferUpdate = { client, x, y, w, h in
+            guard let client else { return }
+            Worker.of(client).updated(x: Int(x), y: Int(y), width: Int(w), height: Int(h))
+        }
+        client.pointee.FinishedFrameBufferUpdate = { client in
+            guard let client else { return }
+            Worker.of(client).finished()
+        }
+        _ = vpd_rfbclient_take_error()
+        // On failure rfbInitClient frees the client itself.
+        guard rfbInitClient(client, nil, nil) != 0 else {
+            let reason = String(cString: vpd_rfbclient_take_error()).trimmingCharacters(in: .whitespacesAndNewlines)
+            if reason.lowercased().contains("auth") {
+                return .failure(RFBError("VNC authentication failed (wrong vnc_password?): \(reason)"))
+            }
+            return .failure(RFBError(reason.isEmpty ? "cannot connect to \(address)" : reason))
+        }
+        self.client = client
+        covered = []
+        complete = false
+        logger.info("attached to VNC server", metadata: ["vnc_address": "\(address)",
+                                                          "size": "\(client.pointee.width)x\(client.pointee.height)"])
+        return .success(())
+    }
+
+    private func disconnect() {
+        guard let client else { return }
+        let framebuffer = client.pointee.frameBuffer
+        rfbClientCleanup(client)
+        free(framebuffer)
+        self.client = nil
+    }
+
+    static func of(_ client: UnsafeMutablePointer<rfbClient>) -> Worker {
+        Unmanaged<Worker>.fromOpaque(rfbClientGetClientData(client, vpd_rfbclient_tag())).takeUnretainedValue()
+    }
+
+    /// Handles server messages until the connection breaks or the source stops.
+    private func serve() {
+        guard let client else { return }
+        let interval = UInt64(1_000_000_000 / max(1, options.maxFPS))
+        while !stopping.load(ordering: .acquiring) {
+            let waiting = WaitForMessage(client, 20_000)
+            if waiting < 0 { return }
+            if waiting > 0, HandleRFBServerMessage(client) == 0 { return }
+            sendInput(client)
+            if dirty, complete, DispatchTime.now().uptimeNanoseconds >= lastPublish.uptimeNanoseconds + interval {
+                publish(client)
+            }
+        }
+    }
+
+    // MARK: - Frames
+
+    private func updated(x: Int, y: Int, width: Int, height: Int) {
+        dirty = true
+        guard !complete, let client else { return }
+        let (w, h) = (Int(client.pointee.width), Int(client.pointee.height))
+        let columns = (w + 63) / 64, rows = (h + 63) / 64
+        if covered.count != columns * rows { covered = Array(repeating: false, count: columns * rows) }
+        guard width > 0, height > 0 else { return }
+        for row in (y / 64)...min(rows - 1, (y + height - 1) / 64) {
+            for column in (x / 64)...min(columns - 1, (x + width - 1) / 64) { covered[row * columns + column] = true }
+        }
+        complete = covered.allSatisfy { $0 }
+    }
+
+    private func finished() {
+        guard let client, complete, dirty else { return }
+        let interval = UInt64(1_000_000_000 / max(1, options.maxFPS))
+        if DispatchTime.now().uptimeNanoseconds >= lastPublish.uptimeNanoseconds + interval { publish(client) }
+    }
+
+    /// Encodes the framebuffer once and publishes it, if anybody watches.
+    private func publish(_ client: UnsafeMutablePointer<rfbClient>) {
+        lastPublish = .now()
+        guard hub.consumerCount > 0, let pixels = client.pointee.frameBuffer else { return }
+        dirty = false
+        let (w, h) = (Int(client.pointee.width), Int(client.pointee.height))
+        do {
+            if encoder == nil { encoder = try JPEGEncoder() }
+            let jpeg = try encoder!.encode(pixels, width: w, height: h, pitch: w * 4, format: .rgbx, quality: options.quality)
+            hub.publish(jpeg: FrameBytes(copying: jpeg), width: w, height: h, captureTime: wallClockMicros(), url: nil)
+        } catch {
+            logger.warning("cannot encode a VNC frame", metadata: ["error": "\(error)"])
+        }
+    }
+
+    // MARK: - Input
+
+    private func sendInput(_ client: UnsafeMutablePointer<rfbClient>) {
+        let pending = inbox.withLock { inbox in
+            defer { inbox.removeAll() }
+            return inbox
+        }
+        for input in pending {
+            switch input {
+            case .mouse(let mouse):
+                pointer = (Int32(mouse.x.rounded()), Int32(mouse.y.rounded()))
+                let bit: Int32 = ["left": 1, "middle": 2, "right": 4][mouse.button.rawValue] ?? 0
+                switch mouse.kind {
+                case .pressed: buttons |= bit
+                case .released: buttons &= ~bit
+                case .moved: break
+                }
+                SendPointerEvent(client, pointer.x, pointer.y, buttons)
+            case .wheel(let x, let y, let dx, let dy):
+                pointer = (Int32(x.rounded()), Int32(y.rounded()))
+                let bit: Int32 = dy < 0 ? 8 : dy > 0 ? 16 : dx < 0 ? 32 : 64
+                SendPointerEvent(client, pointer.x, pointer.y, buttons | bit)
+                SendPointerEvent(client, pointer.x, pointer.y, buttons)
+            case .key(let key):
+                guard let keysym = Self.keysym(key.key) else { continue }
+                if key.kind != .up { SendKeyEvent(client, keysym, vpd_rfbclient_true()) }
+                if key.kind != .down { SendKeyEvent(client, keysym, vpd_rfbclient_false()) }
+            case .paste(let text):
+                for character in text.prefix(4096) {
+                    guard let keysym = Self.keysym(String(character)) else { continue }
+                    SendKeyEvent(client, keysym, vpd_rfbclient_true())
+                    SendKeyEvent(client, keysym, vpd_rfbclient_false())
+                }
+            case .navigate:
+                logger.notice("navigate needs a browser_address (CDP); a VNC-only session cannot load URLs")
+            }
+        }
+    }
+
+    /// The X keysym of a DOM key: printable ASCII is its own keysym; named keys from the table.
+    static func keysym(_ key: String) -> UInt32? {
+        if let named = namedKeysyms[key] { return named }
+        guard key.unicodeScalars.count == 1, let scalar = key.unicodeScalars.first, (0x20...0x7e).contains(scalar.value)
+        else { return nil }
+        return scalar.value
+    }
+
+    private static let namedKeysyms: [String: UInt32] = {
+        var table: [String: UInt32] = [
+            "Enter": 0xff0d, "Backspace": 0xff08, "Tab": 0xff09, "Escape": 0xff1b, "Delete": 0xffff, "Insert": 0xff63,
+            "Home": 0xff50, "End": 0xff57, "PageUp": 0xff55, "PageDown": 0xff56, "ArrowLeft": 0xff51,
+            "ArrowUp": 0xff52, "ArrowRight": 0xff53, "ArrowDown": 0xff54, "Shift": 0xffe1, "Control": 0xffe3,
+            "Alt": 0xffe9, "Meta": 0xffe7, "\r": 0xff0d, "\n": 0xff0d, "\t": 0xff09,
+        ]
+        for n in 1...12 { table["F\(n)"] = 0xffbd + UInt32(n) }
+        return table
+    }()
+}
