@@ -104,8 +104,9 @@ let package = Package(
         .executableTarget(
             name: "viewportd-bench",
             dependencies: [
-                "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder",
+                "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder", "RFBSource",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: settings),
 

@@ -290,6 +290,8 @@ private final class Worker: @unchecked Sendable {
 
     private func clientLeft(_ state: ClientState, _ cl: rfbClientPtr) {
         held.removeAll { $0.client == cl }
+        hub.metrics.vncClientSent(bytes: Int(rfbStatGetSentBytes(cl)), rawBytes: Int(rfbStatGetSentBytesIfRaw(cl)),
+                                  updates: Int(rfbStatGetMessageCountSent(cl, UInt32(rfbFramebufferUpdate))))
         hub.metrics.vncClientsChanged(by: -1)
         if clients.subtract(1, ordering: .relaxed).newValue == 0 {
             subscription?.cancel()

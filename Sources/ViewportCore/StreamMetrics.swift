@@ -20,6 +20,9 @@ public final class StreamMetrics: Sendable {
     private let inputLatency: Timer
     /// Connected VNC clients (all sessions).
     private let vncClients: Meter
+    private let vncBytes: Counter
+    private let vncRawBytes: Counter
+    private let vncUpdates: Counter
 
     /// Metrics names, as exported.
     public enum Name {
@@ -31,6 +34,9 @@ public final class StreamMetrics: Sendable {
         public static let recordingBytes = "viewportd_recording_bytes_total"
         public static let inputLatency = "viewportd_input_to_frame_seconds"
         public static let vncClients = "viewportd_vnc_clients"
+        public static let vncBytes = "viewportd_vnc_bytes_sent_total"
+        public static let vncRawBytes = "viewportd_vnc_raw_equivalent_bytes_total"
+        public static let vncUpdates = "viewportd_vnc_updates_sent_total"
     }
 
     public init(factory: any MetricsFactory) {
@@ -46,6 +52,9 @@ public final class StreamMetrics: Sendable {
         recordingBytes = Counter(label: Name.recordingBytes, factory: factory)
         inputLatency = Timer(label: Name.inputLatency, factory: factory)
         vncClients = Meter(label: Name.vncClients, factory: factory)
+        vncBytes = Counter(label: Name.vncBytes, factory: factory)
+        vncRawBytes = Counter(label: Name.vncRawBytes, factory: factory)
+        vncUpdates = Counter(label: Name.vncUpdates, factory: factory)
     }
 
     /// Records nothing (tests and tools that build hubs of their own).
@@ -70,6 +79,14 @@ public final class StreamMetrics: Sendable {
     /// A VNC client connected (+1) or left (-1).
     public func vncClientsChanged(by delta: Int) {
         if delta > 0 { vncClients.increment(by: Double(delta)) } else { vncClients.decrement(by: Double(-delta)) }
+    }
+
+    /// A VNC client that left was sent `bytes` in `updates` framebuffer updates, which raw pixels of the same
+    /// rectangles would have taken `rawBytes`.
+    public func vncClientSent(bytes: Int, rawBytes: Int, updates: Int) {
+        vncBytes.increment(by: Int64(bytes))
+        vncRawBytes.increment(by: Int64(rawBytes))
+        vncUpdates.increment(by: Int64(updates))
     }
 
     /// A recorder wrote `bytes` more to its file.

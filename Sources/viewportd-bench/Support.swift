@@ -80,6 +80,21 @@ final class DaemonProcess: @unchecked Sendable {
         return "ws://127.0.0.1:\(port)/stream/browser/\(id)?token=\(token ?? "")"
     }
 
+    /// A view-only VNC password for the session's screen: (port, password).
+    func vncPassword(_ id: String) async throws -> (Int, String) {
+        let answer = try await api("POST", "/v1/browser_sessions/\(id)/vnc", ["ttl_seconds": 3600])
+        guard let port = answer["port"] as? Int, let password = answer["password"] as? String else {
+            throw BenchError("no VNC screen: \(answer)")
+        }
+        return (port, password)
+    }
+
+    /// The Prometheus text of /metrics.
+    func metrics() async throws -> String {
+        let (_, body) = try await clientLoop.httpRequest("GET", "http://127.0.0.1:\(port)/metrics")
+        return String(decoding: body, as: UTF8.self)
+    }
+
     func cpuSeconds() -> Double { ProcessTree.cpuSeconds(pid: process.processIdentifier) }
 
     func peakRSSMegabytes() -> Int {
