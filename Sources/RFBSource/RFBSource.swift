@@ -84,6 +84,8 @@ private final class Worker: @unchecked Sendable {
     private var buttons: Int32 = 0
     private var pointer = (x: Int32(0), y: Int32(0))
     private var state = SourceState.connecting
+    /// When input was last sent and no frame has been published since (for the input-to-frame latency).
+    private var inputSentAt: UInt64?
 
     init(address: String, password: String?, hub: FrameHub, options: RFBSource.Options, logger: Logger,
          onStateChange: @escaping @Sendable (SourceState) -> Void)
@@ -232,6 +234,10 @@ private final class Worker: @unchecked Sendable {
             if encoder == nil { encoder = try JPEGEncoder() }
             let jpeg = try encoder!.encode(pixels, width: w, height: h, pitch: w * 4, format: .rgbx, quality: options.quality)
             hub.publish(jpeg: FrameBytes(copying: jpeg), width: w, height: h, captureTime: wallClockMicros(), url: nil)
+            if let sent = inputSentAt {
+                hub.metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- sent)
+                inputSentAt = nil
+            }
         } catch {
             logger.warning("cannot encode a VNC frame", metadata: ["error": "\(error)"])
         }
@@ -244,6 +250,7 @@ private final class Worker: @unchecked Sendable {
             defer { inbox.removeAll() }
             return inbox
         }
+        if !pending.isEmpty { inputSentAt = inputSentAt ?? wallClockMicros() }
         for input in pending {
             switch input {
             case .mouse(let mouse):

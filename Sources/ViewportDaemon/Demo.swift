@@ -23,6 +23,11 @@ public enum Demo {
         let id = try await daemon.createSession(organizationID: apiKey.organizationID, browserAddress: browser.address,
                                                 timeoutMinutes: 1440)
         let base = daemon.config.effectivePublicURL
+        var vnc = "(vnc.enabled is off)"
+        if let bridge = daemon.sessions.vncBridge(id: id) {
+            let password = bridge.passwords.mint(control: true, expiresAt: Date().addingTimeInterval(86_400))
+            vnc = "vncviewer \(config.vncListen)::\(bridge.port)   password \(password) (drives the browser)"
+        }
         // Unbuffered: print() holds the banner back when stdout is a file or a pipe.
         FileHandle.standardOutput.write(Data("""
 
@@ -32,6 +37,7 @@ public enum Demo {
           API key:     \(apiKey.key)   (organization \(apiKey.organizationID))
           Session:     curl -H 'x-api-key: \(apiKey.key)' \(base)/v1/browser_sessions/\(id)
           Stream:      ws://\(config.listenHost):\(daemon.port)/stream/browser/\(id)  (header x-api-key)
+          VNC:         \(vnc)
 
         Press Ctrl-C to stop.
 
