@@ -7,17 +7,21 @@ public enum ImageConversion {
     /// Decodes a JPEG and re-encodes it as lossless PNG (RGB, 8 bits per channel).
     public static func png(fromJPEG jpeg: Data) throws -> Data {
         _ = quietLibav
-        let decoder = try JPEGDecoder()
+        let decoder: JPEGDecoder
+        do { decoder = try JPEGDecoder() } catch { throw RecorderError("\(error)") }
         let frame = try VideoFrame()
         let f = frame.pointer
         try jpeg.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) in
-            let header = try decoder.header(bytes)
+            let header: JPEGHeader
+            do { header = try decoder.header(bytes) } catch { throw RecorderError("\(error)") }
             f.pointee.width = header.width
             f.pointee.height = header.height
             f.pointee.format = AV_PIX_FMT_RGB24.rawValue
             try check(av_frame_get_buffer(f, 0), "av_frame_get_buffer")
-            try decoder.decodePixels(bytes, header, into: f.pointee.data.0!, pitch: f.pointee.linesize.0,
-                                     format: .rgb)
+            do {
+                try decoder.decodePixels(bytes, header, into: f.pointee.data.0!, pitch: f.pointee.linesize.0,
+                                         format: .rgb)
+            } catch { throw RecorderError("\(error)") }
         }
         guard let codec = avcodec_find_encoder(AV_CODEC_ID_PNG) else {
             throw RecorderError("avcodec_find_encoder: no PNG encoder in libavcodec")

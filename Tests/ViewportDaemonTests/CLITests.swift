@@ -2,21 +2,9 @@ import Foundation
 import Testing
 @testable import ViewportDaemon
 
-private func viewportd(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 10)
-    throws -> (status: Int32, output: String)
-{
+private func viewportd(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, output: String) {
     try #require(FileManager.default.isExecutableFile(atPath: viewportdBinary), "build viewportd first (swift build --build-tests)")
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: viewportdBinary)
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    return try runProcess(viewportdBinary, arguments, environment: environment)
 }
 
 @Suite("Command line")

@@ -161,9 +161,17 @@ struct LiveViewTests {
             #expect(errors.count == 2)
             #expect(errors.first?["message"].string?.contains("dance") == true)
 
-            let flooder = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3,
-                                                              sendBytes: 70_000).first)
+            // A watch-only viewer may send 64 KiB; one that may drive the browser (the API key) 2 MiB, for pastes.
+            let (_, minted) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/viewer_tokens", json: [:])
+            let watchOnly = daemon.streamURL(id, query: "token=\(try #require(minted["token"].string))")
+            let flooder = try #require(try await Client.watch(watchOnly, seconds: 3, sendBytes: 70_000).first)
             #expect(flooder.closeCode == 1009)
+            let controller = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 2,
+                                                                 sendBytes: 70_000).first)
+            #expect(controller.closeCode != 1009, "70 kB is within a control viewer's limit")
+            let bigFlooder = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3,
+                                                                 sendBytes: 2_200_000).first)
+            #expect(bigFlooder.closeCode == 1009)
         }
     }
 

@@ -38,7 +38,7 @@ struct RESTTests {
         #expect(session["timeout"].int == 30)
         #expect(session["browser_address"].string == address)
         #expect(session["app_url"].string == daemon.base + "/watch/pbs_rest_1")
-        #expect(session["vnc_streaming_supported"].bool == false)
+        #expect(session["vnc_streaming_supported"].bool == true, "vnc.enabled is on by default")
         #expect(session["recordings"].array.isEmpty && session["completed_at"].isNull)
         let created = try #require(session["created_at"].string)
         #expect(created.hasSuffix("Z") && (try? Date(created, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true))) != nil)

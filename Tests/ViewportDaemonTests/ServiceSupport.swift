@@ -6,6 +6,37 @@ import Testing
 let viewportdBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     .appendingPathComponent("viewportd").path
 
+/// Runs `executable` with `arguments` (and `environment` added) to its end; returns its exit status and its
+/// standard output and error together.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws
+    -> (status: Int32, output: String)
+{
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+func listening(onLoopbackPort port: Int) -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}
+
 /// `viewportd serve` as a child process on a free loopback port, with its standard error in a file.
 final class ChildDaemon: Sendable {
     let process: Process

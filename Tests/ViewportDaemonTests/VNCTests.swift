@@ -4,17 +4,8 @@ import Testing
 
 /// Runs PyPI's `vncdo` against `127.0.0.1::port`; returns its exit status and output.
 func vncdo(port: Int, password: String, _ commands: [String], timeout: Int = 10) throws -> (status: Int32, output: String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: URL(fileURLWithPath: Client.python).deletingLastPathComponent()
-        .appendingPathComponent("vncdo").path)
-    process.arguments = ["-s", "127.0.0.1::\(port)", "-p", password, "-t", "\(timeout)"] + commands
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
-    try process.run()
-    let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    let vncdo = URL(fileURLWithPath: Client.python).deletingLastPathComponent().appendingPathComponent("vncdo").path
+    return try runProcess(vncdo, ["-s", "127.0.0.1::\(port)", "-p", password, "-t", "\(timeout)"] + commands)
 }
 
 /// The RGB pixels of a PNG (through ffmpeg) and its width.
@@ -105,16 +96,7 @@ struct VNCTests {
         try await withLiveSession(page: "vnc.html") { daemon, _, id in
             let (port, _) = try await mint(daemon, id, control: false)
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/close").0 == 200)
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = UInt16(port).bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            #expect(connected != 0, "nothing listens on \(port) any more")
+            #expect(!listening(onLoopbackPort: port), "nothing listens on \(port) any more")
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/vnc", json: [:]).0 == 409)
         }
     }
@@ -266,17 +248,7 @@ final class XvncBrowser {
         xvnc.standardOutput = FileHandle.nullDevice
         xvnc.standardError = FileHandle.nullDevice
         try xvnc.run()
-        try await eventually("Xvnc listens") {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = UInt16(port).bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            return withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-            }
-        }
+        try await eventually("Xvnc listens") { listening(onLoopbackPort: port) }
         setenv("DISPLAY", display, 1)
         defer { unsetenv("DISPLAY") }
         browser = try await Chromium.launch(url: Fixtures.url(page), headless: false)
