@@ -121,7 +121,10 @@ let package = Package(
             swiftSettings: settings),
         .testTarget(
             name: "ViewportDaemonTests",
-            dependencies: ["ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", .product(name: "Yams", package: "Yams")],
+            dependencies: [
+                "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "VNCBridge", "JPEGCodec", "RFBSource",
+                .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
+            ],
             exclude: ["Fixtures"],
             swiftSettings: settings),
     ]

@@ -86,6 +86,10 @@ private final class Worker: @unchecked Sendable {
     private var state = SourceState.connecting
     /// When input was last sent and no frame has been published since (for the input-to-frame latency).
     private var inputSentAt: UInt64?
+    /// Set when the server asked for the password during the current connection attempt.
+    fileprivate var passwordAsked = false
+    /// The framebuffer size the coverage was counted for.
+    private var size = (width: 0, height: 0)
 
     init(address: String, password: String?, hub: FrameHub, options: RFBSource.Options, logger: Logger,
          onStateChange: @escaping @Sendable (SourceState) -> Void)
@@ -142,14 +146,17 @@ private final class Worker: @unchecked Sendable {
         guard let (host, port) = RFBSource.split(address), let client = rfbGetClient(8, 3, 4) else {
             return .failure(RFBError("bad address \(address)"))
         }
+        free(client.pointee.serverHost)  // rfbGetClient's own empty string
         client.pointee.serverHost = strdup(host)
         client.pointee.serverPort = Int32(port)
         client.pointee.canHandleNewFBSize = 1
         rfbClientSetClientData(client, vpd_rfbclient_tag(), Unmanaged.passUnretained(self).toOpaque())
         client.pointee.GetPassword = { client in
             guard let client else { return nil }
+            let worker = Worker.of(client)
+            worker.passwordAsked = true
             // libvncclient frees what this returns.
-            return strdup(Worker.of(client).password ?? "")
+            return strdup(worker.password ?? "")
         }
         client.pointee.GotFrameBufferUpdate = { client, x, y, w, h in
             guard let client else { return }
@@ -160,10 +167,13 @@ private final class Worker: @unchecked Sendable {
             Worker.of(client).finished()
         }
         _ = vpd_rfbclient_take_error()
+        passwordAsked = false
         // On failure rfbInitClient frees the client itself.
         guard rfbInitClient(client, nil, nil) != 0 else {
             let reason = String(cString: vpd_rfbclient_take_error()).trimmingCharacters(in: .whitespacesAndNewlines)
-            if reason.lowercased().contains("auth") {
+            // The server asked for the password and then refused: TigerVNC says "Authentication failure",
+            // libvncserver-based servers (x11vnc) "password check failed!".
+            if passwordAsked || reason.lowercased().contains("auth") {
                 return .failure(RFBError("VNC authentication failed (wrong vnc_password?): \(reason)"))
             }
             return .failure(RFBError(reason.isEmpty ? "cannot connect to \(address)" : reason))
@@ -171,6 +181,7 @@ private final class Worker: @unchecked Sendable {
         self.client = client
         covered = []
         complete = false
+        size = (0, 0)
         logger.info("attached to VNC server", metadata: ["vnc_address": "\(address)",
                                                           "size": "\(client.pointee.width)x\(client.pointee.height)"])
         return .success(())
@@ -207,8 +218,15 @@ private final class Worker: @unchecked Sendable {
 
     private func updated(x: Int, y: Int, width: Int, height: Int) {
         dirty = true
-        guard !complete, let client else { return }
+        guard let client else { return }
         let (w, h) = (Int(client.pointee.width), Int(client.pointee.height))
+        if (w, h) != size {
+            // A resize gave the client a fresh, uninitialised buffer: count coverage again before publishing it.
+            size = (w, h)
+            complete = false
+            covered = []
+        }
+        guard !complete else { return }
         let columns = (w + 63) / 64, rows = (h + 63) / 64
         if covered.count != columns * rows { covered = Array(repeating: false, count: columns * rows) }
         guard width > 0, height > 0 else { return }
@@ -272,8 +290,13 @@ private final class Worker: @unchecked Sendable {
                 if key.kind != .up { SendKeyEvent(client, keysym, vpd_rfbclient_true()) }
                 if key.kind != .down { SendKeyEvent(client, keysym, vpd_rfbclient_false()) }
             case .paste(let text):
-                for character in text.prefix(4096) {
-                    guard let keysym = Self.keysym(String(character)) else { continue }
+                // Typed, one key per character: ASCII as itself, line breaks as Enter (CR LF as one), anything
+                // else as a Unicode keysym. RFB has no paste; long texts are cut at 4096 characters (logged).
+                let scalars = text.replacingOccurrences(of: "\r\n", with: "\n").unicodeScalars
+                if scalars.count > 4096 { logger.notice("paste over RFB cut at 4096 characters", metadata: ["length": "\(scalars.count)"]) }
+                for scalar in scalars.prefix(4096) {
+                    let keysym = Self.keysym(String(scalar)) ?? (scalar.value >= 0xa0 ? 0x0100_0000 + scalar.value : nil)
+                    guard let keysym else { continue }
                     SendKeyEvent(client, keysym, vpd_rfbclient_true())
                     SendKeyEvent(client, keysym, vpd_rfbclient_false())
                 }

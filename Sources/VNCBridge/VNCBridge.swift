@@ -67,6 +67,7 @@ public final class VNCPasswords: Sendable {
         var password: [CChar]
         var expiresAt: Date
         var control: Bool
+        var `internal` = false
     }
 
     private let entries = Mutex<[Entry]>([])
@@ -83,8 +84,18 @@ public final class VNCPasswords: Sendable {
         return password
     }
 
-    /// Whether a valid password answers `challenge` with `response`, and if so whether it grants control.
-    func check(challenge: [UInt8], response: [UInt8], now: Date = Date()) -> Bool? {
+    /// A password for viewportd's own noVNC relay, which authenticated its client already: it is not
+    /// throttled and does not count for the address (every relay connects from 127.0.0.1).
+    func mintInternal(control: Bool) -> String {
+        let password = mint(control: control, expiresAt: Date().addingTimeInterval(30))
+        entries.withLock { entries in
+            if let index = entries.lastIndex(where: { String(cString: $0.password) == password }) { entries[index].internal = true }
+        }
+        return password
+    }
+
+    /// The grant of the valid password that answers `challenge` with `response`, if any.
+    func check(challenge: [UInt8], response: [UInt8], now: Date = Date()) -> (control: Bool, internal: Bool)? {
         let valid = entries.withLock { entries in
             entries.removeAll { $0.expiresAt <= now }
             return entries
@@ -93,13 +104,15 @@ public final class VNCPasswords: Sendable {
             var expected = challenge
             var password = entry.password
             vpd_rfb_encrypt(&expected, &password)
-            if expected == response { return entry.control }
+            // DES refused (libgcrypt in FIPS mode leaves the bytes as they were): never accept an echo.
+            guard expected != challenge else { return nil }
+            if expected == response { return (entry.control, entry.internal) }
         }
         return nil
     }
 }
 
-/// Slows down guessing: after 3 failed passwords in a row from one address, its connections are refused for
+/// Slows down guessing: after 3 failed passwords in a row from one address, every password from it fails for
 /// 1 s, then 2, 4, ... up to 60 s after each further failure. A success clears the address.
 public final class VNCAuthThrottle: Sendable {
     private struct Record {
@@ -156,6 +169,8 @@ private final class Worker: @unchecked Sendable {
     private var held: [(client: rfbClientPtr, until: Date)] = []
 
     static let tile = 32
+    /// FD_SETSIZE of glibc.
+    static let selectLimit: Int32 = 1024
 
     init(hub: FrameHub, passwords: VNCPasswords, throttle: VNCAuthThrottle, input: (any InputTarget)?, logger: Logger) {
         self.hub = hub
@@ -212,9 +227,16 @@ private final class Worker: @unchecked Sendable {
             }
             vpd_rfb_init_server(s)
             if vpd_rfb_is_listening(s) != 0 {
+                // libvncserver watches its sockets with select(): a descriptor past FD_SETSIZE would overflow it.
+                guard s.pointee.listenSock < Self.selectLimit else {
+                    free(UnsafeMutableRawPointer(mutating: s.pointee.desktopName))
+                    rfbScreenCleanup(s)
+                    throw VNCError("too many open files for a VNC screen (libvncserver uses select(), limited to \(Self.selectLimit) descriptors)")
+                }
                 self.screen = s
                 return port
             }
+            free(UnsafeMutableRawPointer(mutating: s.pointee.desktopName))
             rfbScreenCleanup(s)
         }
         throw VNCError("no free port in vnc.port_range \(options.ports.lowerBound)-\(options.ports.upperBound) on \(options.host)")
@@ -252,8 +274,8 @@ private final class Worker: @unchecked Sendable {
 
     private func clientArrived(_ cl: rfbClientPtr) -> rfbNewClientAction {
         let address = cl.pointee.host.map { String(cString: $0) } ?? "?"
-        guard throttle.allows(address) else {
-            logger.notice("VNC client refused: too many wrong passwords", metadata: ["address": "\(address)"])
+        guard cl.pointee.sock < Self.selectLimit else {
+            logger.warning("VNC client refused: descriptor past select()'s limit", metadata: ["address": "\(address)"])
             return RFB_CLIENT_REFUSE
         }
         cl.pointee.clientData = Unmanaged.passRetained(ClientState(address: address)).toOpaque()
@@ -300,18 +322,21 @@ private final class Worker: @unchecked Sendable {
         logger.debug("VNC client left", metadata: ["address": "\(state.address)"])
     }
 
+    /// Checks the client's challenge response. While its address is blocked for wrong passwords, every minted
+    /// password fails too (the guess is wasted); the relay's own passwords are never throttled nor counted.
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafeRawBufferPointer) -> rfbBool {
-        let state = ClientState.of(cl)
+        let address = ClientState.of(cl)?.address ?? "?"
         let challenge = withUnsafeBytes(of: cl.pointee.authChallenge) { Array($0) }
-        guard response.count == challenge.count, let control = passwords.check(challenge: challenge, response: Array(response))
-        else {
-            throttle.record(state?.address ?? "?", success: false)
-            logger.notice("VNC client gave a wrong or expired password", metadata: ["address": "\(state?.address ?? "?")"])
+        let grant = response.count == challenge.count ? passwords.check(challenge: challenge, response: Array(response)) : nil
+        guard let grant, grant.internal || throttle.allows(address) else {
+            if grant == nil { throttle.record(address, success: false) }
+            logger.notice("VNC client refused: wrong or expired password, or too many wrong ones",
+                          metadata: ["address": "\(address)"])
             return vpd_rfb_false()
         }
-        throttle.record(state?.address ?? "?", success: true)
-        cl.pointee.viewOnly = control ? vpd_rfb_false() : vpd_rfb_true()
-        logger.info("VNC client connected", metadata: ["address": "\(state?.address ?? "?")", "control": "\(control)"])
+        if !grant.internal { throttle.record(address, success: true) }
+        cl.pointee.viewOnly = grant.control ? vpd_rfb_false() : vpd_rfb_true()
+        logger.info("VNC client connected", metadata: ["address": "\(address)", "control": "\(grant.control)"])
         return vpd_rfb_true()
     }
 
@@ -395,7 +420,8 @@ private final class Worker: @unchecked Sendable {
         for top in stride(from: 0, to: height, by: tile) {
             let rows = min(tile, height - top)
             var runStart: Int?
-            for left in stride(from: 0, through: width, by: tile) {
+            // One step past the last tile, so a run reaching the right edge is marked too.
+            for left in stride(from: 0, to: width + tile, by: tile) {
                 var changed = false
                 if left < width {
                     let bytes = min(tile, width - left) * 4

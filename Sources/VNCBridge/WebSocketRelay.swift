@@ -40,17 +40,21 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
 
     public func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket
-        password = bridge.passwords.mint(control: control, expiresAt: Date().addingTimeInterval(30))
+        password = bridge.passwords.mintInternal(control: control)
         fd = Self.connectLoopback(port: bridge.port)
         guard fd >= 0 else {
             socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
             return
         }
         let reader = Reader(fd: fd)
-        let thread = Thread { [loop] in
+        let thread = Thread { [loop, fd] in
             reader.run { bytes in
                 loop.execute { [weak self] in
-                    guard let self else { return }
+                    guard let self else {
+                        // The WebSocket is gone and with it the relay: the descriptor is still ours to close.
+                        if bytes == nil { close(fd) }
+                        return
+                    }
                     if let bytes { serverSent(bytes) } else { serverClosed() }
                 }
             }
@@ -128,10 +132,12 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
                 write([2])  // VncAuth
                 stage = .challenge
             case .challenge:
-                guard var challenge = take(16, from: &fromServer) else { return }
+                guard let challenge = take(16, from: &fromServer) else { return }
+                var response = challenge
                 var key = Array(password.utf8CString)
-                vpd_rfb_encrypt(&challenge, &key)
-                write(challenge)
+                vpd_rfb_encrypt(&response, &key)
+                guard response != challenge else { return fail("DES is not available (libgcrypt FIPS mode?)") }
+                write(response)
                 stage = .result
             case .result:
                 guard let result = take(4, from: &fromServer) else { return }

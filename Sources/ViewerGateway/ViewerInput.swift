@@ -40,7 +40,10 @@ enum ViewerInput {
             let key = try string(message, "key")
             let code = try optionalString(message, "code")
             let text = try optionalString(message, "text")
-            guard key.count <= 32, (code?.count ?? 0) <= 32, (text?.count ?? 0) <= 32 else {
+            // Unicode scalars, not characters: one character may carry any number of combining marks.
+            guard key.unicodeScalars.count <= 32, (code?.unicodeScalars.count ?? 0) <= 32,
+                  (text?.unicodeScalars.count ?? 0) <= 32
+            else {
                 throw InputRefusal("key, code and text must be at most 32 characters")
             }
             let modifiers = try modifiers(message)

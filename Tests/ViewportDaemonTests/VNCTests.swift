@@ -1,6 +1,11 @@
 import Foundation
+import JPEGCodec
+import Logging
 import Testing
+import RFBSource
+import VNCBridge
 @testable import ViewportDaemon
+import ViewportCore
 
 /// Runs PyPI's `vncdo` against `127.0.0.1::port`; returns its exit status and output.
 func vncdo(port: Int, password: String, _ commands: [String], timeout: Int = 10) throws -> (status: Int32, output: String) {
@@ -313,5 +318,52 @@ struct RFBSourceTests {
         #expect(try await daemon.request("POST", "/v1/browser_sessions", json: ["vnc_address": "nohost"]).0 == 422)
         #expect(try await daemon.request("POST", "/v1/browser_sessions", json: [:]).0 == 422)
         await daemon.stop()
+    }
+}
+
+@Suite("VNC bridge framebuffer")
+struct VNCBridgeFramebufferTests {
+    /// A `width`×`height` JPEG of one colour, with the rightmost `edge` columns in another.
+    private func jpeg(width: Int, height: Int, fill: [UInt8], edge: Int = 0, edgeFill: [UInt8] = [0, 0, 0]) throws -> FrameBytes {
+        var pixels = [UInt8](repeating: 0, count: width * height * 3)
+        for y in 0..<height {
+            for x in 0..<width { pixels.replaceSubrange((y * width + x) * 3..<(y * width + x) * 3 + 3, with: x >= width - edge ? edgeFill : fill) }
+        }
+        return FrameBytes(copying: try JPEGEncoder().encode(pixels, width: width, height: height, pitch: width * 3, format: .rgb, quality: 95))
+    }
+
+    @Test func changesUpToTheRightEdgeOfAFrameWhoseWidthIsNoMultipleOfTheTileReachClients() async throws {
+        let (width, height) = (1000, 200)  // 1000 = 31 tiles of 32 and 8 pixels
+        let hub = FrameHub()
+        hub.publish(jpeg: try jpeg(width: width, height: height, fill: [255, 255, 255]), width: width, height: height,
+                    captureTime: wallClockMicros(), url: nil)
+        var options = VNCBridge.Options()
+        options.ports = 5950...5999
+        let bridge = try VNCBridge(hub: hub, options: options, throttle: VNCAuthThrottle(), input: nil, name: "test",
+                                   logger: Logger(label: "test"))
+        defer { bridge.close() }
+        let password = bridge.passwords.mint(control: false, expiresAt: Date().addingTimeInterval(60))
+        // The client connects first, so after its first full update it only gets the regions marked as changed.
+        let seen = FrameHub()
+        let frames = seen.subscribe(kind: .viewer, capacity: 64) {}
+        let client = RFBSource(address: "127.0.0.1:\(bridge.port)", password: password, hub: seen, options: .init(),
+                               logger: Logger(label: "test")) { _ in }
+        client.start()
+        defer { client.stop() }
+        try await eventually("the client has its first picture") { seen.latest != nil }
+        hub.publish(jpeg: try jpeg(width: width, height: height, fill: [255, 255, 255], edge: 40, edgeFill: [0, 0, 255]),
+                    width: width, height: height, captureTime: wallClockMicros(), url: nil)
+
+        let decoder = try JPEGDecoder()
+        var edge: [Int] = []
+        try await eventually("the change at the right edge reaches the client", timeout: 5) {
+            while let frame = frames.next() {
+                var rgb = [UInt8](repeating: 0, count: frame.width * frame.height * 3)
+                let bytes = frame.jpeg.bytes
+                try decoder.decodePixels(bytes, try decoder.header(bytes), into: &rgb, pitch: Int32(frame.width * 3), format: .rgb)
+                edge = (0..<3).map { Int(rgb[(100 * frame.width + frame.width - 4) * 3 + $0]) }
+            }
+            return zip(edge, [0, 0, 255]).allSatisfy { abs($0 - $1) <= 24 }
+        }
     }
 }
