@@ -60,9 +60,7 @@ struct Capture: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileLimit()
-        let path = URL(fileURLWithPath: page).standardizedFileURL
-        guard FileManager.default.fileExists(atPath: path.path) else { throw ValidationError("no page at \(page)") }
-        let chromium = try await Chromium.launch(url: path.absoluteString)
+        let (chromium, path) = try await launchChromium(page: page)
         defer { chromium.terminate() }
         try await Task.sleep(for: .seconds(2))
         print("capture: \(path.lastPathComponent), \(Int(seconds)) s windows; Chromium CPU is all its processes, % of one core")
@@ -115,6 +113,13 @@ struct Capture: AsyncParsableCommand {
         print("  targets: \(viewers) viewers cost Chromium <= 1.1x one viewer, each >= 95 % of the source rate;"
               + " nobody watching <= browser alone + 5 points")
     }
+}
+
+/// Headless Chromium showing the page file at `page`; a usage error if there is none.
+func launchChromium(page: String) async throws -> (Chromium, URL) {
+    let path = URL(fileURLWithPath: page).standardizedFileURL
+    guard FileManager.default.fileExists(atPath: path.path) else { throw ValidationError("no page at \(page)") }
+    return (try await Chromium.launch(url: path.absoluteString), path)
 }
 
 func ms(_ micros: Double) -> String { String(format: "%.2f", micros / 1000) }

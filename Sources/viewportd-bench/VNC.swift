@@ -15,9 +15,7 @@ struct VNCBench: AsyncParsableCommand {
 
     func run() async throws {
         raiseFileLimit()
-        let path = URL(fileURLWithPath: page).standardizedFileURL
-        guard FileManager.default.fileExists(atPath: path.path) else { throw ValidationError("no page at \(page)") }
-        let chromium = try await Chromium.launch(url: path.absoluteString)
+        let (chromium, path) = try await launchChromium(page: page)
         defer { chromium.terminate() }
         let daemon = try await DaemonProcess.start()
         defer { daemon.stop() }
