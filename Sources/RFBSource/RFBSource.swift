@@ -150,6 +150,9 @@ private final class Worker: @unchecked Sendable {
         client.pointee.serverHost = strdup(host)
         client.pointee.serverPort = Int32(port)
         client.pointee.canHandleNewFBSize = 1
+        // Lossless from the server (Tight without JPEG): the frames' pixels are the screen's, and the only lossy
+        // step is the viewers' JPEG. The server is usually on the same host, so bandwidth is not the concern.
+        client.pointee.appData.enableJPEG = 0
         rfbClientSetClientData(client, vpd_rfbclient_tag(), Unmanaged.passUnretained(self).toOpaque())
         client.pointee.GetPassword = { client in
             guard let client else { return nil }
@@ -251,7 +254,11 @@ private final class Worker: @unchecked Sendable {
         do {
             if encoder == nil { encoder = try JPEGEncoder() }
             let jpeg = try encoder!.encode(pixels, width: w, height: h, pitch: w * 4, format: .rgbx, quality: options.quality)
-            hub.publish(jpeg: FrameBytes(copying: jpeg), width: w, height: h, captureTime: wallClockMicros(), url: nil)
+            // The pixels too, for the VNC bridge and the recorder: they then show exactly what the server sent.
+            let copy = FrameBytes(count: w * h * 4)
+            copy.payload.copyMemory(from: pixels, byteCount: w * h * 4)
+            hub.publish(jpeg: FrameBytes(copying: jpeg), width: w, height: h, captureTime: wallClockMicros(), url: nil,
+                        pixels: copy)
             if let sent = inputSentAt {
                 hub.metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- sent)
                 inputSentAt = nil

@@ -62,6 +62,23 @@ final class Picture {
         }
     }
 
+    /// Converts `width`×`height` RGBX pixels (rows `width × 4` bytes) into the picture, scaling if their size
+    /// differs.
+    func load(rgbx pixels: UnsafeMutableRawPointer, width sourceWidth: Int32, height sourceHeight: Int32)
+        throws(RecorderError)
+    {
+        if av_frame_is_writable(frame.pointer) == 0 {
+            av_frame_unref(frame.pointer)
+            try allocate()
+        }
+        let context = try scaler.context(from: AV_PIX_FMT_RGB0, sourceWidth, sourceHeight, to: width, height)
+        var source: [UnsafePointer<UInt8>?] = [UnsafePointer(pixels.assumingMemoryBound(to: UInt8.self)), nil, nil, nil]
+        var sourceStrides: [Int32] = [sourceWidth * 4, 0, 0, 0]
+        try withPlanes(frame.pointer) { planes, strides throws(RecorderError) in
+            try check(sws_scale(context, &source, &sourceStrides, 0, sourceHeight, planes, strides), "sws_scale")
+        }
+    }
+
     /// Buffers with a spare row and column, so a JPEG one pixel larger than the picture decodes in place.
     private func allocate() throws(RecorderError) {
         let f = frame.pointer

@@ -254,21 +254,29 @@ private final class Worker: @unchecked Sendable {
         // already shown and would last zero time (no tick after the last picture's). Leave it out.
         guard let decoder, picture == nil || Self.ticks(frame.captureTime, since: fileOrigin) > lastPTS else { return }
         let jpeg = frame.jpeg.bytes
-        let header: JPEGHeader
-        do { header = try decoder.header(jpeg) } catch { return skip(frame, RecorderError("\(error)")) }
+        // A frame with its own pixels (an RFB source) is recorded from them; a screencast frame from its JPEG.
+        var header: JPEGHeader?
+        if frame.pixels == nil {
+            do { header = try decoder.header(jpeg) } catch { return skip(frame, RecorderError("\(error)")) }
+        }
+        let (width, height) = header.map { (Int32($0.width), Int32($0.height)) } ?? (Int32(frame.width), Int32(frame.height))
         var time = frame.captureTime
         if picture == nil {
-            guard header.width >= 2, header.height >= 2 else {
-                return skip(frame, RecorderError("a \(header.width)x\(header.height) frame"))
-            }
+            guard width >= 2, height >= 2 else { return skip(frame, RecorderError("a \(width)x\(height) frame")) }
             // The first frame after the recording asked for frames is the screen as it was when it started (the
             // source sends a fresh screenshot then), so it is shown from the start, unless it is very late.
             if time < origin + Self.firstFrameGrace { time = origin }
-            try openEncoder(header, at: max(time, origin))
+            try openEncoder(width: width, height: height, at: max(time, origin))
         }
         guard let encoder, let picture else { return }
         let started = DispatchTime.now().uptimeNanoseconds
-        do { try picture.load(jpeg, header, decoder: decoder) } catch { return skip(frame, error) }
+        do {
+            if let pixels = frame.pixels {
+                try picture.load(rgbx: pixels.payload, width: width, height: height)
+            } else if let header {
+                try picture.load(jpeg, header, decoder: decoder)
+            }
+        } catch { return skip(frame, error) }
         try encode(picture, with: encoder, at: max(time, fileOrigin), keyframe: false)
         metrics.frameEncoded(nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
     }
@@ -295,8 +303,8 @@ private final class Worker: @unchecked Sendable {
 
     /// Opens the encoder and the file's stream for the first frame's size, rounded down to even, with time 0 at
     /// `time`.
-    private func openEncoder(_ header: JPEGHeader, at time: UInt64) throws(RecorderError) {
-        let width = header.width & ~1, height = header.height & ~1
+    private func openEncoder(width frameWidth: Int32, height frameHeight: Int32, at time: UInt64) throws(RecorderError) {
+        let width = frameWidth & ~1, height = frameHeight & ~1
         let picture = try Picture(width: width, height: height)
         let encoder = try H264Encoder(width: width, height: height, settings: settings)
         try writer.start(encoder: encoder.context, origin: time)

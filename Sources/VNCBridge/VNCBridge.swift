@@ -382,12 +382,33 @@ private final class Worker: @unchecked Sendable {
         var newest: Frame?
         while let frame = subscription.next() { newest = frame }
         guard let frame = newest else { return }
+        if let pixels = frame.pixels {
+            load(pixels, frame.width, frame.height, into: screen)
+            return
+        }
         do {
             if decoder == nil { decoder = try JPEGDecoder() }
             try load(frame.jpeg.bytes, into: screen)
         } catch {
             logger.warning("VNC bridge skipped a frame it cannot decode", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// A frame's own RGBX pixels (an RFB source): copied as they are, no decoding.
+    private func load(_ pixels: FrameBytes, _ w: Int, _ h: Int, into screen: rfbScreenInfoPtr) {
+        if w != width || h != height {
+            resize(screen, w, h)
+            framebuffer.baseAddress!.copyMemory(from: pixels.payload, byteCount: w * h * 4)
+            rfbMarkRectAsModified(screen, 0, 0, Int32(w), Int32(h))
+        } else {
+            if scratch.count != framebuffer.count {
+                scratch.deallocate()
+                scratch = .allocate(byteCount: framebuffer.count, alignment: 64)
+            }
+            scratch.baseAddress!.copyMemory(from: pixels.payload, byteCount: w * h * 4)
+            markChangedTiles(screen)
+        }
+        hasPicture = true
     }
 
     private func load(_ jpeg: UnsafeRawBufferPointer, into screen: rfbScreenInfoPtr) throws(JPEGError) {

@@ -56,14 +56,20 @@ public final class Frame: Sendable {
     public let url: String?
     /// The JPEG, with the wire header already written in front of it.
     public let jpeg: FrameBytes
+    /// The picture uncompressed, when the source had it so (an RFB source): `height` rows of `width` RGBX pixels
+    /// (4 bytes each, R first). Consumers that need pixels (the VNC bridge, the recorder) take these exactly,
+    /// instead of decoding the JPEG, which viewers get.
+    public let pixels: FrameBytes?
 
-    init(sequence: UInt64, captureTime: UInt64, width: Int, height: Int, url: String?, jpeg: FrameBytes) {
+    init(sequence: UInt64, captureTime: UInt64, width: Int, height: Int, url: String?, jpeg: FrameBytes,
+         pixels: FrameBytes? = nil) {
         self.sequence = sequence
         self.captureTime = captureTime
         self.width = width
         self.height = height
         self.url = url
         self.jpeg = jpeg
+        self.pixels = pixels.flatMap { $0.count == width * height * 4 ? $0 : nil }
         Self.writeWireHeader(into: jpeg.payload - Self.wireHeaderSize, sequence: sequence, captureTime: captureTime,
                              width: width, height: height)
     }

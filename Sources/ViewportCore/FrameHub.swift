@@ -52,15 +52,16 @@ public final class FrameHub: Sendable {
         self.metrics = metrics
     }
 
-    /// Publishes a captured JPEG. The capture time is raised to the previous frame's if it went backwards.
-    /// Returns the frame, or nil once the stream has ended.
+    /// Publishes a captured JPEG, with its uncompressed RGBX `pixels` when the source has them. The capture time
+    /// is raised to the previous frame's if it went backwards. Returns the frame, or nil once the stream has ended.
     @discardableResult
-    public func publish(jpeg: FrameBytes, width: Int, height: Int, captureTime: UInt64, url: String?) -> Frame? {
+    public func publish(jpeg: FrameBytes, width: Int, height: Int, captureTime: UInt64, url: String?,
+                        pixels: FrameBytes? = nil) -> Frame? {
         let result: (Frame, [FrameSubscription])? = state.withLock { s in
             guard !s.status.isFinal else { return nil }
             let time = max(captureTime, s.lastCaptureTime)
             let frame = Frame(sequence: s.nextSequence, captureTime: time, width: width, height: height, url: url,
-                              jpeg: jpeg)
+                              jpeg: jpeg, pixels: pixels)
             s.nextSequence += 1
             s.lastCaptureTime = time
             s.latest = frame

@@ -294,6 +294,16 @@ struct RFBSourceTests {
         let (pixels, width) = try rgbPixels(ofPNG: png)
         func pixel(_ x: Int, _ y: Int) -> [Int] { (0..<3).map { Int(pixels[(y * width + x) * 3 + $0]) } }
         #expect(zip(pixel(160, 100), [255, 0, 0]).allSatisfy { abs($0 - $1) <= 24 }, "red block: \(pixel(160, 100))")
+        // Recorded from the frames' own pixels (an RFB source carries them).
+        #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_rfb"]).0 == 201)
+        try await Task.sleep(for: .seconds(1.5))
+        let (_, run) = try await daemon.request("POST", "/v1/runs/wr_rfb/complete", json: ["status": "completed"])
+        let (videoStatus, video) = try await httpRaw("GET", try #require(run["recording_url"].string))
+        try #require(videoStatus == 200)
+        let file = try temporaryFile("rfb.mp4", video)
+        #expect(try decodeErrors(file).isEmpty)
+        #expect(try ffprobe(file)["streams"][0]["width"].int == 1280)
+
         let click = try vncdo(port: port, password: password, ["move", "200", "440", "click", "1"])
         #expect(click.status == 0, "\(click.output)")
         try await eventually("the click reaches the headed page") {
