@@ -169,6 +169,9 @@ private final class Worker: @unchecked Sendable {
     private var held: [(client: rfbClientPtr, until: Date)] = []
 
     static let tile = 32
+    /// True once a client of any screen has been sent its security types (see `run`).
+    static let securityListSettled = Atomic(false)
+    static let firstHandshake = Mutex(())
     /// FD_SETSIZE of glibc.
     static let selectLimit: Int32 = 1024
 
@@ -248,7 +251,14 @@ private final class Worker: @unchecked Sendable {
 
     func run() {
         while !stopping.load(ordering: .acquiring), let screen {
-            rfbProcessEvents(screen, 10_000)
+            if Self.securityListSettled.load(ordering: .acquiring) {
+                rfbProcessEvents(screen, 10_000)
+            } else {
+                // libvncserver edits one process-wide list of security handlers while it sends a client its
+                // security types; two screens doing it at once for the first time can corrupt the list. Until a
+                // first client anywhere got that far (it reached the password check), screens take turns.
+                Self.firstHandshake.withLock { _ in _ = rfbProcessEvents(screen, 1_000) }
+            }
             refresh()
             releaseHeldClients()
         }
@@ -325,6 +335,7 @@ private final class Worker: @unchecked Sendable {
     /// Checks the client's challenge response. While its address is blocked for wrong passwords, every minted
     /// password fails too (the guess is wasted); the relay's own passwords are never throttled nor counted.
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafeRawBufferPointer) -> rfbBool {
+        Self.securityListSettled.store(true, ordering: .releasing)
         let address = ClientState.of(cl)?.address ?? "?"
         let challenge = withUnsafeBytes(of: cl.pointee.authChallenge) { Array($0) }
         let grant = response.count == challenge.count ? passwords.check(challenge: challenge, response: Array(response)) : nil
