@@ -55,8 +55,6 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
     private var demand = false
     private var lostSince: Date?
     private var attempt = 0
-    /// When input was last sent and no frame has come since (for the input-to-frame latency).
-    private var inputSentAt: UInt64?
     /// CSS pixels per frame pixel, from the last frame's metadata.
     private var cssPerFramePixel = 1.0
 
@@ -190,10 +188,6 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         if let deviceWidth, deviceWidth > 0, size.width > 0 { cssPerFramePixel = deviceWidth / Double(size.width) }
         hub.publish(jpeg: bytes, width: size.width, height: size.height, captureTime: captureTime ?? wallClockMicros(),
                     url: url)
-        if let sent = inputSentAt {
-            hub.metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- sent)
-            inputSentAt = nil
-        }
         return true
     }
 
@@ -229,7 +223,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
             case .paste(let text):
                 (method, params) = ("Input.insertText", ["text": text])
             }
-            inputSentAt = inputSentAt ?? wallClockMicros()
+            hub.inputSent()
             connection.sendToActiveTab(method, params)
         }
     }

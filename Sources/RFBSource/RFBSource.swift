@@ -84,8 +84,6 @@ private final class Worker: @unchecked Sendable {
     private var buttons: Int32 = 0
     private var pointer = (x: Int32(0), y: Int32(0))
     private var state = SourceState.connecting
-    /// When input was last sent and no frame has been published since (for the input-to-frame latency).
-    private var inputSentAt: UInt64?
     /// Set when the server asked for the password during the current connection attempt.
     fileprivate var passwordAsked = false
     /// The framebuffer size the coverage was counted for.
@@ -259,10 +257,6 @@ private final class Worker: @unchecked Sendable {
             copy.payload.copyMemory(from: pixels, byteCount: w * h * 4)
             hub.publish(jpeg: FrameBytes(copying: jpeg), width: w, height: h, captureTime: wallClockMicros(), url: nil,
                         pixels: copy)
-            if let sent = inputSentAt {
-                hub.metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- sent)
-                inputSentAt = nil
-            }
         } catch {
             logger.warning("cannot encode a VNC frame", metadata: ["error": "\(error)"])
         }
@@ -275,7 +269,7 @@ private final class Worker: @unchecked Sendable {
             defer { inbox.removeAll() }
             return inbox
         }
-        if !pending.isEmpty { inputSentAt = inputSentAt ?? wallClockMicros() }
+        if !pending.isEmpty { hub.inputSent() }
         for input in pending {
             switch input {
             case .mouse(let mouse):

@@ -42,6 +42,8 @@ public final class FrameHub: Sendable {
         var status: StreamStatus = .live
         var statusVersion = 0
         var demandHandler: (@Sendable (Bool) -> Void)?
+        /// When input went to the browser with no frame published since (for the input-to-frame latency).
+        var inputSentAt: UInt64?
     }
 
     private let state = Mutex(State())
@@ -57,7 +59,7 @@ public final class FrameHub: Sendable {
     @discardableResult
     public func publish(jpeg: FrameBytes, width: Int, height: Int, captureTime: UInt64, url: String?,
                         pixels: FrameBytes? = nil) -> Frame? {
-        let result: (Frame, [FrameSubscription])? = state.withLock { s in
+        let result: (Frame, [FrameSubscription], UInt64?)? = state.withLock { s in
             guard !s.status.isFinal else { return nil }
             let time = max(captureTime, s.lastCaptureTime)
             let frame = Frame(sequence: s.nextSequence, captureTime: time, width: width, height: height, url: url,
@@ -65,10 +67,12 @@ public final class FrameHub: Sendable {
             s.nextSequence += 1
             s.lastCaptureTime = time
             s.latest = frame
-            return (frame, s.subscribers)
+            defer { s.inputSentAt = nil }
+            return (frame, s.subscribers, s.inputSentAt)
         }
-        guard let (frame, subscribers) = result else { return nil }
+        guard let (frame, subscribers, inputSentAt) = result else { return nil }
         metrics.captured.increment()
+        if let inputSentAt { metrics.inputAnswered(afterMicroseconds: wallClockMicros() &- inputSentAt) }
         for subscriber in subscribers { subscriber.push(frame) }
         return frame
     }
@@ -95,6 +99,11 @@ public final class FrameHub: Sendable {
             return (before > 0 && s.subscribers.isEmpty, s.demandHandler)
         }
         if demandEnded { handler?(false) }
+    }
+
+    /// A source sent input to the browser: the next frame published answers it (input-to-frame latency).
+    public func inputSent() {
+        state.withLock { $0.inputSentAt = $0.inputSentAt ?? wallClockMicros() }
     }
 
     /// The newest frame, if any.

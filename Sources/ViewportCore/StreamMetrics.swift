@@ -72,7 +72,7 @@ public final class StreamMetrics: Sendable {
     public func frameEncoded(nanoseconds: UInt64) { encodeTime.recordNanoseconds(Int64(nanoseconds)) }
 
     /// The first frame after input came `microseconds` after the input was sent.
-    public func inputAnswered(afterMicroseconds microseconds: UInt64) {
+    func inputAnswered(afterMicroseconds microseconds: UInt64) {
         inputLatency.recordNanoseconds(Int64(clamping: microseconds &* 1000))
     }
 
