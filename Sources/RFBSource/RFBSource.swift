@@ -287,17 +287,16 @@ private final class Worker: @unchecked Sendable {
                 SendPointerEvent(client, pointer.x, pointer.y, buttons | bit)
                 SendPointerEvent(client, pointer.x, pointer.y, buttons)
             case .key(let key):
-                guard let keysym = Self.keysym(key.key) else { continue }
+                guard let keysym = Keysym.keysym(key.key) else { continue }
                 if key.kind != .up { SendKeyEvent(client, keysym, vpd_rfbclient_true()) }
                 if key.kind != .down { SendKeyEvent(client, keysym, vpd_rfbclient_false()) }
             case .paste(let text):
-                // Typed, one key per character: ASCII as itself, line breaks as Enter (CR LF as one), anything
-                // else as a Unicode keysym. RFB has no paste; long texts are cut at 4096 characters (logged).
+                // Typed, one key per character (line breaks as Enter, CR LF as one). RFB has no paste; long texts
+                // are cut at 4096 characters (logged).
                 let scalars = text.replacingOccurrences(of: "\r\n", with: "\n").unicodeScalars
                 if scalars.count > 4096 { logger.notice("paste over RFB cut at 4096 characters", metadata: ["length": "\(scalars.count)"]) }
                 for scalar in scalars.prefix(4096) {
-                    let keysym = Self.keysym(String(scalar)) ?? (scalar.value >= 0xa0 ? 0x0100_0000 + scalar.value : nil)
-                    guard let keysym else { continue }
+                    guard let keysym = Keysym.keysym(String(scalar)) else { continue }
                     SendKeyEvent(client, keysym, vpd_rfbclient_true())
                     SendKeyEvent(client, keysym, vpd_rfbclient_false())
                 }
@@ -306,23 +305,4 @@ private final class Worker: @unchecked Sendable {
             }
         }
     }
-
-    /// The X keysym of a DOM key: printable ASCII is its own keysym; named keys from the table.
-    static func keysym(_ key: String) -> UInt32? {
-        if let named = namedKeysyms[key] { return named }
-        guard key.unicodeScalars.count == 1, let scalar = key.unicodeScalars.first, (0x20...0x7e).contains(scalar.value)
-        else { return nil }
-        return scalar.value
-    }
-
-    private static let namedKeysyms: [String: UInt32] = {
-        var table: [String: UInt32] = [
-            "Enter": 0xff0d, "Backspace": 0xff08, "Tab": 0xff09, "Escape": 0xff1b, "Delete": 0xffff, "Insert": 0xff63,
-            "Home": 0xff50, "End": 0xff57, "PageUp": 0xff55, "PageDown": 0xff56, "ArrowLeft": 0xff51,
-            "ArrowUp": 0xff52, "ArrowRight": 0xff53, "ArrowDown": 0xff54, "Shift": 0xffe1, "Control": 0xffe3,
-            "Alt": 0xffe9, "Meta": 0xffe7, "\r": 0xff0d, "\n": 0xff0d, "\t": 0xff09,
-        ]
-        for n in 1...12 { table["F\(n)"] = 0xffbd + UInt32(n) }
-        return table
-    }()
 }

@@ -378,7 +378,7 @@ private final class Worker: @unchecked Sendable {
 
     private func key(down: Bool, keysym: UInt32, _ cl: rfbClientPtr) {
         guard cl.pointee.viewOnly == vpd_rfb_false(), let input, let state = ClientState.of(cl) else { return }
-        if let bit = Keysyms.modifier(keysym) {
+        if let bit = Keysym.modifier(keysym) {
             state.modifiers = down ? state.modifiers | bit : state.modifiers & ~bit
         }
         guard let event = Keysyms.key(keysym, down: down, modifiers: state.modifiers) else { return }
