@@ -393,54 +393,42 @@ private final class Worker: @unchecked Sendable {
         var newest: Frame?
         while let frame = subscription.next() { newest = frame }
         guard let frame = newest else { return }
-        if let pixels = frame.pixels {
-            load(pixels, frame.width, frame.height, into: screen)
-            return
-        }
         do {
-            if decoder == nil { decoder = try JPEGDecoder() }
-            try load(frame.jpeg.bytes, into: screen)
+            if let pixels = frame.pixels {
+                // An RFB source's own pixels: copied as they are, no decoding.
+                try show(frame.width, frame.height, on: screen) { $0.copyMemory(from: pixels.payload, byteCount: pixels.count) }
+            } else {
+                if decoder == nil { decoder = try JPEGDecoder() }
+                guard let decoder else { return }
+                let jpeg = frame.jpeg.bytes
+                let header = try decoder.header(jpeg)
+                try show(Int(header.width), Int(header.height), on: screen) { (target) throws(JPEGError) in
+                    try decoder.decodePixels(jpeg, header, into: target.assumingMemoryBound(to: UInt8.self),
+                                             pitch: header.width * 4, format: .rgbx)
+                }
+            }
         } catch {
             logger.warning("VNC bridge skipped a frame it cannot decode", metadata: ["error": "\(error)"])
         }
     }
 
-    /// A frame's own RGBX pixels (an RFB source): copied as they are, no decoding.
-    private func load(_ pixels: FrameBytes, _ w: Int, _ h: Int, into screen: rfbScreenInfoPtr) {
+    /// Puts a `w`×`h` picture on the screen: `fill` writes its RGBX pixels. At the screen's size they go to the
+    /// scratch buffer and only the tiles that changed are copied and marked; at another size the screen is
+    /// resized and the whole picture marked.
+    private func show(_ w: Int, _ h: Int, on screen: rfbScreenInfoPtr,
+                      _ fill: (UnsafeMutableRawPointer) throws(JPEGError) -> Void) throws(JPEGError) {
         if w != width || h != height {
             resize(screen, w, h)
-            framebuffer.baseAddress!.copyMemory(from: pixels.payload, byteCount: w * h * 4)
+            try fill(framebuffer.baseAddress!)
             rfbMarkRectAsModified(screen, 0, 0, Int32(w), Int32(h))
         } else {
             if scratch.count != framebuffer.count {
                 scratch.deallocate()
                 scratch = .allocate(byteCount: framebuffer.count, alignment: 64)
             }
-            scratch.baseAddress!.copyMemory(from: pixels.payload, byteCount: w * h * 4)
+            try fill(scratch.baseAddress!)
             markChangedTiles(screen)
         }
-        hasPicture = true
-    }
-
-    private func load(_ jpeg: UnsafeRawBufferPointer, into screen: rfbScreenInfoPtr) throws(JPEGError) {
-        guard let decoder else { return }
-        let header = try decoder.header(jpeg)
-        let (w, h) = (Int(header.width), Int(header.height))
-        if w != width || h != height {
-            resize(screen, w, h)
-            try decoder.decodePixels(jpeg, header, into: framebuffer.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                     pitch: Int32(w * 4), format: .rgbx)
-            rfbMarkRectAsModified(screen, 0, 0, Int32(w), Int32(h))
-            hasPicture = true
-            return
-        }
-        if scratch.count != framebuffer.count {
-            scratch.deallocate()
-            scratch = .allocate(byteCount: framebuffer.count, alignment: 64)
-        }
-        try decoder.decodePixels(jpeg, header, into: scratch.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                                 pitch: Int32(w * 4), format: .rgbx)
-        markChangedTiles(screen)
         hasPicture = true
     }
 
