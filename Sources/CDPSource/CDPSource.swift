@@ -25,6 +25,13 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         public var retryWindow: Double = 30
         /// Seconds between polls of which tab is active, while frames are wanted.
         public var activeTabPollInterval: Double = 0.25
+        /// Largest message the browser may send; a bigger one closes the connection.
+        public var maxMessageBytes = 16 << 20
+        /// Seconds for connecting, the handshake and `/json/version`.
+        public var timeout: Double = 10
+        /// Maps the host of the browser's address to the address to connect to, or throws when the host may not
+        /// be reached (the daemon's network policy). Called off the service thread before each connection.
+        public var resolveHost: @Sendable (String) throws -> String = { $0 }
 
         public init() {}
     }
@@ -108,38 +115,42 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
     private func connect() {
         guard !stopped else { return }
         attempt += 1
-        if address.lowercased().hasPrefix("http") {
-            Task {
-                do {
-                    let url = try await resolveBrowserEndpoint()
-                    loop.execute { self.open(url) }
-                } catch {
-                    loop.execute { self.connectionLost("\(error)") }
-                }
+        // Off the service thread: resolving a host name blocks.
+        Task.detached { [self] in
+            do {
+                let (url, address) = try await resolveBrowserEndpoint()
+                loop.execute { self.open(url, connectingTo: address) }
+            } catch {
+                loop.execute { self.connectionLost("\(error)") }
             }
-        } else {
-            open(address)
         }
     }
 
-    /// Asks `/json/version` for the browser's WebSocket URL, keeping the host and port the caller gave.
-    private func resolveBrowserEndpoint() async throws -> String {
+    /// The WebSocket URL to open and the address to connect to: the host as the network policy resolved and
+    /// checked it, so the connection goes where the check said. For an `http://` address, `/json/version` names
+    /// the browser's WebSocket path (host and port stay the caller's).
+    private func resolveBrowserEndpoint() async throws -> (url: String, address: String) {
         let base = address.hasSuffix("/") ? String(address.dropLast()) : address
-        let (status, body) = try await loop.httpRequest("GET", base + "/json/version", timeout: 5)
-        guard status == 200,
+        let given = try Endpoint(base)
+        let resolved = try options.resolveHost(given.host)
+        guard base.lowercased().hasPrefix("http") else { return (base, resolved) }
+        let (status, body) = try await loop.httpRequest("GET", base + "/json/version", connectingTo: resolved,
+                                                        timeout: options.timeout)
+        guard status == 200, body.count <= 1 << 20,
               let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
-              let url = object["webSocketDebuggerUrl"] as? String
-        else { throw NetworkError("\(base)/json/version gave no webSocketDebuggerUrl (HTTP \(status))") }
-        let given = try Endpoint(base), reported = try Endpoint(url)
-        return "ws://\(given.hostHeader)\(reported.path)"
+              let url = object["webSocketDebuggerUrl"] as? String, let reported = try? Endpoint(url)
+        else { throw NetworkError("\(base)/json/version gave no webSocketDebuggerUrl") }
+        return ("ws://\(given.hostHeader)\(reported.path)", resolved)
     }
 
-    private func open(_ url: String) {
+    private func open(_ url: String, connectingTo address: String) {
         guard !stopped else { return }
         do {
             let connection = Connection(source: self, pageEndpoint: url.contains("/devtools/page/"))
             self.connection = connection
-            let socket = try loop.connectWebSocket(to: url, delegate: connection, maxMessageBytes: 64 << 20)
+            let socket = try loop.connectWebSocket(to: url, connectingTo: address, delegate: connection,
+                                                   maxMessageBytes: options.maxMessageBytes,
+                                                   handshakeTimeout: options.timeout)
             connection.socket = socket
             self.socket = socket
         } catch {
@@ -181,11 +192,26 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         connection?.demandChanged(wanted)
     }
 
+    /// Publishes a frame unless it is no JPEG or larger than the screencast's size (a browser's own frames never
+    /// are; a hostile endpoint's would make every consumer allocate for them).
     fileprivate func publish(_ bytes: FrameBytes, captureTime: UInt64?, url: String?, deviceWidth: Double? = nil)
         -> Bool
     {
-        guard let size = JPEG.dimensions(bytes.bytes) else { return false }
-        if let deviceWidth, deviceWidth > 0, size.width > 0 { cssPerFramePixel = deviceWidth / Double(size.width) }
+        guard let size = JPEG.dimensions(bytes.bytes), size.width > 0, size.height > 0 else {
+            hub.metrics.frameRefused(.malformed)
+            return false
+        }
+        guard size.width <= options.maxWidth, size.height <= options.maxHeight else {
+            hub.metrics.frameRefused(.tooLarge)
+            logger.debug("frame refused: larger than the screencast size",
+                         metadata: ["size": "\(size.width)x\(size.height)"])
+            return false
+        }
+        // CSS pixels per frame pixel, from a device width the page could have: a scale outside 1/16...16 is a lie.
+        if let deviceWidth, deviceWidth.isFinite {
+            let scale = deviceWidth / Double(size.width)
+            if scale >= 1.0 / 16, scale <= 16 { cssPerFramePixel = scale }
+        }
         hub.publish(jpeg: bytes, width: size.width, height: size.height, captureTime: captureTime ?? wallClockMicros(),
                     url: url)
         return true
@@ -243,6 +269,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         /// Set when the socket closed: timers of a replaced connection then do nothing.
         private var closed = false
         private var outbox: [OutboundMessage] = []
+        private var outboxBytes = 0
         private var nextID = 1
         /// Reply handlers: the result, and the decoded `data` when the reply carried an image.
         private var replies: [Int: ([String: Any]?, FrameBytes?) -> Void] = [:]
@@ -257,6 +284,11 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         private var demand = false
         private var polling = false
         private var published = 0
+
+        /// Bytes of commands waiting for the browser to read them.
+        static let maxOutboxBytes = 1 << 20
+        /// Tabs and page URLs followed at most: an endpoint announcing targets without end stays bounded.
+        static let maxTargets = 1000
 
         init(source: CDPSource, pageEndpoint: Bool) {
             self.source = source
@@ -289,11 +321,20 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
                         session: object["sessionId"] as? String ?? "")
         }
 
-        func nextMessage(for socket: WebSocket) -> OutboundMessage? { outbox.isEmpty ? nil : outbox.removeFirst() }
+        func nextMessage(for socket: WebSocket) -> OutboundMessage? {
+            guard !outbox.isEmpty else { return nil }
+            let message = outbox.removeFirst()
+            outboxBytes -= message.count
+            return message
+        }
 
         func hasMessages(for socket: WebSocket) -> Bool { !outbox.isEmpty }
 
         func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
+            if code == 1009, !closed {
+                source.hub.metrics.peerLimited(.browserMessageTooBig)
+                source.logger.warning("browser sent a message over cdp.max_message_mb; reconnecting")
+            }
             closed = true
             replies.removeAll()
             source.connectionLost(reason.isEmpty ? "connection closed (code \(code.map(String.init) ?? "none"))" : reason)
@@ -311,6 +352,14 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
             if !session.isEmpty { message["sessionId"] = session }
             if let reply { replies[id] = reply }
             guard let data = try? JSONSerialization.data(withJSONObject: message) else { return }
+            // A browser that sends frames and never reads our acknowledgements must not grow the daemon.
+            guard outboxBytes + data.count <= Self.maxOutboxBytes else {
+                closed = true
+                source.hub.metrics.peerLimited(.browserNotReading)
+                socket.close(code: 1008, reason: "browser does not read its messages")
+                return
+            }
+            outboxBytes += data.count
             outbox.append(.text(Payload(copying: data)))
             socket.requestWrite()
         }
@@ -358,7 +407,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
                       let tabID = tabOfSession[session]
                 else { return }
                 pageTarget[pageSession] = targetID
-                if let url = info["url"] as? String { urls[targetID] = url }
+                if let url = info["url"] as? String { urls[targetID] = String(url.prefix(8192)) }
                 tabs[tabID]?.pageSession = pageSession
                 followActiveTab()
             case "Target.detachedFromTarget":
@@ -382,12 +431,15 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         private func targetInfo(_ info: [String: Any]) {
             guard let targetID = info["targetId"] as? String, let type = info["type"] as? String else { return }
             if type == "page" {
-                if let url = info["url"] as? String { urls[targetID] = url }
+                if let url = info["url"] as? String, urls[targetID] != nil || urls.count < Self.maxTargets {
+                    urls[targetID] = String(url.prefix(8192))
+                }
                 return
             }
             guard type == "tab", let embedder = info["embedderData"] as? [String: Any] else { return }
             let active = embedder["tabActive"] as? Bool ?? false
             if tabs[targetID] == nil {
+                guard tabs.count < Self.maxTargets else { return }
                 order += 1
                 tabs[targetID] = Tab(active: false, activatedAt: 0, order: order)
             }
@@ -506,7 +558,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
             if session == switchingTo { finishSwitch(to: session) }
             guard session == streaming else { return }
             let metadata = params["metadata"] as? [String: Any]
-            let time = (metadata?["timestamp"] as? Double).map { UInt64(max(0, $0) * 1_000_000) }
+            let time = (metadata?["timestamp"] as? Double).flatMap(wallClockMicros(fromSeconds:))
             if source.publish(frame, captureTime: time, url: url(of: session),
                               deviceWidth: metadata?["deviceWidth"] as? Double) { published += 1 }
         }

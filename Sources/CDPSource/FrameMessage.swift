@@ -6,11 +6,18 @@ import ViewportCore
 /// string and then decode again. Here the value is cut out of the raw bytes and decoded once, straight into the
 /// frame's buffer; only the small rest of the message goes through the JSON parser.
 enum FrameMessage {
-    /// The message as JSON (with `data` emptied when it was cut out) and the decoded `data`, if any.
+    /// Largest JSON parsed besides a frame's `data`: the service thread must not spend long on one message, and
+    /// nothing viewportd asks a browser for answers with more.
+    static let maxJSONBytes = 1 << 20
+
+    /// The message as JSON (with `data` emptied when it was cut out) and the decoded `data`, if any. Nil for a
+    /// message that is no JSON object or whose JSON besides `data` is over ``maxJSONBytes``.
     static func parse(_ message: Data) -> (object: [String: Any], frame: FrameBytes?)? {
         guard let (start, end) = dataValueRange(message) else {
+            guard message.count <= maxJSONBytes else { return nil }
             return (try? JSONSerialization.jsonObject(with: message) as? [String: Any]).map { ($0, nil) }
         }
+        guard message.count - (end - start) <= maxJSONBytes else { return nil }
         var rest = Data(capacity: message.count - (end - start))
         rest.append(message[message.startIndex..<message.startIndex + start])
         rest.append(message[message.startIndex + end..<message.endIndex])

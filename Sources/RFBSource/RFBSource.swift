@@ -20,6 +20,14 @@ public final class RFBSource: FrameSource, Sendable {
         public var quality = 75
         /// Seconds a lost connection is retried before the source fails.
         public var retryWindow: Double = 30
+        /// Largest screen accepted; a server announcing a larger one is refused before anything is allocated.
+        public var maxWidth = 4096
+        public var maxHeight = 4096
+        /// Seconds for connecting, for the whole handshake, and for any one read.
+        public var timeout = 10
+        /// Maps the server's host to the address to connect to, or throws when it may not be reached (the daemon's
+        /// network policy). Called on the source's thread before each connection.
+        public var resolveHost: @Sendable (String) throws -> String = { $0 }
         public init() {}
     }
 
@@ -52,7 +60,11 @@ public final class RFBSource: FrameSource, Sendable {
         thread.start()
     }
 
-    public func stop() { worker.stopping.store(true, ordering: .releasing) }
+    /// Stops the source; its thread ends promptly, even in the middle of a read (its socket is shut down).
+    public func stop() {
+        worker.stopping.store(true, ordering: .releasing)
+        worker.interrupt()
+    }
 
     public func deliver(_ input: RemoteInput) { worker.inbox.withLock { $0.append(input) } }
 }
@@ -60,7 +72,12 @@ public final class RFBSource: FrameSource, Sendable {
 /// An RFB source failure.
 public struct RFBError: Error, CustomStringConvertible {
     public let description: String
-    init(_ description: String) { self.description = description }
+    /// Retrying cannot help (the address is not allowed, the screen is too large).
+    let permanent: Bool
+    init(_ description: String, permanent: Bool = false) {
+        self.description = description
+        self.permanent = permanent
+    }
 }
 
 /// The client thread's state. `@unchecked Sendable`: everything but `stopping` and `inbox` (both synchronised)
@@ -74,6 +91,11 @@ private final class Worker: @unchecked Sendable {
     let onStateChange: @Sendable (SourceState) -> Void
     let stopping = Atomic(false)
     let inbox = Mutex<[RemoteInput]>([])
+    /// A second descriptor of the connection's socket, so another thread can shut the socket down (which ends any
+    /// read or wait on it) without racing libvncclient closing its own descriptor. -1 while not connected.
+    private let interruptible = Mutex<Int32>(-1)
+    /// Set when the server announced a screen larger than the options allow (the failure is not retried).
+    fileprivate var oversized: (width: Int, height: Int)?
 
     private var client: UnsafeMutablePointer<rfbClient>?
     private var covered: [Bool] = []  // 64×64 cells of the screen an update has touched
@@ -112,7 +134,7 @@ private final class Worker: @unchecked Sendable {
                 lostSince = Date()
                 hub.setStatus(.reconnecting)
                 report(.reconnecting(reason: "connection to the VNC server lost"))
-            case .failure(let error) where error.description.contains("authentication"):
+            case .failure(let error) where error.permanent || error.description.contains("authentication"):
                 report(.failed(reason: error.description))
                 return
             case .failure(let error):
@@ -140,14 +162,50 @@ private final class Worker: @unchecked Sendable {
 
     // MARK: - Connection
 
-    private func connect() -> Result<Void, RFBError> {
-        guard let (host, port) = RFBSource.split(address), let client = rfbGetClient(8, 3, 4) else {
-            return .failure(RFBError("bad address \(address)"))
+    /// Shuts the connection's socket down from any thread.
+    func interrupt() {
+        interruptible.withLock { fd in if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) } }
+    }
+
+    private func forgetSocket() {
+        interruptible.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
         }
-        free(client.pointee.serverHost)  // rfbGetClient's own empty string
-        client.pointee.serverHost = strdup(host)
-        client.pointee.serverPort = Int32(port)
+    }
+
+    private func connect() -> Result<Void, RFBError> {
+        guard let (host, port) = RFBSource.split(address) else { return .failure(RFBError("bad address \(address)")) }
+        let fd: Int32
+        do {
+            fd = try Self.open(try options.resolveHost(host), port: port, timeout: options.timeout)
+        } catch let error as RFBError {
+            return .failure(error)
+        } catch {
+            return .failure(RFBError("\(error)", permanent: true))  // the network policy said no
+        }
+        let copy = dup(fd)
+        interruptible.withLock { $0 = copy }
+        // The whole handshake gets one deadline, so a server that answers a byte at a time cannot hold the thread.
+        let deadline = DispatchWorkItem { [weak self] in self?.interrupt() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(options.timeout), execute: deadline)
+        defer { deadline.cancel() }
+        guard let client = rfbGetClient(8, 3, 4) else {
+            close(fd)
+            forgetSocket()
+            return .failure(RFBError("cannot allocate a VNC client"))
+        }
+        // Connected here: libvncclient takes the socket as if it had accepted it (listenSpecified).
+        client.pointee.sock = fd
+        client.pointee.listenSpecified = vpd_rfbclient_true()
+        client.pointee.readTimeout = UInt32(options.timeout)
+        client.pointee.connectTimeout = UInt32(options.timeout)
         client.pointee.canHandleNewFBSize = 1
+        oversized = nil
+        client.pointee.MallocFrameBuffer = { client in
+            guard let client else { return vpd_rfbclient_false() }
+            return Worker.of(client).allocateFramebuffer(client) ? vpd_rfbclient_true() : vpd_rfbclient_false()
+        }
         // Lossless from the server (Tight without JPEG): the frames' pixels are the screen's, and the only lossy
         // step is the viewers' JPEG. The server is usually on the same host, so bandwidth is not the concern.
         client.pointee.appData.enableJPEG = 0
@@ -169,8 +227,12 @@ private final class Worker: @unchecked Sendable {
         }
         _ = vpd_rfbclient_take_error()
         passwordAsked = false
-        // On failure rfbInitClient frees the client itself.
+        // On failure rfbInitClient frees the client itself (and closes its socket).
         guard rfbInitClient(client, nil, nil) != 0 else {
+            forgetSocket()
+            if let size = oversized {
+                return .failure(RFBError("the VNC server's screen is \(size.width)x\(size.height), larger than vnc.source_max_width x vnc.source_max_height (\(options.maxWidth)x\(options.maxHeight))", permanent: true))
+            }
             let reason = String(cString: vpd_rfbclient_take_error()).trimmingCharacters(in: .whitespacesAndNewlines)
             // The server asked for the password and then refused: TigerVNC says "Authentication failure",
             // libvncserver-based servers (x11vnc) "password check failed!".
@@ -193,7 +255,62 @@ private final class Worker: @unchecked Sendable {
         let framebuffer = client.pointee.frameBuffer
         rfbClientCleanup(client)
         free(framebuffer)
+        forgetSocket()
         self.client = nil
+    }
+
+    /// libvncclient's framebuffer allocation, with the size checked first: the size is the server's word.
+    fileprivate func allocateFramebuffer(_ client: UnsafeMutablePointer<rfbClient>) -> Bool {
+        free(client.pointee.frameBuffer)
+        client.pointee.frameBuffer = nil
+        let (w, h) = (Int(client.pointee.width), Int(client.pointee.height))
+        guard w > 0, h > 0, w <= options.maxWidth, h <= options.maxHeight else {
+            oversized = (w, h)
+            hub.metrics.peerLimited(.vncServerScreenTooLarge)
+            logger.warning("VNC server screen refused: too large", metadata: ["size": "\(w)x\(h)"])
+            return false
+        }
+        let bytes = w * h * Int(client.pointee.format.bitsPerPixel) / 8
+        guard let memory = calloc(1, max(bytes, 1)) else { return false }
+        client.pointee.frameBuffer = memory.assumingMemoryBound(to: UInt8.self)
+        return true
+    }
+
+    /// A connected, non-blocking TCP socket to `host` (an address literal) and `port`, within `timeout` seconds.
+    /// libvncclient waits on it with select(): a descriptor past FD_SETSIZE would overflow its fd_set.
+    private static func open(_ host: String, port: Int, timeout: Int) throws(RFBError) -> Int32 {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_NUMERICSERV
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &list) == 0, let info = list else {
+            throw RFBError("cannot resolve \(host)")
+        }
+        defer { freeaddrinfo(list) }
+        let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw RFBError("cannot create a socket: \(String(cString: strerror(errno)))") }
+        guard fd < FD_SETSIZE else {
+            close(fd)
+            throw RFBError("too many open descriptors for a VNC connection")
+        }
+        if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) != 0 {
+            guard errno == EINPROGRESS else {
+                close(fd)
+                throw RFBError("cannot connect to the VNC server")
+            }
+            var poll = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var error: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            guard Glibc.poll(&poll, 1, Int32(timeout * 1000)) == 1,
+                  getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error == 0
+            else {
+                close(fd)
+                throw RFBError("cannot connect to the VNC server within \(timeout) s")
+            }
+        }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        return fd
     }
 
     static func of(_ client: UnsafeMutablePointer<rfbClient>) -> Worker {
@@ -221,6 +338,8 @@ private final class Worker: @unchecked Sendable {
         dirty = true
         guard let client else { return }
         let (w, h) = (Int(client.pointee.width), Int(client.pointee.height))
+        // The rectangle is the server's word: only the part on the screen counts.
+        guard x >= 0, y >= 0, x < w, y < h, width > 0, height > 0 else { return }
         if (w, h) != size {
             // A resize gave the client a fresh, uninitialised buffer: count coverage again before publishing it.
             size = (w, h)

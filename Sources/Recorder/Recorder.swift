@@ -12,6 +12,8 @@ public struct EncoderSettings: Sendable, Equatable {
     public var threads = 1
     /// Frames the recorder may queue before the oldest is dropped (and counted).
     public var queueFrames = 300
+    /// Bytes of frames queued for the encoder at most (frames with pixels are megabytes each).
+    public var queueBytes = 128 << 20
     public init() {}
 }
 

@@ -23,7 +23,9 @@ public final class SegmentRecorder: Sendable {
         let writer = try FragmentWriter(path: path)
         let mailbox = Mailbox()
         self.mailbox = mailbox
-        subscription = hub.subscribe(kind: .recorder, capacity: settings.queueFrames) { mailbox.wake() }
+        subscription = hub.subscribe(kind: .recorder, capacity: settings.queueFrames, maxBytes: settings.queueBytes) {
+            mailbox.wake()
+        }
         let worker = Worker(mailbox: mailbox, subscription: subscription, writer: writer, path: path, origin: origin,
                             settings: settings, metrics: hub.metrics, logger: logger)
         let thread = Thread { worker.run() }

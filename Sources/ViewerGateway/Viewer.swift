@@ -32,23 +32,41 @@ public final class ViewerGateway: @unchecked Sendable {
     private var closingAll = false
     /// The viewer in control of each session (absent: the agent is).
     private var controllers: [String: ObjectIdentifier] = [:]
+    /// Bytes of replies (pongs, errors, statuses) one viewer may leave unread before it is closed with 1008.
+    private let maxPendingBytes: Int
+    private let metrics: StreamMetrics
 
-    public init(loop: EventLoop, logger: Logger) {
+    public init(loop: EventLoop, logger: Logger, maxPendingBytes: Int = 1 << 20, metrics: StreamMetrics = .none) {
         self.loop = loop
         self.logger = logger
+        self.maxPendingBytes = maxPendingBytes
+        self.metrics = metrics
     }
 
     /// Accepts an authenticated viewer of `hub`; call from the upgrade callback. With `control` permission and an
     /// `input` target, the viewer may take control of the browser.
     public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int, control: Bool = false,
-                       input: (any InputTarget)? = nil) -> WebSocketUpgrade
+                       input: (any InputTarget)? = nil, maxViewers: Int = .max) -> WebSocketUpgrade
     {
         guard !closingAll else {
             return .reject(.json(503, ["detail": "viewportd is shutting down"]))
         }
+        guard viewers.withLock({ $0.values.count { $0.sessionID == sessionID } }) < maxViewers else {
+            metrics.peerLimited(.viewersPerSession)
+            return .reject(.json(429, ["detail": "browser session \(sessionID) has \(maxViewers) viewers, the most it may have (config limits.viewers_per_session)"]))
+        }
         let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames,
                             mayControl: control, input: input)
         return .accept(viewer, maxMessageBytes: control ? Self.maxControlMessageBytes : Self.maxInboundMessageBytes)
+    }
+
+    fileprivate var maxPendingBytesPerViewer: Int { maxPendingBytes }
+
+    fileprivate func overBudget(_ viewer: Viewer) {
+        metrics.peerLimited(.viewerNotReading)
+        logger.warning("viewer closed: it does not read its messages", metadata: [
+            "browser_session_id": "\(viewer.sessionID)", "limit_bytes": "\(maxPendingBytes)",
+        ])
     }
 
     /// Who controls `sessionID`'s browser: "agent" or "viewer".
@@ -137,6 +155,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     var stats: FrameSubscription.Stats? { subscriptionForStats.withLock { $0?.stats } }
     private weak var socket: WebSocket?
     private var control: [OutboundMessage] = []
+    private var controlBytes = 0
+    private var overBudget = false
     /// A frame held back while the `page` message announcing its new URL goes first.
     private var heldFrame: Frame?
     private var announcedURL: String?
@@ -171,6 +191,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     }
 
     func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
+        guard !overBudget else { return }
         guard !message.isBinary,
               let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
               let type = object["type"] as? String
@@ -209,7 +230,11 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
 
     func nextMessage(for socket: WebSocket) -> OutboundMessage? {
         if let status = subscription?.statusChange() { announce(status) }
-        if !control.isEmpty { return control.removeFirst() }
+        if !control.isEmpty {
+            let message = control.removeFirst()
+            controlBytes -= message.count
+            return message
+        }
         if let closing = closeAfterControl {
             socket.close(code: closing.code, reason: closing.reason)
             return nil
@@ -255,7 +280,19 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     }
 
     fileprivate func sendJSON(_ object: [String: Any]) {
-        control.append(.text(object))
+        guard !overBudget else { return }
+        let message = OutboundMessage.text(object)
+        // A viewer that sends and never reads would grow the daemon by every reply: past its budget it goes.
+        guard controlBytes + message.count <= gateway.maxPendingBytesPerViewer else {
+            overBudget = true
+            control.removeAll()
+            controlBytes = 0
+            gateway.overBudget(self)
+            socket?.close(code: 1008, reason: "viewer does not read its messages")
+            return
+        }
+        controlBytes += message.count
+        control.append(message)
         socket?.requestWrite()
     }
 }

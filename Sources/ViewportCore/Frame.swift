@@ -78,6 +78,9 @@ public final class Frame: Sendable {
     public var wireMessage: UnsafeMutableRawPointer { jpeg.payload - Self.wireHeaderSize }
     /// Length of ``wireMessage``.
     public var wireMessageCount: Int { Self.wireHeaderSize + jpeg.count }
+
+    /// Bytes the frame holds (JPEG and pixels), for queues bounded in bytes.
+    public var byteCount: Int { jpeg.count + (pixels?.count ?? 0) }
     /// Free bytes in front of ``wireMessage``.
     public static var wireMessageHeadroom: Int { FrameBytes.headroom - wireHeaderSize }
 
@@ -97,4 +100,11 @@ public func wallClockMicros() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+}
+
+/// Wall-clock microseconds of a peer's time in seconds since 1970, or nil when it is not a finite time between
+/// 1970 and 2200 (a peer's number is never trusted to convert).
+public func wallClockMicros(fromSeconds seconds: Double) -> UInt64? {
+    guard seconds.isFinite, seconds >= 0, seconds < 7_258_118_400 else { return nil }
+    return UInt64(seconds * 1_000_000)
 }

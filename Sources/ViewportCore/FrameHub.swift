@@ -77,12 +77,14 @@ public final class FrameHub: Sendable {
         return frame
     }
 
-    /// Adds a consumer with a queue of `capacity` frames. `wake` is called (on the publishing thread) after
-    /// each frame or status change is queued; it must not block.
-    public func subscribe(kind: ConsumerKind, capacity: Int, wake: @escaping @Sendable () -> Void)
+    /// Adds a consumer with a queue of `capacity` frames and at most `maxBytes` bytes of frames (the newest frame
+    /// is always kept). `wake` is called (on the publishing thread) after each frame or status change is queued;
+    /// it must not block.
+    public func subscribe(kind: ConsumerKind, capacity: Int, maxBytes: Int = .max, wake: @escaping @Sendable () -> Void)
         -> FrameSubscription
     {
-        let subscription = FrameSubscription(hub: self, kind: kind, capacity: max(1, capacity), wake: wake)
+        let subscription = FrameSubscription(hub: self, kind: kind, capacity: max(1, capacity), maxBytes: maxBytes,
+                                             wake: wake)
         let (latest, demandStarted, handler) = state.withLock { s in
             s.subscribers.append(subscription)
             return (s.latest, s.subscribers.count == 1, s.demandHandler)
@@ -155,6 +157,7 @@ public final class FrameSubscription: Sendable {
 
     private struct Queue {
         var frames: [Frame] = []
+        var bytes = 0
         var stats = Stats()
         var seenStatusVersion = 0
         var cancelled = false
@@ -162,29 +165,36 @@ public final class FrameSubscription: Sendable {
 
     public let kind: ConsumerKind
     public let capacity: Int
+    /// Bytes of frames (JPEG and pixels) the queue holds at most, besides the newest frame.
+    public let maxBytes: Int
     private let hub: FrameHub
     private let queue = Mutex(Queue())
     private let wakeHandler: @Sendable () -> Void
 
-    fileprivate init(hub: FrameHub, kind: ConsumerKind, capacity: Int, wake: @escaping @Sendable () -> Void) {
+    fileprivate init(hub: FrameHub, kind: ConsumerKind, capacity: Int, maxBytes: Int,
+                     wake: @escaping @Sendable () -> Void) {
         self.hub = hub
         self.kind = kind
         self.capacity = capacity
+        self.maxBytes = maxBytes
         self.wakeHandler = wake
     }
 
     fileprivate func push(_ frame: Frame) {
-        let (accepted, dropped) = queue.withLock { q in
-            guard !q.cancelled else { return (false, false) }
-            let full = q.frames.count == capacity
-            if full {
-                q.frames.removeFirst()
-                q.stats.dropped += 1
+        let size = frame.byteCount
+        let (accepted, dropped) = queue.withLock { q -> (Bool, Int) in
+            guard !q.cancelled else { return (false, 0) }
+            var dropped = 0
+            while !q.frames.isEmpty, q.frames.count >= capacity || q.bytes + size > maxBytes {
+                q.bytes -= q.frames.removeFirst().byteCount
+                dropped += 1
             }
+            q.stats.dropped += UInt64(dropped)
             q.frames.append(frame)
-            return (true, full)
+            q.bytes += size
+            return (true, dropped)
         }
-        if dropped { hub.metrics.frameDropped(by: kind) }
+        for _ in 0..<dropped { hub.metrics.frameDropped(by: kind) }
         if accepted { wakeHandler() }
     }
 
@@ -195,7 +205,9 @@ public final class FrameSubscription: Sendable {
         let frame: Frame? = queue.withLock { q in
             guard !q.frames.isEmpty else { return nil }
             q.stats.delivered += 1
-            return q.frames.removeFirst()
+            let frame = q.frames.removeFirst()
+            q.bytes -= frame.byteCount
+            return frame
         }
         if let frame { hub.metrics.frameTaken(frame, by: kind) }
         return frame
@@ -226,7 +238,7 @@ public final class FrameSubscription: Sendable {
     /// Leaves the hub and frees the queued frames.
     public func cancel() {
         let wasActive = queue.withLock { q in
-            defer { q.cancelled = true; q.frames.removeAll() }
+            defer { q.cancelled = true; q.frames.removeAll(); q.bytes = 0 }
             return !q.cancelled
         }
         if wasActive { hub.remove(self) }

@@ -23,6 +23,10 @@ public final class StreamMetrics: Sendable {
     private let vncBytes: Counter
     private let vncRawBytes: Counter
     private let vncUpdates: Counter
+    /// Frames refused before anything was allocated for them, by reason.
+    private let refused: [FrameRefusal: Counter]
+    /// Peers closed or refused for going over a limit, by peer and limit.
+    private let limited: [PeerLimit: Counter]
 
     /// Metrics names, as exported.
     public enum Name {
@@ -37,6 +41,8 @@ public final class StreamMetrics: Sendable {
         public static let vncBytes = "viewportd_vnc_bytes_sent_total"
         public static let vncRawBytes = "viewportd_vnc_raw_equivalent_bytes_total"
         public static let vncUpdates = "viewportd_vnc_updates_sent_total"
+        public static let refused = "viewportd_frames_refused_total"
+        public static let limited = "viewportd_peer_limit_total"
     }
 
     public init(factory: any MetricsFactory) {
@@ -55,7 +61,19 @@ public final class StreamMetrics: Sendable {
         vncBytes = Counter(label: Name.vncBytes, factory: factory)
         vncRawBytes = Counter(label: Name.vncRawBytes, factory: factory)
         vncUpdates = Counter(label: Name.vncUpdates, factory: factory)
+        refused = Dictionary(uniqueKeysWithValues: FrameRefusal.allCases.map {
+            ($0, Counter(label: Name.refused, dimensions: [("reason", $0.rawValue)], factory: factory))
+        })
+        limited = Dictionary(uniqueKeysWithValues: PeerLimit.allCases.map {
+            ($0, Counter(label: Name.limited, dimensions: [("peer", $0.peer), ("limit", $0.limit)], factory: factory))
+        })
     }
+
+    /// A source refused a frame.
+    public func frameRefused(_ reason: FrameRefusal) { refused[reason]?.increment() }
+
+    /// A peer went over a limit and was closed or refused.
+    public func peerLimited(_ limit: PeerLimit) { limited[limit]?.increment() }
 
     /// Records nothing (tests and tools that build hubs of their own).
     public static let none = StreamMetrics(factory: NOOPMetricsHandler.instance)
@@ -91,4 +109,31 @@ public final class StreamMetrics: Sendable {
 
     /// A recorder wrote `bytes` more to its file.
     public func recordingWritten(bytes: UInt64) { recordingBytes.increment(by: Int64(bytes)) }
+}
+
+/// Why a source refused a frame.
+public enum FrameRefusal: String, Sendable, CaseIterable {
+    /// Larger than the configured maximum size (`screencast.max_width/height`, `vnc.source_max_width/height`).
+    case tooLarge = "too_large"
+    /// Not a JPEG the source could read the size of.
+    case malformed
+}
+
+/// A limit a peer went over (a fixed set, so the metric's labels stay bounded).
+public enum PeerLimit: String, Sendable, CaseIterable {
+    case browserMessageTooBig = "browser.message_too_big"
+    case browserNotReading = "browser.not_reading"
+    case vncServerTimeout = "vnc_server.timeout"
+    case vncServerScreenTooLarge = "vnc_server.screen_too_large"
+    case viewerNotReading = "viewer.not_reading"
+    case viewerMessageTooBig = "viewer.message_too_big"
+    case viewersPerSession = "viewer.per_session"
+    case relayNotReading = "relay.not_reading"
+    case vncClientHandshakeTimeout = "vnc_client.handshake_timeout"
+    case vncClientUnauthenticated = "vnc_client.unauthenticated"
+    case recorderQueueBytes = "recorder.queue_bytes"
+    case httpUnauthenticated = "http.unauthenticated"
+
+    var peer: String { String(rawValue.split(separator: ".")[0]) }
+    var limit: String { String(rawValue.split(separator: ".")[1]) }
 }

@@ -125,6 +125,7 @@ final class API: HTTPServerDelegate {
         if let vncAddress {
             do { try RFBSource.validate(address: vncAddress) } catch { throw APIError(422, "vnc_address: \(error)") }
         }
+        try sessions.checkReachable(browserAddress: address, vncAddress: vncAddress)
         let timeout = try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
         let id = try Self.string(body, "browser_session_id", pattern: #"^pbs_[A-Za-z0-9_-]{1,64}$"#,
                                  rule: "pbs_ followed by 1-64 of A-Z a-z 0-9 _ -")
@@ -161,6 +162,9 @@ final class API: HTTPServerDelegate {
         let control = try Self.bool(body, "control", default: false)
         guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
         guard let bridge = sessions.vncBridge(id: id) else {
+            if sessions.vncLimited(id: id) {
+                throw APIError(429, "organization \(record.organizationID) has \(config.limitVNCScreensPerOrganization) VNC screens, the most it may have (config limits.vnc_screens_per_organization)")
+            }
             throw APIError(409, config.vncEnabled ? "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
                                                   : "VNC is disabled (config vnc.enabled)")
         }
@@ -421,7 +425,8 @@ final class API: HTTPServerDelegate {
                            maxMessageBytes: 1 << 20)
         case .found(let owner, let hub) where organization == nil || organization == owner:
             return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
-                                  control: control, input: sessions.inputTarget(id: id))
+                                  control: control, input: sessions.inputTarget(id: id),
+                                  maxViewers: config.limitViewersPerSession)
         case .unavailable:
             return .reject(.json(503, ["detail": "browser session \(id) is not attached yet; retry shortly"]))
         case .found, .notFound:

@@ -14,10 +14,15 @@ import Yams
 ///   (16-4096, 720): the CDP screencast's JPEG quality and size limit.
 /// - `viewer.queue_frames` (1-64, 2): frames queued per viewer before the oldest is dropped.
 /// - `viewer.token_ttl_seconds` (10-86400, 300): default lifetime of viewer tokens.
+/// - `viewer.max_pending_kb` (16-65536, 1024): bytes of replies (pongs, errors, statuses) a viewer may leave
+///   unread; past it the viewer is closed with 1008.
 /// - `cdp.retry_seconds` (0-3600, 30): how long a lost browser connection is retried before the session fails.
+/// - `cdp.max_message_mb` (1-256, 16): largest message a browser may send; a bigger one closes the connection.
+/// - `cdp.timeout_seconds` (1-120, 10): connecting, the WebSocket handshake and `/json/version` must finish in this.
 /// - `recording.enabled` (bool, true): record runs to H.264 MP4.
 /// - `recording.preset` (x264 preset, `veryfast`), `recording.crf` (0-51, 28), `recording.threads` (1-16, 1): encoder.
 /// - `recording.queue_frames` (16-3600, 300): frames queued for the encoder before the oldest is dropped (counted).
+/// - `recording.queue_mb` (1-4096, 128): the same queue's bound in megabytes (frames with pixels are large).
 /// - `screenshot_format` (jpeg|png, `jpeg`): step screenshots as the exact JPEG viewers got, or lossless PNG.
 /// - `artifacts.url_ttl_seconds` (60-604800, 3600): lifetime of the signed artifact URLs handed out.
 /// - `webhooks.secrets` (list of `{organization_id, secret}`, empty): HMAC key of each organization's webhooks.
@@ -29,6 +34,17 @@ import Yams
 /// - `vnc.listen` (IPv4 address, `127.0.0.1`), `vnc.port_range` (`first-last`, `5900-5999`): where the screens listen.
 /// - `vnc.password_ttl_seconds` (10-86400, 300): default lifetime of minted VNC passwords.
 /// - `vnc.source_max_fps` (1-60, 30): frames a second taken from a session's VNC server (`vnc_address`).
+/// - `vnc.source_max_width`, `vnc.source_max_height` (16-16384, 4096): a VNC server's larger screen is refused.
+/// - `vnc.source_timeout_seconds` (1-120, 10): connecting to a VNC server, its handshake and each read.
+/// - `vnc.handshake_timeout_seconds` (1-120, 10): a VNC client must finish its handshake in this.
+/// - `limits.sessions_per_organization` (1-100000, 100), `limits.recordings_per_organization` (1-100000, 20),
+///   `limits.viewers_per_session` (1-100000, 200), `limits.vnc_screens_per_organization` (0-100000, 50),
+///   `limits.retry_webhook_per_minute` (1-600, 6), `limits.unauthenticated_per_address` (1-10000, 32):
+///   per-tenant limits, answered with 429.
+/// - `network.browser_allow` (list of CIDRs, loopback and private ranges): hosts `browser_address` and
+///   `vnc_address` may name. Link-local (169.254.0.0/16, fe80::/10) only when listed.
+/// - `network.webhook_allow` (list of CIDRs, empty): loopback, private and link-local addresses webhooks may
+///   reach (public addresses always may).
 ///
 /// Every key can be set from the environment as `VIEWPORTD_` + the key path in upper case with dots and
 /// dashes as underscores (`VIEWPORTD_SCREENCAST_MAX_WIDTH`); lists in YAML flow style
@@ -57,6 +73,24 @@ public struct Config: Sendable, Equatable {
     public var viewerQueueFrames = 2
     public var viewerTokenTTLSeconds = 300
     public var cdpRetrySeconds = 30
+    public var cdpMaxMessageMB = 16
+    public var cdpTimeoutSeconds = 10
+    public var viewerMaxPendingKB = 1024
+    public var recordingQueueMB = 128
+    public var vncSourceMaxWidth = 4096
+    public var vncSourceMaxHeight = 4096
+    public var vncSourceTimeoutSeconds = 10
+    public var vncHandshakeTimeoutSeconds = 10
+    public var limitSessionsPerOrganization = 100
+    public var limitRecordingsPerOrganization = 20
+    public var limitViewersPerSession = 200
+    public var limitVNCScreensPerOrganization = 50
+    public var limitRetryWebhookPerMinute = 6
+    public var limitUnauthenticatedPerAddress = 32
+    /// CIDRs `browser_address` and `vnc_address` may reach.
+    public var networkBrowserAllow = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
+    /// Non-public CIDRs webhooks may reach.
+    public var networkWebhookAllow: [String] = []
     public var recordingEnabled = true
     public var recordingPreset = "veryfast"
     public var recordingCRF = 28
@@ -92,16 +126,22 @@ public struct Config: Sendable, Equatable {
     static let keys = [
         "listen", "state_dir", "public_url", "log_level", "api_keys", "viewer_token_secret",
         "screencast.quality", "screencast.max_width", "screencast.max_height",
-        "viewer.queue_frames", "viewer.token_ttl_seconds", "cdp.retry_seconds",
+        "viewer.queue_frames", "viewer.token_ttl_seconds", "viewer.max_pending_kb",
+        "cdp.retry_seconds", "cdp.max_message_mb", "cdp.timeout_seconds",
         "recording.enabled", "recording.preset", "recording.crf", "recording.threads", "recording.queue_frames",
+        "recording.queue_mb",
         "screenshot_format", "artifacts.url_ttl_seconds",
         "webhooks.secrets", "webhooks.max_attempts", "webhooks.timeout_seconds",
         "retention.max_age_days", "retention.max_disk_gb", "retention.sweep_interval_seconds",
         "vnc.enabled", "vnc.listen", "vnc.port_range", "vnc.password_ttl_seconds", "vnc.source_max_fps",
+        "vnc.source_max_width", "vnc.source_max_height", "vnc.source_timeout_seconds", "vnc.handshake_timeout_seconds",
+        "limits.sessions_per_organization", "limits.recordings_per_organization", "limits.viewers_per_session",
+        "limits.vnc_screens_per_organization", "limits.retry_webhook_per_minute", "limits.unauthenticated_per_address",
+        "network.browser_allow", "network.webhook_allow",
     ]
 
     /// Keys whose value is a list (given in the environment in YAML flow style).
-    static let listKeys: Set = ["api_keys", "webhooks.secrets"]
+    static let listKeys: Set = ["api_keys", "webhooks.secrets", "network.browser_allow", "network.webhook_allow"]
 
     /// Keys whose values are secrets: masked when the config is printed.
     static let secretKeys: Set = ["api_keys", "viewer_token_secret", "webhooks.secrets"]
@@ -219,10 +259,13 @@ public struct Config: Sendable, Equatable {
         if var viewer = try root.section("viewer") {
             viewerQueueFrames = try viewer.int("queue_frames", in: 1...64) ?? viewerQueueFrames
             viewerTokenTTLSeconds = try viewer.int("token_ttl_seconds", in: 10...86400) ?? viewerTokenTTLSeconds
+            viewerMaxPendingKB = try viewer.int("max_pending_kb", in: 16...65536) ?? viewerMaxPendingKB
             try viewer.finish()
         }
         if var cdp = try root.section("cdp") {
             cdpRetrySeconds = try cdp.int("retry_seconds", in: 0...3600) ?? cdpRetrySeconds
+            cdpMaxMessageMB = try cdp.int("max_message_mb", in: 1...256) ?? cdpMaxMessageMB
+            cdpTimeoutSeconds = try cdp.int("timeout_seconds", in: 1...120) ?? cdpTimeoutSeconds
             try cdp.finish()
         }
         if var recording = try root.section("recording") {
@@ -236,6 +279,7 @@ public struct Config: Sendable, Equatable {
             recordingCRF = try recording.int("crf", in: 0...51) ?? recordingCRF
             recordingThreads = try recording.int("threads", in: 1...16) ?? recordingThreads
             recordingQueueFrames = try recording.int("queue_frames", in: 16...3600) ?? recordingQueueFrames
+            recordingQueueMB = try recording.int("queue_mb", in: 1...4096) ?? recordingQueueMB
             try recording.finish()
         }
         if let format = try root.string("screenshot_format") {
@@ -292,7 +336,39 @@ public struct Config: Sendable, Equatable {
             }
             vncPasswordTTLSeconds = try vnc.int("password_ttl_seconds", in: 10...86400) ?? vncPasswordTTLSeconds
             vncSourceMaxFPS = try vnc.int("source_max_fps", in: 1...60) ?? vncSourceMaxFPS
+            vncSourceMaxWidth = try vnc.int("source_max_width", in: 16...16384) ?? vncSourceMaxWidth
+            vncSourceMaxHeight = try vnc.int("source_max_height", in: 16...16384) ?? vncSourceMaxHeight
+            vncSourceTimeoutSeconds = try vnc.int("source_timeout_seconds", in: 1...120) ?? vncSourceTimeoutSeconds
+            vncHandshakeTimeoutSeconds = try vnc.int("handshake_timeout_seconds", in: 1...120) ?? vncHandshakeTimeoutSeconds
             try vnc.finish()
+        }
+        if var limits = try root.section("limits") {
+            limitSessionsPerOrganization = try limits.int("sessions_per_organization", in: 1...100_000)
+                ?? limitSessionsPerOrganization
+            limitRecordingsPerOrganization = try limits.int("recordings_per_organization", in: 1...100_000)
+                ?? limitRecordingsPerOrganization
+            limitViewersPerSession = try limits.int("viewers_per_session", in: 1...100_000) ?? limitViewersPerSession
+            limitVNCScreensPerOrganization = try limits.int("vnc_screens_per_organization", in: 0...100_000)
+                ?? limitVNCScreensPerOrganization
+            limitRetryWebhookPerMinute = try limits.int("retry_webhook_per_minute", in: 1...600)
+                ?? limitRetryWebhookPerMinute
+            limitUnauthenticatedPerAddress = try limits.int("unauthenticated_per_address", in: 1...10000)
+                ?? limitUnauthenticatedPerAddress
+            try limits.finish()
+        }
+        if var network = try root.section("network") {
+            for key in ["browser_allow", "webhook_allow"] {
+                guard network.has(key) else { continue }
+                var cidrs: [String] = []
+                for (index, item) in try network.list(key).enumerated() {
+                    guard let text = item as? String, CIDR(text) != nil else {
+                        throw ConfigError(key: "network.\(key)[\(index)]", "must be an IPv4 or IPv6 CIDR such as 10.0.0.0/8 or fd00::/8 (got \"\(item)\")")
+                    }
+                    cidrs.append(text)
+                }
+                if key == "browser_allow" { networkBrowserAllow = cidrs } else { networkWebhookAllow = cidrs }
+            }
+            try network.finish()
         }
         try root.finish()
     }
@@ -365,6 +441,9 @@ private struct ConfigReader {
         default: throw ConfigError(key: name(key), "must be true or false (got \"\(value)\")")
         }
     }
+
+    /// True when the mapping sets `key` (to anything but null).
+    func has(_ key: String) -> Bool { values[key].map { !($0 is NSNull) } ?? false }
 
     mutating func list(_ key: String) throws(ConfigError) -> [Any] {
         used.insert(key)
@@ -440,7 +519,9 @@ extension Config {
             "viewer_token_secret": viewerTokenSecret.map(secret) ?? NSNull(),
             "screencast.quality": screencastQuality, "screencast.max_width": screencastMaxWidth,
             "screencast.max_height": screencastMaxHeight, "viewer.queue_frames": viewerQueueFrames,
-            "viewer.token_ttl_seconds": viewerTokenTTLSeconds, "cdp.retry_seconds": cdpRetrySeconds,
+            "viewer.token_ttl_seconds": viewerTokenTTLSeconds, "viewer.max_pending_kb": viewerMaxPendingKB,
+            "cdp.retry_seconds": cdpRetrySeconds, "cdp.max_message_mb": cdpMaxMessageMB,
+            "cdp.timeout_seconds": cdpTimeoutSeconds, "recording.queue_mb": recordingQueueMB,
             "recording.enabled": recordingEnabled, "recording.preset": recordingPreset, "recording.crf": recordingCRF,
             "recording.threads": recordingThreads, "recording.queue_frames": recordingQueueFrames,
             "screenshot_format": screenshotFormat.rawValue, "artifacts.url_ttl_seconds": artifactURLTTLSeconds,
@@ -452,6 +533,16 @@ extension Config {
             "vnc.enabled": vncEnabled, "vnc.listen": vncListen,
             "vnc.port_range": "\(vncPorts.lowerBound)-\(vncPorts.upperBound)",
             "vnc.password_ttl_seconds": vncPasswordTTLSeconds, "vnc.source_max_fps": vncSourceMaxFPS,
+            "vnc.source_max_width": vncSourceMaxWidth, "vnc.source_max_height": vncSourceMaxHeight,
+            "vnc.source_timeout_seconds": vncSourceTimeoutSeconds,
+            "vnc.handshake_timeout_seconds": vncHandshakeTimeoutSeconds,
+            "limits.sessions_per_organization": limitSessionsPerOrganization,
+            "limits.recordings_per_organization": limitRecordingsPerOrganization,
+            "limits.viewers_per_session": limitViewersPerSession,
+            "limits.vnc_screens_per_organization": limitVNCScreensPerOrganization,
+            "limits.retry_webhook_per_minute": limitRetryWebhookPerMinute,
+            "limits.unauthenticated_per_address": limitUnauthenticatedPerAddress,
+            "network.browser_allow": networkBrowserAllow, "network.webhook_allow": networkWebhookAllow,
         ]
     }
 
@@ -461,6 +552,7 @@ extension Config {
         case let flag as Bool: Node(flag ? "true" : "false", Tag(.bool))
         case let number as Int: Node(String(number), Tag(.int))
         case let number as Double: Node(String(number), Tag(.float))
+        case let list as [String]: Node(list.map { Node($0, Tag(.str), .doubleQuoted) }, Tag(.seq), .flow)
         case let list as [[String: String]]:
             Node(list.map { item in Node(item.keys.sorted().map { (Node($0), node(item[$0]!)) }) }, Tag(.seq), .flow)
         default: Node("null", Tag(.null))

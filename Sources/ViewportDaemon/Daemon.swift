@@ -68,7 +68,8 @@ public final class Daemon: Sendable {
         retention = Retention(store: store, files: files, config: config, logger: logger)
         runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
                     logger: logger)
-        gateway = ViewerGateway(loop: loop, logger: logger)
+        gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewerMaxPendingKB << 10,
+                                metrics: metrics.stream)
         sessions.onEnd { [runs] id in await runs.sessionEnded(id) }
     }
 

@@ -278,6 +278,7 @@ actor Runs {
             settings.crf = config.recordingCRF
             settings.threads = config.recordingThreads
             settings.queueFrames = config.recordingQueueFrames
+            settings.queueBytes = config.recordingQueueMB << 20
             let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
                                                settings: settings, logger: logger.with(sessionID: sessionID))
             return Segment(record: record, recorder: recorder, runs: [])

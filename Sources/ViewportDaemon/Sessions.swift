@@ -28,11 +28,14 @@ final class Sessions: Sendable {
         let source: any FrameSource
         /// The session's VNC screen; nil when `vnc.enabled` is off or no port was free.
         let bridge: VNCBridge?
-        init(record: SessionRecord, hub: FrameHub, source: any FrameSource, bridge: VNCBridge?) {
+        /// No screen because the organization has `limits.vnc_screens_per_organization` already.
+        let vncLimited: Bool
+        init(record: SessionRecord, hub: FrameHub, source: any FrameSource, bridge: VNCBridge?, vncLimited: Bool) {
             self.record = record
             self.hub = hub
             self.source = source
             self.bridge = bridge
+            self.vncLimited = vncLimited
         }
 
         /// Stops capturing and closes the VNC screen (its clients are disconnected, its port freed).
@@ -62,6 +65,8 @@ final class Sessions: Sendable {
     private let config: Config
     private let metrics: StreamMetrics
     private let logger: Logger
+    /// Where sessions' browsers may be (SSRF).
+    let policy: NetworkPolicy
     /// Wrong VNC passwords are slowed down per address, across sessions.
     private let vncThrottle = VNCAuthThrottle()
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
@@ -76,6 +81,22 @@ final class Sessions: Sendable {
         self.config = config
         self.metrics = metrics
         self.logger = logger
+        policy = NetworkPolicy(config: config)
+    }
+
+    /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
+    /// resolves and checks again and connects to the checked address).
+    func checkReachable(browserAddress: String?, vncAddress: String?) throws(APIError) {
+        if let browserAddress, let endpoint = try? Endpoint(browserAddress) {
+            do { _ = try policy.resolve(endpoint.host, for: .browser) } catch {
+                throw APIError(422, "browser_address: \(error)")
+            }
+        }
+        if let vncAddress, let colon = vncAddress.lastIndex(of: ":") {
+            var host = String(vncAddress[..<colon])
+            if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            do { _ = try policy.resolve(host, for: .browser) } catch { throw APIError(422, "vnc_address: \(error)") }
+        }
     }
 
     /// Sets what happens after a session ends; `close` waits for it, timeouts and failures do not.
@@ -97,20 +118,34 @@ final class Sessions: Sendable {
         let record = draft
         let duplicate = APIError(409, "browser session \(record.id) already exists")
         if (try? store.session(id: record.id)) != nil { throw duplicate }
+        let limit = config.limitSessionsPerOrganization
+        let overLimit = APIError(429, "organization \(organizationID) has \(limit) open sessions, the most it may have (config limits.sessions_per_organization)")
+        guard openCount(organizationID: organizationID) < limit else { throw overLimit }
         let session = makeSession(record)
         // Published and queued for insertion under one lock, so later changes are written after the insert.
-        let result: Result<Void, any Error>? = await withCheckedContinuation { continuation in
-            let published = state.withLock { state -> Bool in
+        let result: Result<Void, any Error>?? = await withCheckedContinuation { continuation in
+            let published = state.withLock { state -> Bool? in
                 guard state.open[record.id] == nil, state.ended[record.id] == nil else { return false }
+                guard state.open.values.count(where: { $0.record.organizationID == organizationID }) < limit else {
+                    return nil
+                }
                 state.open[record.id] = session
                 writes.async { [store] in continuation.resume(returning: Result { try store.insert(record) }) }
                 return true
             }
-            if !published { continuation.resume(returning: nil) }
+            if published != true { continuation.resume(returning: published == nil ? .some(nil) : nil) }
         }
-        guard let result else { throw duplicate }
+        guard let outcome = result else {
+            session.stop()
+            throw duplicate
+        }
+        guard let result = outcome else {
+            session.stop()
+            throw overLimit
+        }
         if case .failure(let error) = result {
             state.withLock { $0.open[record.id] = nil }
+            session.stop()
             if error is Store.Failure { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
             throw APIError(503, "cannot store the session: \(error)")
@@ -132,6 +167,14 @@ final class Sessions: Sendable {
     private func lookup(_ id: String) -> SessionRecord? {
         state.withLock { $0.open[id]?.record ?? $0.ended[id] } ?? (try? store.session(id: id)) ?? nil
     }
+
+    /// Number of open sessions of `organizationID`.
+    func openCount(organizationID: String) -> Int {
+        state.withLock { $0.open.values.count { $0.record.organizationID == organizationID } }
+    }
+
+    /// True when the session has no VNC screen because its organization has as many as it may.
+    func vncLimited(id: String) -> Bool { state.withLock { $0.open[id]?.vncLimited ?? false } }
 
     /// Open sessions of `organizationID`, newest first.
     func active(organizationID: String) -> [SessionRecord] {
@@ -236,6 +279,10 @@ final class Sessions: Sendable {
             options.maxFPS = config.vncSourceMaxFPS
             options.quality = config.screencastQuality
             options.retryWindow = Double(config.cdpRetrySeconds)
+            options.maxWidth = config.vncSourceMaxWidth
+            options.maxHeight = config.vncSourceMaxHeight
+            options.timeout = config.vncSourceTimeoutSeconds
+            options.resolveHost = { [policy] host in try policy.resolve(host, for: .browser) }
             source = RFBSource(address: vncAddress, password: record.vncPassword, hub: hub, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
         } else {
@@ -244,11 +291,18 @@ final class Sessions: Sendable {
             options.maxWidth = config.screencastMaxWidth
             options.maxHeight = config.screencastMaxHeight
             options.retryWindow = Double(config.cdpRetrySeconds)
+            options.maxMessageBytes = config.cdpMaxMessageMB << 20
+            options.timeout = Double(config.cdpTimeoutSeconds)
+            options.resolveHost = { [policy] host in try policy.resolve(host, for: .browser) }
             source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
         }
         var bridge: VNCBridge?
-        if config.vncEnabled {
+        let screens = state.withLock { state in
+            state.open.values.count { $0.record.organizationID == record.organizationID && $0.bridge != nil }
+        }
+        let vncLimited = config.vncEnabled && screens >= config.limitVNCScreensPerOrganization
+        if config.vncEnabled, !vncLimited {
             var vnc = VNCBridge.Options()
             vnc.host = config.vncListen
             vnc.ports = config.vncPorts
@@ -259,7 +313,7 @@ final class Sessions: Sendable {
                 logger.warning("session has no VNC screen", metadata: ["browser_session_id": "\(id)", "error": "\(error)"])
             }
         }
-        return Open(record: record, hub: hub, source: source, bridge: bridge)
+        return Open(record: record, hub: hub, source: source, bridge: bridge, vncLimited: vncLimited)
     }
 
     private func sourceChanged(id: String, _ change: SourceState) {

@@ -3,22 +3,29 @@ public import Foundation
 import Synchronization
 
 extension EventLoop {
-    /// Opens a WebSocket to a `ws://` URL. The delegate hears `webSocketDidOpen` or, if the connection
-    /// fails, `webSocketDidClose` with a nil code.
-    public func connectWebSocket(to url: String, delegate: any WebSocketDelegate, maxMessageBytes: Int) throws
-        -> WebSocket
+    /// Opens a WebSocket to a `ws://` URL (connecting to `address` instead of the URL's host when given). The
+    /// delegate hears `webSocketDidOpen` or, if the connection fails or the handshake takes longer than
+    /// `handshakeTimeout` seconds, `webSocketDidClose` with a nil code.
+    public func connectWebSocket(to url: String, connectingTo address: String? = nil, delegate: any WebSocketDelegate,
+                                 maxMessageBytes: Int, handshakeTimeout: Double = 10) throws -> WebSocket
     {
-        let endpoint = try Endpoint(url)
+        var endpoint = try Endpoint(url)
+        endpoint.connectAddress = address
         let socket = WebSocket(loop: self, delegate: delegate, maxMessageBytes: maxMessageBytes, request: nil)
-        connect(WebSocketClientConnection(loop: self, socket: socket, endpoint: endpoint), to: endpoint, method: "RAW")
+        connect(WebSocketClientConnection(loop: self, socket: socket, endpoint: endpoint,
+                                          handshakeTimeout: handshakeTimeout), to: endpoint, method: "RAW")
         return socket
     }
 
-    /// Performs an HTTP request to an `http://` URL and returns the status and body.
-    public func httpRequest(_ method: String, _ url: String, headers: [(name: String, value: String)] = [],
-                            body: Data? = nil, timeout: Double = 10) async throws -> (status: Int, body: Data)
+    /// Performs an HTTP request to an `http://` URL (connecting to `address` instead of the URL's host when
+    /// given) and returns the status and body.
+    public func httpRequest(_ method: String, _ url: String, connectingTo address: String? = nil,
+                            headers: [(name: String, value: String)] = [], body: Data? = nil, timeout: Double = 10)
+        async throws -> (status: Int, body: Data)
     {
-        let endpoint = try Endpoint(url)
+        var target = try Endpoint(url)
+        target.connectAddress = address
+        let endpoint = target
         return try await withCheckedThrowingContinuation { continuation in
             let connection = HTTPClientConnection(loop: self, headers: headers, body: body,
                                                   continuation: continuation)
@@ -39,10 +46,12 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
     private var handshakeSent = false
     private var response: [UInt8]?  // the handshake response until it is complete
     private var framing: ClientFraming
+    private let handshakeTimeout: Double
 
-    init(loop: EventLoop, socket: WebSocket, endpoint: Endpoint) {
+    init(loop: EventLoop, socket: WebSocket, endpoint: Endpoint, handshakeTimeout: Double) {
         self.socket = socket
         self.endpoint = endpoint
+        self.handshakeTimeout = handshakeTimeout
         framing = ClientFraming(maxMessageBytes: socket.maxMessageBytes)
         super.init(loop: loop, wsi: nil)
     }
@@ -54,6 +63,8 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
         switch reason {
         case LWS_CALLBACK_RAW_CONNECTED:
             response = []
+            // A peer that accepts the connection and never answers the upgrade is closed by lws after this.
+            lws_set_timeout(wsi, PENDING_TIMEOUT_AWAITING_SERVER_RESPONSE, Int32(max(1, handshakeTimeout.rounded(.up))))
             lws_callback_on_writable(wsi)
             return 0
         case LWS_CALLBACK_RAW_WRITEABLE:
@@ -92,6 +103,7 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
                 socket.closed(error: problem)
                 return -1
             }
+            lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0)
             socket.opened(wsi)
             let rest = head[end...]
             guard !rest.isEmpty else { return 0 }

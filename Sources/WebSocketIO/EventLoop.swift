@@ -230,7 +230,7 @@ public final class EventLoop: @unchecked Sendable {
                 return
             }
             var info = lws_client_connect_info()
-            let address = strdup(endpoint.host), path = strdup(endpoint.path), host = strdup(endpoint.hostHeader)
+            let address = strdup(endpoint.connectAddress ?? endpoint.host), path = strdup(endpoint.path), host = strdup(endpoint.hostHeader)
             let methodC = method.map { strdup($0) } ?? nil
             defer { free(address); free(path); free(host); free(methodC) }
             info.context = context

@@ -109,6 +109,13 @@ public enum OutboundMessage: Sendable {
 
     /// A text message holding `string`.
     public static func text(_ string: String) -> OutboundMessage { .text(Payload(copying: Array(string.utf8))) }
+
+    /// Bytes of the message's payload.
+    public var count: Int {
+        switch self {
+        case .text(let payload), .binary(let payload): payload.count
+        }
+    }
 }
 
 /// Bytes to send with the headroom lws needs in front of them, so a payload shared by many connections is
@@ -155,6 +162,9 @@ public struct Endpoint: Sendable, Equatable {
     public var host: String
     public var port: Int
     public var path: String
+    /// The address to connect to when it differs from `host` (a host name resolved and checked beforehand); the
+    /// Host header still names `host`.
+    public var connectAddress: String?
 
     /// Parses `http://host[:port]/path` or `ws://host[:port]/path`. TLS schemes are not supported.
     public init(_ url: String) throws {

@@ -11,7 +11,8 @@ public protocol WebSocketDelegate: AnyObject {
     func nextMessage(for socket: WebSocket) -> OutboundMessage?
     /// True while ``nextMessage(for:)`` has more to give.
     func hasMessages(for socket: WebSocket) -> Bool
-    /// The socket closed (`code` is the peer's close code, nil when the connection broke or never opened).
+    /// The socket closed (`code` is the peer's close code, or ours when we closed first; nil when the connection
+    /// broke or never opened).
     func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String)
 }
 
@@ -162,7 +163,10 @@ public final class WebSocket: @unchecked Sendable {
         wsi = nil
         let delegate = self.delegate
         self.delegate = nil
-        delegate?.webSocketDidClose(self, code: peerClose?.code, reason: error ?? peerClose?.reason ?? "")
+        // Without a close frame from the peer, a close we started reports our own code and reason.
+        let ours = closing.map { ($0.code, String(decoding: $0.reason, as: UTF8.self)) }
+        delegate?.webSocketDidClose(self, code: peerClose?.code ?? ours?.0,
+                                    reason: error ?? peerClose?.reason ?? ours?.1 ?? "")
     }
 }
 
@@ -264,11 +268,14 @@ struct ClientFraming {
             guard final, length <= 125 else { throw .protocolError("bad control frame") }
             controlPayload.removeAll(keepingCapacity: true)
         } else {
+            if frameOpcode != 0 { message = Data() }
+            // Checked before anything is allocated: the length is the peer's word (up to 2^63).
+            guard length <= maxMessageBytes - message.count else { throw .tooBig }
             if frameOpcode != 0 {
-                message = Data(capacity: length)  // the usual unfragmented message then lands with one copy
+                // The usual unfragmented message then lands with one copy; a lie costs at most the limit.
+                message.reserveCapacity(length)
                 messageBinary = frameOpcode == 2
             }
-            guard length <= maxMessageBytes - message.count else { throw .tooBig }
         }
         remaining = length
         inPayload = length > 0

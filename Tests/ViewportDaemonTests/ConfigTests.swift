@@ -96,6 +96,12 @@ struct ConfigTests {
         ("vnc: {port_range: 5900}", "vnc.port_range"),
         ("vnc: {password_ttl_seconds: 5}", "vnc.password_ttl_seconds"),
         ("vnc: {source_max_fps: 0}", "vnc.source_max_fps"),
+        ("cdp: {max_message_mb: 0}", "cdp.max_message_mb"),
+        ("vnc: {source_max_width: 70000}", "vnc.source_max_width"),
+        ("limits: {viewers_per_session: 0}", "limits.viewers_per_session"),
+        ("limits: {unknown: 1}", "limits.unknown"),
+        ("network: {browser_allow: [10.0.0.0/33]}", "network.browser_allow[0]"),
+        ("network: {webhook_allow: [not-an-address]}", "network.webhook_allow[0]"),
         ("listn: 127.0.0.1:8200", "listn"),
         ("- a list", "(file)"),
         ("listen: [unclosed", "(file)"),
@@ -127,6 +133,14 @@ struct ConfigTests {
         (config.retentionMaxAgeDays, config.retentionMaxDiskGB, config.retentionSweepIntervalSeconds) = (7, 2.5, 60)
         (config.vncEnabled, config.vncListen, config.vncPorts, config.vncPasswordTTLSeconds) = (false, "0.0.0.0", 6000...6010, 60)
         config.vncSourceMaxFPS = 10
+        (config.viewerMaxPendingKB, config.cdpMaxMessageMB, config.cdpTimeoutSeconds, config.recordingQueueMB) = (64, 8, 5, 32)
+        (config.vncSourceMaxWidth, config.vncSourceMaxHeight) = (1920, 1080)
+        (config.vncSourceTimeoutSeconds, config.vncHandshakeTimeoutSeconds) = (4, 6)
+        (config.limitSessionsPerOrganization, config.limitRecordingsPerOrganization) = (3, 2)
+        (config.limitViewersPerSession, config.limitVNCScreensPerOrganization) = (7, 1)
+        (config.limitRetryWebhookPerMinute, config.limitUnauthenticatedPerAddress) = (2, 4)
+        config.networkBrowserAllow = ["10.1.0.0/16"]
+        config.networkWebhookAllow = ["192.168.7.0/24", "fd00::/8"]
         return config
     }()
 
