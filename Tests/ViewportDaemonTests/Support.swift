@@ -150,12 +150,15 @@ enum Client {
         return process
     }
 
-    static func run(_ arguments: [String]) async throws -> Data {
+    static func run(_ arguments: [String]) async throws -> Data { try await runScript("client.py", arguments) }
+
+    /// Runs a Python fixture to its end and returns what it printed; throws if it failed.
+    static func runScript(_ script: String, _ arguments: [String]) async throws -> Data {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: python)
-                process.arguments = [Fixtures.directory.appendingPathComponent("client.py").path] + arguments
+                process.arguments = [Fixtures.directory.appendingPathComponent(script).path] + arguments
                 let output = Pipe()
                 process.standardOutput = output
                 do { try process.run() } catch {
@@ -165,7 +168,7 @@ enum Client {
                 let data = readToEnd(output.fileHandleForReading.fileDescriptor)
                 process.waitUntilExit()
                 if process.terminationStatus != 0 {
-                    continuation.resume(throwing: DaemonError("client.py \(arguments.first ?? "") exited with \(process.terminationStatus)"))
+                    continuation.resume(throwing: DaemonError("\(script) \(arguments.first ?? "") exited with \(process.terminationStatus)"))
                 } else {
                     continuation.resume(returning: data)
                 }
