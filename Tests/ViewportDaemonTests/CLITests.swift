@@ -46,7 +46,10 @@ struct CLITests {
         for directive in ["Type=notify", "WatchdogSec=", "ExecReload=", "Restart=on-failure", "StateDirectory=viewportd",
                           "ConfigurationDirectory=viewportd", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
                           "NoNewPrivileges=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "LimitNOFILE=",
-                          "TimeoutStopSec="] {
+                          "TimeoutStopSec=", "CapabilityBoundingSet=\n", "AmbientCapabilities=\n", "PrivateUsers=yes",
+                          "SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM", "SystemCallArchitectures=native",
+                          "MemoryDenyWriteExecute=yes", "ProtectProc=invisible", "ProcSubset=pid", "LimitCORE=0",
+                          "TasksMax=", "PrivateIPC=yes", "RemoveIPC=yes", "User=viewportd"] {
             #expect(unit.contains(directive), "the unit sets \(directive)")
         }
         // systemd-analyze checks that ExecStart's binary exists: point it at the one just built.
@@ -57,6 +60,14 @@ struct CLITests {
             .write(toFile: copy, atomically: true, encoding: .utf8)
         let output = String(decoding: try runTool("systemd-analyze", ["verify", copy], stderr: true), as: UTF8.self)
         #expect(output.isEmpty, "systemd-analyze verify: \(output)")
+        // The sandbox scores at most 2.0 on systemd-analyze's exposure scale: with --threshold (in tenths) the tool
+        // itself exits 1 above that, and the printed overall level is checked too.
+        let (status, security) = try runProcess("/usr/bin/systemd-analyze", ["security", "--offline=yes", "--threshold=20", copy])
+        #expect(status == 0, "systemd-analyze security exited \(status): \(security)")
+        let overall = security.split(separator: "\n").first { $0.contains("Overall exposure level for viewportd.service") }
+        let exposure = try #require(overall.flatMap { $0.split(separator: " ").compactMap { Double($0) }.first },
+                                    "no overall exposure in: \(security)")
+        #expect(exposure <= 2.0, "overall exposure \(exposure)")
     }
 
     @Test func theInstallScriptIsIdempotentAndKeepsAnEditedConfig() throws {
