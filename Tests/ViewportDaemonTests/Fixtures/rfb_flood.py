@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A hostile noVNC client: completes the RFB handshake through viewportd's relay, asks for raw full-screen
-updates in a tight loop and never reads them. Prints one JSON document: how long the flood ran until the
+updates in a tight loop (or, "paced", 64 requests every 5 ms) and never reads them. Prints one JSON document: how long the flood ran until the
 connection was closed, how many requests went out, and the close code it saw (if any)."""
 import asyncio, json, struct, sys, time
 
@@ -14,10 +14,10 @@ async def recv_exactly(ws, buffer, count):
     return buffer[:count], buffer[count:]
 
 
-async def main(url, seconds):
+async def main(url, seconds, paced):
     result = {"handshake": False, "requests": 0, "closed_after": None, "close_code": None, "close_reason": None}
-    # max_queue=1 and a small read limit: the library stops reading the socket once one message waits.
-    async with connect(url, max_size=None, max_queue=1, read_limit=4096, write_limit=65536, open_timeout=10) as ws:
+    # max_queue=1: the library stops reading the socket once one message waits.
+    async with connect(url, max_size=None, max_queue=1, write_limit=65536, compression=None, open_timeout=10) as ws:
         buffer = b""
         version, buffer = await recv_exactly(ws, buffer, 12)
         await ws.send(version)
@@ -38,6 +38,8 @@ async def main(url, seconds):
             while time.monotonic() - start < seconds:
                 await ws.send(request)
                 result["requests"] += 64
+                if paced:
+                    await asyncio.sleep(0.005)  # slow enough for the screen to read every request
         except ConnectionClosed:
             pass
         result["closed_after"] = time.monotonic() - start
@@ -47,4 +49,4 @@ async def main(url, seconds):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], float(sys.argv[2]), len(sys.argv) > 3 and sys.argv[3] == "paced"))
