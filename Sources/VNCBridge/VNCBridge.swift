@@ -16,16 +16,40 @@ public struct VNCError: Error, CustomStringConvertible {
 ///
 /// The screen runs on a thread of its own with libvncserver in its single-threaded mode (`rfbProcessEvents`):
 /// accepting, authenticating, reading client messages, sending updates and refreshing the framebuffer all happen
-/// there, so the framebuffer is never read while it is written. It subscribes to the hub only while a client is
-/// connected; each frame is decoded once and only the 32×32 tiles that changed are marked, so clients get small
-/// updates.
+/// there, so the framebuffer is never read while it is written. It subscribes to the hub only while an
+/// authenticated client is connected; each frame is decoded once and only the 32×32 tiles that changed are marked,
+/// so clients get small updates.
+///
+/// Every byte a client sends is hostile until it authenticated. The bridge accepts connections itself (poll, not
+/// select) and hands libvncserver only descriptors below FD_SETSIZE; it caps the clients that have not finished the
+/// handshake per address and per screen, and disconnects any that has not finished it within `handshakeTimeout`.
 public final class VNCBridge: Sendable {
     public struct Options: Sendable {
         /// Address to listen on (IPv4).
         public var host = "127.0.0.1"
         /// Ports to try, in order.
         public var ports: ClosedRange<Int> = 5900...5999
+        /// Seconds a client may take from connecting to the end of the RFB handshake (version, security type,
+        /// password, ClientInit) before it is disconnected.
+        public var handshakeTimeout: Double = 10
+        /// Clients of one remote address that have not finished the handshake, at most; more are refused.
+        public var maxUnauthenticatedPerAddress = 8
+        /// Clients of the screen that have not finished the handshake, at most; more are refused.
+        public var maxUnauthenticated = 64
         public init() {}
+    }
+
+    /// Process-wide counts of clients the screens turned away, for metrics.
+    public enum Counters {
+        /// Disconnected for not finishing the handshake within `handshakeTimeout`.
+        public static var handshakeTimeouts: Int { handshakeTimeoutCount.load(ordering: .relaxed) }
+        /// Refused because their address or the screen had too many clients still in the handshake.
+        public static var refusedUnauthenticated: Int { refusedUnauthenticatedCount.load(ordering: .relaxed) }
+        /// Refused because their descriptor was at or past select()'s FD_SETSIZE.
+        public static var refusedDescriptors: Int { refusedDescriptorCount.load(ordering: .relaxed) }
+        static let handshakeTimeoutCount = Atomic(0)
+        static let refusedUnauthenticatedCount = Atomic(0)
+        static let refusedDescriptorCount = Atomic(0)
     }
 
     /// The port the screen listens on.
@@ -41,7 +65,8 @@ public final class VNCBridge: Sendable {
     {
         _ = quietVNC
         let passwords = VNCPasswords()
-        let worker = Worker(hub: hub, passwords: passwords, throttle: throttle, input: input, logger: logger)
+        let worker = Worker(hub: hub, passwords: passwords, throttle: throttle, input: input, options: options,
+                            logger: logger)
         port = try worker.open(options: options, name: name)
         self.passwords = passwords
         self.worker = worker
@@ -55,8 +80,18 @@ public final class VNCBridge: Sendable {
     /// Disconnects every client, closes the port and waits for the screen's thread to end. Idempotent.
     public func close() { worker.stop(wait: true) }
 
-    /// Clients connected now.
+    /// Authenticated clients connected now.
     public var clientCount: Int { worker.clients.load(ordering: .relaxed) }
+
+    /// Clients connected now that have not authenticated yet (including those accepted and waiting their turn).
+    public var unauthenticatedCount: Int { worker.unauthenticated.load(ordering: .relaxed) }
+
+    /// True while the screen is subscribed to the session's frames (only with an authenticated client).
+    public var isSubscribed: Bool { worker.subscribed.load(ordering: .relaxed) }
+
+    /// Tells the screen that the relay will connect from 127.0.0.1:`port`: that connection is not counted against
+    /// the per-address cap of unauthenticated clients (every relay connects from 127.0.0.1).
+    func expectRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.insert(port) } }
 }
 
 private let quietVNC: Void = vpd_rfb_quiet()
@@ -153,8 +188,25 @@ private final class Worker: @unchecked Sendable {
     let passwords: VNCPasswords
     let throttle: VNCAuthThrottle
     let input: (any InputTarget)?
+    let options: VNCBridge.Options
     let logger: Logger
+    /// Authenticated clients.
     let clients = Atomic(0)
+    /// Clients not authenticated yet: in libvncserver's handshake, or accepted and queued.
+    let unauthenticated = Atomic(0)
+    let subscribed = Atomic(false)
+    /// Local ports the relay announced it connects from (see `VNCBridge.expectRelay`).
+    let relayPorts = Mutex<Set<Int>>([])
+    private var listener: Int32 = -1
+    /// Accepted connections waiting to be handed to libvncserver, one per turn of the loop (each costs up to
+    /// 100 ms there: libvncserver peeks for a WebSocket handshake before it greets a client).
+    private var queue: [(fd: Int32, address: String, since: Date)] = []
+    /// Unauthenticated clients (queued or in libvncserver) per address.
+    private var pendingByAddress: [String: Int] = [:]
+    /// The connection being handed to libvncserver, for `clientArrived`.
+    private var admitting: (address: String, since: Date)?
+    private var nextSweep = Date.distantPast
+    private var lastRefusalLog = Date.distantPast
     private let stopping = Atomic(false)
     private let finished = DispatchSemaphore(value: 0)
     private var screen: rfbScreenInfoPtr?
@@ -175,11 +227,14 @@ private final class Worker: @unchecked Sendable {
     /// FD_SETSIZE of glibc.
     static let selectLimit: Int32 = 1024
 
-    init(hub: FrameHub, passwords: VNCPasswords, throttle: VNCAuthThrottle, input: (any InputTarget)?, logger: Logger) {
+    init(hub: FrameHub, passwords: VNCPasswords, throttle: VNCAuthThrottle, input: (any InputTarget)?,
+         options: VNCBridge.Options, logger: Logger)
+    {
         self.hub = hub
         self.passwords = passwords
         self.throttle = throttle
         self.input = input
+        self.options = options
         self.logger = logger
     }
 
@@ -189,60 +244,58 @@ private final class Worker: @unchecked Sendable {
     }
 
     /// Creates the screen at the hub's latest frame size (1280×720 before any) and binds the first free port.
+    ///
+    /// The listening socket is the bridge's own: libvncserver listens on nothing (port 0) and only ever sees the
+    /// client descriptors `acceptClients` hands it, all below FD_SETSIZE. So a listening descriptor past 1024 is
+    /// harmless (it is polled, never FD_SET) and the screen opens even when the process has many descriptors open.
     func open(options: VNCBridge.Options, name: String) throws(VNCError) -> Int {
         let latest = hub.latest
         (width, height) = (latest?.width ?? 1280, latest?.height ?? 720)
+        let host = inet_addr(options.host)
+        guard host != INADDR_NONE else { throw VNCError("vnc.listen \(options.host) is not an IPv4 address") }
+        guard let port = options.ports.first(where: { port in
+            listener = vpd_listen_tcp4(host, Int32(port))
+            return listener >= 0
+        }) else {
+            throw VNCError("no free port in vnc.port_range \(options.ports.lowerBound)-\(options.ports.upperBound) on \(options.host)")
+        }
+        guard let screen = rfbGetScreen(nil, nil, Int32(width), Int32(height), 8, 3, 4) else {
+            Foundation.close(listener)
+            throw VNCError("rfbGetScreen failed (out of memory?)")
+        }
         framebuffer = .allocate(byteCount: width * height * 4, alignment: 64)
         framebuffer.initializeMemory(as: UInt8.self, repeating: 0)
-        guard inet_addr(options.host) != INADDR_NONE else { throw VNCError("vnc.listen \(options.host) is not an IPv4 address") }
-        for port in options.ports {
-            guard let screen = rfbGetScreen(nil, nil, Int32(width), Int32(height), 8, 3, 4) else {
-                throw VNCError("rfbGetScreen failed (out of memory?)")
-            }
-            let s = screen
-            s.pointee.frameBuffer = framebuffer.baseAddress!.assumingMemoryBound(to: CChar.self)
-            s.pointee.port = Int32(port)
-            s.pointee.ipv6port = 0
-            s.pointee.autoPort = vpd_rfb_false()
-            s.pointee.listenInterface = inet_addr(options.host)
-            s.pointee.httpPort = 0
-            s.pointee.cursor = nil
-            s.pointee.alwaysShared = vpd_rfb_true()
-            s.pointee.desktopName = UnsafePointer(strdup(name))
-            s.pointee.screenData = Unmanaged.passUnretained(self).toOpaque()
-            // Any non-nil value turns VNC authentication on; passwordCheck decides.
-            s.pointee.authPasswdData = UnsafeMutableRawPointer(s)
-            s.pointee.passwordCheck = { cl, response, length in
-                guard let cl, let response else { return vpd_rfb_false() }
-                return Worker.of(cl).checkPassword(cl, UnsafeRawBufferPointer(start: response, count: Int(length)))
-            }
-            s.pointee.newClientHook = { cl in
-                guard let cl else { return RFB_CLIENT_REFUSE }
-                return Worker.of(cl).clientArrived(cl)
-            }
-            s.pointee.ptrAddEvent = { mask, x, y, cl in
-                guard let cl else { return }
-                Worker.of(cl).pointer(mask: Int(mask), x: Int(x), y: Int(y), cl)
-            }
-            s.pointee.kbdAddEvent = { down, keysym, cl in
-                guard let cl else { return }
-                Worker.of(cl).key(down: down != 0, keysym: UInt32(keysym), cl)
-            }
-            vpd_rfb_init_server(s)
-            if vpd_rfb_is_listening(s) != 0 {
-                // libvncserver watches its sockets with select(): a descriptor past FD_SETSIZE would overflow it.
-                guard s.pointee.listenSock < Self.selectLimit else {
-                    free(UnsafeMutableRawPointer(mutating: s.pointee.desktopName))
-                    rfbScreenCleanup(s)
-                    throw VNCError("too many open files for a VNC screen (libvncserver uses select(), limited to \(Self.selectLimit) descriptors)")
-                }
-                self.screen = s
-                return port
-            }
-            free(UnsafeMutableRawPointer(mutating: s.pointee.desktopName))
-            rfbScreenCleanup(s)
+        let s = screen
+        s.pointee.frameBuffer = framebuffer.baseAddress!.assumingMemoryBound(to: CChar.self)
+        s.pointee.port = 0  // no listening socket of libvncserver's own
+        s.pointee.ipv6port = 0
+        s.pointee.autoPort = vpd_rfb_false()
+        s.pointee.httpPort = 0
+        s.pointee.cursor = nil
+        s.pointee.alwaysShared = vpd_rfb_true()
+        s.pointee.desktopName = UnsafePointer(strdup(name))
+        s.pointee.screenData = Unmanaged.passUnretained(self).toOpaque()
+        // Any non-nil value turns VNC authentication on; passwordCheck decides.
+        s.pointee.authPasswdData = UnsafeMutableRawPointer(s)
+        s.pointee.passwordCheck = { cl, response, length in
+            guard let cl, let response else { return vpd_rfb_false() }
+            return Worker.of(cl).checkPassword(cl, UnsafeRawBufferPointer(start: response, count: Int(length)))
         }
-        throw VNCError("no free port in vnc.port_range \(options.ports.lowerBound)-\(options.ports.upperBound) on \(options.host)")
+        s.pointee.newClientHook = { cl in
+            guard let cl else { return RFB_CLIENT_REFUSE }
+            return Worker.of(cl).clientArrived(cl)
+        }
+        s.pointee.ptrAddEvent = { mask, x, y, cl in
+            guard let cl else { return }
+            Worker.of(cl).pointer(mask: Int(mask), x: Int(x), y: Int(y), cl)
+        }
+        s.pointee.kbdAddEvent = { down, keysym, cl in
+            guard let cl else { return }
+            Worker.of(cl).key(down: down != 0, keysym: UInt32(keysym), cl)
+        }
+        vpd_rfb_init_server(s)
+        self.screen = s
+        return port
     }
 
     static func of(_ cl: rfbClientPtr) -> Worker {
@@ -251,6 +304,8 @@ private final class Worker: @unchecked Sendable {
 
     func run() {
         while !stopping.load(ordering: .acquiring), let screen {
+            acceptClients()
+            admitOne(screen)
             if Self.securityListSettled.load(ordering: .acquiring) {
                 rfbProcessEvents(screen, 10_000)
             } else {
@@ -261,9 +316,15 @@ private final class Worker: @unchecked Sendable {
             }
             refresh()
             releaseHeldClients()
+            sweepHandshakes(screen)
         }
         subscription?.cancel()
         subscription = nil
+        subscribed.store(false, ordering: .relaxed)
+        for entry in queue { Foundation.close(entry.fd) }
+        queue = []
+        if listener >= 0 { Foundation.close(listener) }
+        listener = -1
         if let screen {
             rfbShutdownServer(screen, vpd_rfb_true())
             free(UnsafeMutableRawPointer(mutating: screen.pointee.desktopName))
@@ -282,32 +343,124 @@ private final class Worker: @unchecked Sendable {
 
     // MARK: - Clients
 
-    private func clientArrived(_ cl: rfbClientPtr) -> rfbNewClientAction {
-        let address = cl.pointee.host.map { String(cString: $0) } ?? "?"
-        guard cl.pointee.sock < Self.selectLimit else {
-            logger.warning("VNC client refused: descriptor past select()'s limit", metadata: ["address": "\(address)"])
-            return RFB_CLIENT_REFUSE
+    /// Accepts what is waiting (at most 256 a turn) and decides at once: a descriptor past FD_SETSIZE, or one
+    /// more unauthenticated client than its address or the screen may have, is closed; the others are queued.
+    private func acceptClients() {
+        var host = [CChar](repeating: 0, count: 64)
+        for _ in 0..<256 {
+            var peerPort: Int32 = 0
+            let fd = vpd_accept4(listener, &host, &peerPort)
+            guard fd >= 0 else { return }
+            let address = String(cString: host)
+            guard fd < Self.selectLimit else {
+                Foundation.close(fd)
+                VNCBridge.Counters.refusedDescriptorCount.add(1, ordering: .relaxed)
+                logRefusal("VNC client refused: descriptor past select()'s limit of \(Self.selectLimit)", address)
+                continue
+            }
+            let relay = address == "127.0.0.1" && relayPorts.withLock { $0.remove(Int(peerPort)) != nil }
+            if !relay {
+                guard pendingByAddress[address, default: 0] < options.maxUnauthenticatedPerAddress,
+                      unauthenticated.load(ordering: .relaxed) < options.maxUnauthenticated
+                else {
+                    Foundation.close(fd)
+                    VNCBridge.Counters.refusedUnauthenticatedCount.add(1, ordering: .relaxed)
+                    logRefusal("VNC client refused: too many unauthenticated clients from its address or on the screen", address)
+                    continue
+                }
+            }
+            pendingByAddress[address, default: 0] += 1
+            unauthenticated.add(1, ordering: .relaxed)
+            queue.append((fd, address, Date()))
         }
-        cl.pointee.clientData = Unmanaged.passRetained(ClientState(address: address)).toOpaque()
+    }
+
+    /// At most one warning a second: a flood of refusals must not flood the log.
+    private func logRefusal(_ message: Logger.Message, _ address: String) {
+        let now = Date()
+        guard now.timeIntervalSince(lastRefusalLog) >= 1 else { return }
+        lastRefusalLog = now
+        logger.warning(message, metadata: ["address": "\(address)"])
+    }
+
+    /// Hands the oldest queued connection to libvncserver.
+    private func admitOne(_ screen: rfbScreenInfoPtr) {
+        guard !queue.isEmpty else { return }
+        let entry = queue.removeFirst()
+        admitting = (entry.address, entry.since)
+        _ = rfbNewClient(screen, entry.fd)
+        if admitting != nil {
+            // libvncserver gave up on it before calling newClientHook (it closed the descriptor).
+            admitting = nil
+            unauthenticatedLeft(entry.address)
+        }
+    }
+
+    private func unauthenticatedLeft(_ address: String) {
+        let left = pendingByAddress[address, default: 1] - 1
+        pendingByAddress[address] = left > 0 ? left : nil
+        unauthenticated.subtract(1, ordering: .relaxed)
+    }
+
+    /// Disconnects clients (and queued connections) that have not finished the handshake in time.
+    private func sweepHandshakes(_ screen: rfbScreenInfoPtr) {
+        let now = Date()
+        guard now >= nextSweep else { return }
+        nextSweep = now.addingTimeInterval(0.1)
+        let deadline = now.addingTimeInterval(-options.handshakeTimeout)
+        var timedOut: [String] = []
+        queue.removeAll { entry in
+            guard entry.since < deadline else { return false }
+            Foundation.close(entry.fd)
+            unauthenticatedLeft(entry.address)
+            timedOut.append(entry.address)
+            return true
+        }
+        let clients = rfbGetClientIterator(screen)
+        while let cl = rfbClientIteratorNext(clients) {
+            guard cl.pointee.sock != -1, vpd_rfb_client_is_normal(cl) == 0, let state = ClientState.of(cl),
+                  state.since < deadline else { continue }
+            timedOut.append(state.address)
+            rfbCloseClient(cl)  // libvncserver lets it go (clientGoneHook) in its next rfbProcessEvents
+        }
+        rfbReleaseClientIterator(clients)
+        guard !timedOut.isEmpty else { return }
+        VNCBridge.Counters.handshakeTimeoutCount.add(timedOut.count, ordering: .relaxed)
+        logger.notice("VNC clients disconnected: handshake not finished in \(options.handshakeTimeout) s",
+                      metadata: ["count": "\(timedOut.count)", "address": "\(timedOut[0])"])
+    }
+
+    /// libvncserver took a connection of `admitOne` and sent it the server's version.
+    private func clientArrived(_ cl: rfbClientPtr) -> rfbNewClientAction {
+        guard let entry = admitting else { return RFB_CLIENT_REFUSE }  // not one of ours: never happens
+        admitting = nil
+        cl.pointee.clientData = Unmanaged.passRetained(ClientState(address: entry.address, since: entry.since)).toOpaque()
         cl.pointee.clientGoneHook = { cl in
             guard let cl, let data = cl.pointee.clientData else { return }
             cl.pointee.clientData = nil
             let state = Unmanaged<ClientState>.fromOpaque(data).takeRetainedValue()
             Worker.of(cl).clientLeft(state, cl)
         }
+        return RFB_CLIENT_ACCEPT
+    }
+
+    /// The client authenticated: it counts as a client now and the screen follows the session's frames.
+    private func clientAuthenticated(_ cl: rfbClientPtr, _ state: ClientState) {
+        state.authenticated = true
+        unauthenticatedLeft(state.address)
         if clients.add(1, ordering: .relaxed).newValue == 1 {
             subscription = hub.subscribe(kind: .vncBridge, capacity: 2) {}
+            subscribed.store(true, ordering: .relaxed)
         }
         hub.metrics.vncClientsChanged(by: 1)
-        // The hub hands a new subscriber its latest frame at once: show it before this client's first update.
+        // The hub hands a new subscriber its latest frame at once: show it before this client's ServerInit.
         refresh()
-        guard hasPicture else {
-            // Nothing captured yet (the source starts when somebody watches): hold the client until the first
-            // frame, rather than showing it a black screen, for at most a few seconds.
+        if !hasPicture {
+            // Nothing captured yet (the source starts when somebody watches): hold the client before its
+            // ServerInit until the first frame, rather than showing it a black screen, for at most a few seconds.
+            cl.pointee.onHold = vpd_rfb_true()
             held.append((cl, Date().addingTimeInterval(3)))
-            return RFB_CLIENT_ON_HOLD
         }
-        return RFB_CLIENT_ACCEPT
     }
 
     private func releaseHeldClients() {
@@ -322,12 +475,17 @@ private final class Worker: @unchecked Sendable {
 
     private func clientLeft(_ state: ClientState, _ cl: rfbClientPtr) {
         held.removeAll { $0.client == cl }
+        guard state.authenticated else {
+            unauthenticatedLeft(state.address)
+            return
+        }
         hub.metrics.vncClientSent(bytes: Int(rfbStatGetSentBytes(cl)), rawBytes: Int(rfbStatGetSentBytesIfRaw(cl)),
                                   updates: Int(rfbStatGetMessageCountSent(cl, UInt32(rfbFramebufferUpdate))))
         hub.metrics.vncClientsChanged(by: -1)
         if clients.subtract(1, ordering: .relaxed).newValue == 0 {
             subscription?.cancel()
             subscription = nil
+            subscribed.store(false, ordering: .relaxed)
         }
         logger.debug("VNC client left", metadata: ["address": "\(state.address)"])
     }
@@ -336,7 +494,8 @@ private final class Worker: @unchecked Sendable {
     /// password fails too (the guess is wasted); the relay's own passwords are never throttled nor counted.
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafeRawBufferPointer) -> rfbBool {
         Self.securityListSettled.store(true, ordering: .releasing)
-        let address = ClientState.of(cl)?.address ?? "?"
+        guard let state = ClientState.of(cl), !state.authenticated else { return vpd_rfb_false() }
+        let address = state.address
         let challenge = withUnsafeBytes(of: cl.pointee.authChallenge) { Array($0) }
         let grant = response.count == challenge.count ? passwords.check(challenge: challenge, response: Array(response)) : nil
         guard let grant, grant.internal || throttle.allows(address) else {
@@ -347,6 +506,7 @@ private final class Worker: @unchecked Sendable {
         }
         if !grant.internal { throttle.record(address, success: true) }
         cl.pointee.viewOnly = grant.control ? vpd_rfb_false() : vpd_rfb_true()
+        clientAuthenticated(cl, state)
         logger.info("VNC client connected", metadata: ["address": "\(address)", "control": "\(grant.control)"])
         return vpd_rfb_true()
     }
@@ -477,6 +637,9 @@ private final class Worker: @unchecked Sendable {
 /// Per-client state: the address, the buttons and modifiers held, the last press (for double clicks).
 private final class ClientState {
     let address: String
+    /// When it connected (the handshake timeout counts from then).
+    let since: Date
+    var authenticated = false
     var mask = 0
     var x = -1.0, y = -1.0
     var modifiers = 0
@@ -484,7 +647,10 @@ private final class ClientState {
     private var lastPress = Date.distantPast
     private var lastPressAt = (x: -100.0, y: -100.0)
 
-    init(address: String) { self.address = address }
+    init(address: String, since: Date) {
+        self.address = address
+        self.since = since
+    }
 
     static func of(_ cl: rfbClientPtr) -> ClientState? {
         cl.pointee.clientData.map { Unmanaged<ClientState>.fromOpaque($0).takeUnretainedValue() }

@@ -8,54 +8,98 @@ public import WebSocketIO
 ///
 /// The WebSocket was authenticated by viewportd (API key or viewer token), so the VNC-level password is answered
 /// here, with a password minted for this connection alone: noVNC is offered the "None" security type and never
-/// prompts. The handshake is RFB 3.8: versions pass through, the screen's security types [VncAuth] become [None]
-/// for the client, the client's choice is replaced by VncAuth, the challenge is answered here, and the security
-/// result passes through. From then on bytes flow unchanged both ways.
+/// prompts (see ``RelayHandshake``). From then on bytes flow unchanged both ways.
+///
+/// Both directions are bounded in bytes, and the event loop's service thread never blocks:
+/// - screen → client: what the reader thread read and the WebSocket has not taken yet (in flight to the service
+///   thread or queued) is at most ``Limits/toClientBytes``; beyond, the client is not reading and is closed with
+///   1008 "client is not reading".
+/// - client → screen: writes to the TCP socket never block (MSG_DONTWAIT); what the screen has not taken waits in
+///   a buffer of at most ``Limits/toServerBytes`` and is retried every 10 ms; beyond, the client is closed with 1008.
 ///
 /// `@unchecked Sendable`: its state is confined to the event loop's service thread; the reader thread only
-/// reads the TCP socket and hands what it read to that thread.
+/// reads the TCP socket, counts what it read in `budget` and hands it to that thread.
 public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
-    private enum Stage { case serverVersion, clientVersion, securityTypes, clientChoice, challenge, result, relaying }
+    public struct Limits: Sendable {
+        /// Bytes from the screen not yet taken by the WebSocket, at most.
+        public var toClientBytes = 8 << 20
+        /// Bytes from the client not yet taken by the screen, at most.
+        public var toServerBytes = 1 << 20
+        public init() {}
+    }
+
+    /// Process-wide counts of relays closed for exceeding their limits, for metrics.
+    public enum Counters {
+        /// Closed because the client did not read what the screen sent (1008 "client is not reading").
+        public static var clientNotReading: Int { notReading.load(ordering: .relaxed) }
+        /// Closed because the client sent faster than the screen reads.
+        public static var screenNotReading: Int { screenBehind.load(ordering: .relaxed) }
+        static let notReading = Atomic(0)
+        static let screenBehind = Atomic(0)
+    }
+
+    /// Largest message handed to the WebSocket at once.
+    static let chunk = 256 * 1024
 
     private let bridge: VNCBridge
     private let control: Bool
     private let loop: EventLoop
     private let logger: Logger
+    private let limits: Limits
+    private let budget = Budget()
     private var fd: Int32 = -1
-    private var stage = Stage.serverVersion
-    private var fromServer: [UInt8] = []
-    private var fromClient: [UInt8] = []
-    private var outbox: [OutboundMessage] = []
+    private var handshake: RelayHandshake
+    /// Bytes for the client; `outboxStart` is the first not yet taken.
+    private var outbox: [UInt8] = []
+    private var outboxStart = 0
+    /// Bytes for the screen that `send` did not take yet.
+    private var toServer: [UInt8] = []
+    private var flushScheduled = false
     private weak var socket: WebSocket?
-    private var password = ""
+    private let password = Box()
     private var closed = false
 
     /// A relay to `bridge`; the client may drive the browser when `control`.
-    public init(bridge: VNCBridge, control: Bool, loop: EventLoop, logger: Logger) {
+    public init(bridge: VNCBridge, control: Bool, loop: EventLoop, logger: Logger, limits: Limits = Limits()) {
         self.bridge = bridge
         self.control = control
         self.loop = loop
         self.logger = logger
+        self.limits = limits
+        handshake = RelayHandshake { [password] challenge in
+            var response = challenge
+            var key = Array(password.value.utf8CString)
+            vpd_rfb_encrypt(&response, &key)
+            return response
+        }
     }
 
     public func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket
-        password = bridge.passwords.mintInternal(control: control)
-        fd = Self.connectLoopback(port: bridge.port)
+        password.value = bridge.passwords.mintInternal(control: control)
+        fd = Self.connectLoopback(port: bridge.port) { bridge.expectRelay(fromPort: $0) }
         guard fd >= 0 else {
             socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
             return
         }
-        let reader = Reader(fd: fd)
+        let reader = Reader(fd: fd, budget: budget, limit: limits.toClientBytes)
         let thread = Thread { [loop, fd] in
-            reader.run { bytes in
+            reader.run { event in
                 loop.execute { [weak self] in
                     guard let self else {
                         // The WebSocket is gone and with it the relay: the descriptor is still ours to close.
-                        if bytes == nil { close(fd) }
+                        if case .bytes = event {} else { close(fd) }
                         return
                     }
-                    if let bytes { serverSent(bytes) } else { serverClosed() }
+                    switch event {
+                    case .bytes(let bytes): serverSent(bytes)
+                    case .end: serverClosed(code: 1000, reason: "the VNC screen closed")
+                    case .overBudget:
+                        Counters.notReading.add(1, ordering: .relaxed)
+                        logger.warning("noVNC relay closed: client is not reading",
+                                       metadata: ["buffered_bytes": "\(budget.bytes.load(ordering: .relaxed))"])
+                        serverClosed(code: 1008, reason: "client is not reading")
+                    }
                 }
             }
         }
@@ -68,132 +112,125 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
             socket.close(code: 1003, reason: "RFB travels in binary messages")
             return
         }
-        if stage == .relaying {
-            write(Array(message.data))
-            return
-        }
-        fromClient += message.data
-        advance()
+        perform(handshake.clientSent(message.data))
     }
 
-    public func nextMessage(for socket: WebSocket) -> OutboundMessage? { outbox.isEmpty ? nil : outbox.removeFirst() }
+    public func nextMessage(for socket: WebSocket) -> OutboundMessage? {
+        let count = min(outbox.count - outboxStart, Self.chunk)
+        guard count > 0 else { return nil }
+        let message = OutboundMessage.binary(Payload(copying: outbox[outboxStart..<(outboxStart + count)]))
+        outboxStart += count
+        if outboxStart == outbox.count {
+            outbox.removeAll(keepingCapacity: outbox.capacity <= 2 * Self.chunk)
+            outboxStart = 0
+        } else if outboxStart >= outbox.count / 2 {
+            outbox.removeFirst(outboxStart)
+            outboxStart = 0
+        }
+        budget.bytes.subtract(count, ordering: .relaxed)
+        return message
+    }
 
-    public func hasMessages(for socket: WebSocket) -> Bool { !outbox.isEmpty }
+    public func hasMessages(for socket: WebSocket) -> Bool { outbox.count > outboxStart }
 
     public func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
         closed = true
+        toServer = []
         if fd >= 0 {
             shutdown(fd, Int32(SHUT_RDWR))  // the reader sees end of file and closes the descriptor
         }
     }
 
-    // MARK: - Handshake
-
     private func serverSent(_ bytes: [UInt8]) {
-        if stage == .relaying {
-            send(bytes)
-            return
-        }
-        fromServer += bytes
-        advance()
+        // The reader counted these; what reaches the outbox is counted again in `sendToClient` (during the
+        // handshake that differs from what the screen sent).
+        budget.bytes.subtract(bytes.count, ordering: .relaxed)
+        perform(handshake.serverSent(bytes))
     }
 
-    private func serverClosed() {
-        close(fd)
+    /// Ends the relay: the reader has stopped, the descriptor is closed here.
+    private func serverClosed(code: UInt16, reason: String) {
+        if fd >= 0 { close(fd) }
         fd = -1
         guard !closed else { return }
-        socket?.close(code: 1000, reason: "the VNC screen closed")
+        socket?.close(code: code, reason: reason)
     }
 
-    /// Moves the handshake on as far as the bytes received allow.
-    private func advance() {
-        while true {
-            switch stage {
-            case .serverVersion:
-                guard let version = take(12, from: &fromServer) else { return }
-                guard version.starts(with: Array("RFB 003.008".utf8)) else { return fail("the VNC screen does not speak RFB 3.8") }
-                send(version)
-                stage = .clientVersion
-            case .clientVersion:
-                guard let version = take(12, from: &fromClient) else { return }
-                guard version.starts(with: Array("RFB 003.008".utf8)) else { return fail("the client must speak RFB 3.8") }
-                write(version)
-                stage = .securityTypes
-            case .securityTypes:
-                guard let count = fromServer.first else { return }
-                guard count > 0 else { return fail("the VNC screen refused the connection") }
-                guard let types = take(1 + Int(count), from: &fromServer) else { return }
-                guard types.dropFirst().contains(2) else { return fail("the VNC screen does not offer VNC authentication") }
-                send([1, 1])  // one type: None
-                stage = .clientChoice
-            case .clientChoice:
-                guard let choice = take(1, from: &fromClient) else { return }
-                guard choice == [1] else { return fail("the client must choose security type None") }
-                write([2])  // VncAuth
-                stage = .challenge
-            case .challenge:
-                guard let challenge = take(16, from: &fromServer) else { return }
-                var response = challenge
-                var key = Array(password.utf8CString)
-                vpd_rfb_encrypt(&response, &key)
-                guard response != challenge else { return fail("DES is not available (libgcrypt FIPS mode?)") }
-                write(response)
-                stage = .result
-            case .result:
-                guard let result = take(4, from: &fromServer) else { return }
-                send(result)
-                guard result == [0, 0, 0, 0] else { return fail("the VNC screen refused the relay's password") }
-                stage = .relaying
-                if !fromServer.isEmpty { send(fromServer) }
-                if !fromClient.isEmpty { write(fromClient) }
-                fromServer = []
-                fromClient = []
-                return
-            case .relaying:
-                return
+    private func perform(_ steps: [RelayHandshake.Step]) {
+        for step in steps {
+            switch step {
+            case .toClient(let bytes): sendToClient(bytes)
+            case .toServer(let bytes): write(bytes)
+            case .fail(let reason):
+                logger.warning("noVNC relay failed", metadata: ["reason": "\(reason)"])
+                socket?.close(code: 1011, reason: reason)
             }
         }
     }
 
-    private func take(_ count: Int, from buffer: inout [UInt8]) -> [UInt8]? {
-        guard buffer.count >= count else { return nil }
-        defer { buffer.removeFirst(count) }
-        return Array(buffer.prefix(count))
-    }
-
-    private func fail(_ reason: String) {
-        logger.warning("noVNC relay failed", metadata: ["reason": "\(reason)"])
-        socket?.close(code: 1011, reason: reason)
-    }
-
-    /// To the WebSocket client.
-    private func send(_ bytes: [UInt8]) {
-        outbox.append(.binary(Payload(copying: bytes)))
+    private func sendToClient(_ bytes: [UInt8]) {
+        guard !closed else { return }
+        budget.bytes.add(bytes.count, ordering: .relaxed)
+        outbox += bytes
         socket?.requestWrite()
     }
 
-    /// To the VNC screen. Loopback writes of client messages are small and do not block for long.
+    /// To the VNC screen, without blocking: what the socket does not take now waits, up to the limit.
     private func write(_ bytes: [UInt8]) {
-        guard fd >= 0 else { return }
+        guard fd >= 0, !closed else { return }
+        toServer += bytes
+        flush()
+    }
+
+    private func flush() {
+        flushScheduled = false
+        guard fd >= 0, !closed else { return }
         var offset = 0
-        while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { Foundation.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        while offset < toServer.count {
+            let written = toServer[offset...].withUnsafeBytes {
+                Foundation.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
             if written < 0, errno == EINTR { continue }
+            if written < 0, errno == EAGAIN || errno == EWOULDBLOCK { break }
             guard written > 0 else {
+                toServer = []
                 socket?.close(code: 1011, reason: "the VNC screen went away")
                 return
             }
             offset += written
         }
+        toServer.removeFirst(offset)
+        guard !toServer.isEmpty else { return }
+        guard toServer.count <= limits.toServerBytes else {
+            Counters.screenBehind.add(1, ordering: .relaxed)
+            logger.warning("noVNC relay closed: client sends faster than the VNC screen reads",
+                           metadata: ["buffered_bytes": "\(toServer.count)"])
+            toServer = []
+            socket?.close(code: 1008, reason: "client sends faster than the screen reads")
+            return
+        }
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        loop.schedule(after: 0.01) { [weak self] in self?.flush() }
     }
 
-    private static func connectLoopback(port: Int) -> Int32 {
-        let fd = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    /// A TCP connection to the screen on 127.0.0.1 from a port announced with `announce` before connecting.
+    private static func connectLoopback(port: Int, announce: (Int) -> Void) -> Int32 {
+        let fd = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return -1 }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else {
+            close(fd)
+            return -1
+        }
+        announce(Int(UInt16(bigEndian: address.sin_port)))
+        address.sin_port = UInt16(port).bigEndian
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -207,20 +244,47 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     }
 }
 
-/// Reads the TCP side on a thread of its own until end of file (the relay owns and closes the descriptor).
-private final class Reader: Sendable {
-    let fd: Int32
-    init(fd: Int32) { self.fd = fd }
+/// The minted password, set on the service thread before the first challenge can arrive.
+private final class Box: @unchecked Sendable {
+    var value = ""
+}
 
-    /// Calls `deliver` with each chunk read, then once with nil at the end.
-    func run(_ deliver: ([UInt8]?) -> Void) {
-        var buffer = [UInt8](repeating: 0, count: 256 * 1024)
+/// Bytes the reader read from the screen that the WebSocket has not taken yet.
+private final class Budget: Sendable {
+    let bytes = Atomic(0)
+}
+
+/// Reads the TCP side on a thread of its own until end of file or until the client falls too far behind (the
+/// relay owns and closes the descriptor).
+private final class Reader: Sendable {
+    enum Event: Sendable {
+        case bytes([UInt8])
+        case end
+        case overBudget
+    }
+
+    let fd: Int32
+    let budget: Budget
+    let limit: Int
+    init(fd: Int32, budget: Budget, limit: Int) {
+        self.fd = fd
+        self.budget = budget
+        self.limit = limit
+    }
+
+    /// Calls `deliver` with each chunk read, then once with `.end` or `.overBudget` and stops.
+    func run(_ deliver: (Event) -> Void) {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let count = recv(fd, &buffer, buffer.count, 0)
             if count < 0, errno == EINTR { continue }
             guard count > 0 else { break }
-            deliver(Array(buffer[0..<count]))
+            if budget.bytes.add(count, ordering: .relaxed).newValue > limit {
+                deliver(.overBudget)
+                return
+            }
+            deliver(.bytes(Array(buffer[0..<count])))
         }
-        deliver(nil)
+        deliver(.end)
     }
 }

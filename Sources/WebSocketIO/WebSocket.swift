@@ -61,6 +61,8 @@ public final class WebSocket: @unchecked Sendable {
         guard loop.inLoop else { loop.enqueue { self.close(code: code, reason: reason) }; return }
         guard isOpen, closing == nil, let wsi else { return }
         closing = (code, Array(reason.utf8.prefix(123)))  // a close frame's payload is at most 125 bytes
+        // A peer that does not read never makes the socket writable: drop it if the close frame is not out in 3 s.
+        lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND, 3)
         lws_callback_on_writable(wsi)
     }
 

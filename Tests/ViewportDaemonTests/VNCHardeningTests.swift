@@ -1,0 +1,419 @@
+import Foundation
+import Logging
+import Testing
+import RFBSource
+import VNCBridge
+@testable import ViewportDaemon
+import ViewportCore
+
+// MARK: - Sockets and /proc
+
+/// Raises this process's soft descriptor limit (children inherit it) to at least `count`.
+func raiseDescriptorLimit(to count: Int) throws {
+    var limit = rlimit()
+    getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    guard limit.rlim_cur < rlim_t(count) else { return }
+    limit.rlim_cur = rlim_t(count)
+    if limit.rlim_max < limit.rlim_cur { limit.rlim_max = limit.rlim_cur }
+    try #require(setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, "setrlimit: \(errno)")
+}
+
+/// A blocking TCP connection to 127.0.0.1:`port` from `source` (any 127.x.y.z works on Linux), or -1.
+func tcpConnect(port: Int, from source: String = "127.0.0.1") -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var local = sockaddr_in()
+    local.sin_family = sa_family_t(AF_INET)
+    local.sin_addr.s_addr = inet_addr(source)
+    var remote = sockaddr_in()
+    remote.sin_family = sa_family_t(AF_INET)
+    remote.sin_port = UInt16(port).bigEndian
+    remote.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let ok = withUnsafePointer(to: &local) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    } && withUnsafePointer(to: &remote) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+    guard ok else {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
+/// Reads what arrives on `fd` within `seconds`: the bytes, and whether the peer closed.
+func readAvailable(_ fd: Int32, within seconds: Double, until count: Int = .max) -> (bytes: [UInt8], closed: Bool) {
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let deadline = Date().addingTimeInterval(seconds)
+    while bytes.count < count, deadline > Date() {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, Int32(max(1, deadline.timeIntervalSinceNow * 1000))) > 0 else { continue }
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n <= 0 { return (bytes, true) }
+        bytes += buffer[0..<n]
+    }
+    return (bytes, false)
+}
+
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) {
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+/// Entries of a /proc/`pid` directory (`task`: threads, `fd`: descriptors).
+func procCount(_ pid: Int32, _ directory: String) -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/\(directory)").count) ?? -1
+}
+
+/// Resident memory of `pid` in MiB.
+func residentMiB(_ pid: Int32) -> Double {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return Double(line.split(separator: " ").dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
+}
+
+/// Seconds `/healthz` takes to answer 200 (infinity when it does not).
+func healthzSeconds(_ base: String) async -> Double {
+    let start = Date()
+    guard (try? await httpRaw("GET", base + "/healthz"))?.0 == 200 else { return .infinity }
+    return Date().timeIntervalSince(start)
+}
+
+/// `viewportd serve` as a child process with a session on a Chromium showing `page`.
+func withChildSession(page: String, _ body: (ChildDaemon, String) async throws -> Void) async throws {
+    let browser = try await Chromium.launch(url: Fixtures.url(page))
+    defer { browser.terminate() }
+    let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-vnc-\(UUID().uuidString)").path
+    let daemon = try await ChildDaemon.start(stateDir: stateDir, environment: [
+        "VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a",
+    ])
+    defer {
+        daemon.signal(SIGKILL)
+        daemon.process.waitUntilExit()
+    }
+    let (status, created) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", key: keyA,
+                                                  json: ["browser_address": browser.address])
+    try #require(status == 201, "\(created)")
+    let id = try #require(created["browser_session_id"].string)
+    try await eventually("session attached") {
+        try await requestJSON("GET", daemon.base + "/v1/browser_sessions/\(id)").1["status"].string == "running"
+    }
+    try await body(daemon, id)
+}
+
+func mintVNC(_ base: String, _ id: String) async throws -> (port: Int, password: String) {
+    let (status, body) = try await requestJSON("POST", base + "/v1/browser_sessions/\(id)/vnc", json: ["control": false])
+    try #require(status == 201, "\(body)")
+    return (try #require(body["port"].int), try #require(body["password"].string))
+}
+
+// MARK: - The relay's handshake, without sockets
+
+@Suite("noVNC relay handshake as a pure state machine")
+struct RelayHandshakeTests {
+    static let version = Array("RFB 003.008\n".utf8)
+    static let challenge = Array(0..<16 as Range<UInt8>)
+
+    private func handshake() -> RelayHandshake { RelayHandshake { challenge in challenge.map { $0 ^ 0xFF } } }
+
+    private func failures(_ steps: [RelayHandshake.Step]) -> [String] {
+        steps.compactMap { if case .fail(let reason) = $0 { reason } else { nil } }
+    }
+
+    @Test func aWellBehavedHandshakeOffersNoneAnswersTheChallengeAndThenPassesBytesThrough() {
+        var h = handshake()
+        #expect(h.serverSent(Self.version) == [.toClient(Self.version)])
+        #expect(h.clientSent(Self.version) == [.toServer(Self.version)])
+        #expect(h.serverSent([2, 16, 2]) == [.toClient([1, 1])], "the screen's types become [None]")
+        #expect(h.clientSent([1]) == [.toServer([2])], "None becomes VncAuth")
+        #expect(h.serverSent(Self.challenge) == [.toServer(Self.challenge.map { $0 ^ 0xFF })])
+        #expect(h.serverSent([0, 0, 0, 0, 9, 9]) == [.toClient([0, 0, 0, 0]), .toClient([9, 9])], "bytes sent ahead follow")
+        #expect(h.isRelaying)
+        #expect(h.clientSent([1]) == [.toServer([1])])
+        #expect(h.serverSent([7, 8]) == [.toClient([7, 8])])
+    }
+
+    @Test func bytesArrivingOneAtATimeGiveTheSameSteps() {
+        var h = handshake()
+        var steps: [RelayHandshake.Step] = []
+        for byte in Self.version { steps += h.serverSent([byte]) }
+        for byte in Self.version { steps += h.clientSent([byte]) }
+        for byte in [1, 2] as [UInt8] { steps += h.serverSent([byte]) }
+        steps += h.clientSent([1])
+        for byte in Self.challenge + [0, 0, 0, 0] { steps += h.serverSent([byte]) }
+        #expect(steps == [.toClient(Self.version), .toServer(Self.version), .toClient([1, 1]), .toServer([2]),
+                          .toServer(Self.challenge.map { $0 ^ 0xFF }), .toClient([0, 0, 0, 0])])
+        #expect(h.isRelaying)
+    }
+
+    @Test func truncatedInputsWaitWithoutFailing() {
+        var h = handshake()
+        #expect(h.serverSent(Self.version.prefix(11)).isEmpty)
+        #expect(h.serverSent(Self.version.suffix(1)) == [.toClient(Self.version)])
+        #expect(h.clientSent(Self.version) == [.toServer(Self.version)])
+        #expect(h.serverSent([255] + [UInt8](repeating: 16, count: 200)).isEmpty, "255 types announced, 200 arrived")
+        #expect(h.stage == .securityTypes)
+    }
+
+    @Test func wrongVersionsRefusedTypesAndWrongChoicesFailOnce() {
+        var h = handshake()
+        #expect(failures(h.serverSent(Array("RFB 003.003\n".utf8))) == ["the VNC screen does not speak RFB 3.8"])
+        #expect(h.serverSent(Self.version).isEmpty && h.clientSent(Self.version).isEmpty, "nothing after a failure")
+
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        #expect(failures(h.clientSent(Array("RFB 004.000\n".utf8))) == ["the client must speak RFB 3.8"])
+
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        _ = h.clientSent(Self.version)
+        #expect(failures(h.serverSent([0, 0, 0, 0, 5] + Array("nope!".utf8))) == ["the VNC screen refused the connection"],
+                "security-type count 0")
+
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        _ = h.clientSent(Self.version)
+        #expect(failures(h.serverSent([255] + [UInt8](repeating: 16, count: 255))) == ["the VNC screen does not offer VNC authentication"])
+
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        _ = h.clientSent(Self.version)
+        #expect(h.serverSent([255] + [UInt8](repeating: 16, count: 254) + [2]) == [.toClient([1, 1])], "255 types with VncAuth last")
+        #expect(failures(h.clientSent([2])) == ["the client must choose security type None"])
+
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        _ = h.clientSent(Self.version)
+        _ = h.serverSent([1, 2])
+        _ = h.clientSent([1])
+        _ = h.serverSent(Self.challenge)
+        let refused = h.serverSent([0, 0, 0, 1])
+        #expect(refused.first == .toClient([0, 0, 0, 1]) && failures(refused) == ["the VNC screen refused the relay's password"])
+        #expect(h.stage == .failed)
+    }
+
+    @Test func aChallengeThatCannotBeAnsweredFails() {
+        var h = RelayHandshake { $0 }  // DES unavailable leaves the bytes as they were
+        _ = h.serverSent(Self.version)
+        _ = h.clientSent(Self.version)
+        _ = h.serverSent([1, 2])
+        _ = h.clientSent([1])
+        #expect(failures(h.serverSent(Self.challenge)) == ["DES is not available (libgcrypt FIPS mode?)"])
+    }
+
+    @Test func eitherSideSendingTooMuchAheadFailsInsteadOfBuffering() {
+        var h = handshake()
+        #expect(failures(h.clientSent([UInt8](repeating: 0x41, count: RelayHandshake.maxBuffered + 1)))
+                == ["the client sent too much during the handshake"])
+        h = handshake()
+        _ = h.serverSent(Self.version)
+        #expect(failures(h.serverSent([UInt8](repeating: 0, count: 10 << 20))) == ["the VNC screen sent too much during the handshake"],
+                "a huge count")
+    }
+
+    @Test func theFuzzEntryPointSurvivesRandomAndHandshakeShapedScripts() {
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<3000 {
+            var script = (0..<Int.random(in: 0...600, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            if round % 2 == 0 {
+                // A valid prefix, so the later stages are reached too.
+                script = [0x8C] + Self.version + [0x0C] + Self.version + [0x82, 1, 2, 0x01, 1, 0x90] + Self.challenge
+                    + [0x84, 0, 0, 0, 0] + script
+            }
+            script.withUnsafeBytes { RelayHandshake.fuzz($0) }
+        }
+    }
+}
+
+// MARK: - The screen's doors, in process
+
+@Suite("VNC screen before authentication", .serialized)
+struct VNCScreenAdmissionTests {
+    private func bridge(_ configure: (inout VNCBridge.Options) -> Void = { _ in }) throws -> (VNCBridge, FrameHub) {
+        let hub = FrameHub()
+        var options = VNCBridge.Options()
+        options.ports = 5950...5999
+        configure(&options)
+        return (try VNCBridge(hub: hub, options: options, throttle: VNCAuthThrottle(), input: nil, name: "test",
+                              logger: Logger(label: "test")), hub)
+    }
+
+    @Test func theScreenFollowsTheFramesOnlyOnceAClientAuthenticated() async throws {
+        let (bridge, hub) = try bridge()
+        defer { bridge.close() }
+        let peer = tcpConnect(port: bridge.port)
+        defer { close(peer) }
+        #expect(readAvailable(peer, within: 2, until: 12).bytes == Array("RFB 003.008\n".utf8))
+        sendAll(peer, Array("RFB 003.008\n".utf8))
+        #expect(readAvailable(peer, within: 2, until: 2).bytes == [1, 2], "offered VncAuth")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(!bridge.isSubscribed && bridge.clientCount == 0 && bridge.unauthenticatedCount == 1,
+                "an unauthenticated client costs no decoding and does not count")
+
+        let password = bridge.passwords.mint(control: false, expiresAt: Date().addingTimeInterval(60))
+        let seen = FrameHub()
+        let client = RFBSource(address: "127.0.0.1:\(bridge.port)", password: password, hub: seen, options: .init(),
+                               logger: Logger(label: "test")) { _ in }
+        client.start()
+        try await eventually("the authenticated client subscribes the screen", timeout: 10) {
+            bridge.isSubscribed && bridge.clientCount == 1
+        }
+        _ = hub
+        client.stop()
+        try await eventually("the screen lets go of the frames when it leaves", timeout: 10) {
+            !bridge.isSubscribed && bridge.clientCount == 0
+        }
+    }
+
+    @Test func aClientThatNeverFinishesTheHandshakeIsDisconnectedAfterTheTimeout() async throws {
+        let (bridge, _) = try bridge { $0.handshakeTimeout = 1 }
+        defer { bridge.close() }
+        let before = VNCBridge.Counters.handshakeTimeouts
+        let silent = tcpConnect(port: bridge.port)
+        let halfway = tcpConnect(port: bridge.port)
+        defer { close(silent); close(halfway) }
+        let start = Date()
+        sendAll(halfway, Array("RFB 003.008\n".utf8))  // and never chooses a security type
+        let (_, silentClosed) = readAvailable(silent, within: 4)
+        let (_, halfwayClosed) = readAvailable(halfway, within: 4)
+        #expect(silentClosed && halfwayClosed)
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(elapsed >= 0.9 && elapsed < 2.5, "closed after \(elapsed) s")
+        #expect(VNCBridge.Counters.handshakeTimeouts - before == 2)
+        try await eventually("nothing is left of them") { bridge.unauthenticatedCount == 0 }
+    }
+
+    @Test func unauthenticatedClientsAreCappedPerAddressAndPerScreen() async throws {
+        let (bridge, _) = try bridge { options in
+            options.maxUnauthenticatedPerAddress = 3
+            options.maxUnauthenticated = 5
+        }
+        defer { bridge.close() }
+        let before = VNCBridge.Counters.refusedUnauthenticated
+        func greeted(_ fd: Int32) -> Bool { readAvailable(fd, within: 2, until: 12).bytes.count == 12 }
+        func refused(_ fd: Int32) -> Bool { readAvailable(fd, within: 2).closed }
+        let first = (0..<3).map { _ in tcpConnect(port: bridge.port, from: "127.0.0.2") }
+        let fourth = tcpConnect(port: bridge.port, from: "127.0.0.2")
+        let other = (0..<2).map { _ in tcpConnect(port: bridge.port, from: "127.0.0.3") }
+        let sixth = tcpConnect(port: bridge.port, from: "127.0.0.4")
+        defer { (first + other + [fourth, sixth]).forEach { close($0) } }
+        #expect(first.allSatisfy(greeted))
+        #expect(refused(fourth), "a fourth from one address")
+        #expect(other.allSatisfy(greeted))
+        #expect(refused(sixth), "a sixth on the screen")
+        #expect(VNCBridge.Counters.refusedUnauthenticated - before == 2)
+        #expect(bridge.unauthenticatedCount == 5)
+        close(first[0])
+        try await eventually("a place frees up") { bridge.unauthenticatedCount == 4 }
+        let again = tcpConnect(port: bridge.port, from: "127.0.0.4")
+        defer { close(again) }
+        #expect(greeted(again))
+    }
+}
+
+// MARK: - A daemon under hostile VNC peers
+
+@Suite("viewportd under hostile VNC peers", .serialized)
+struct VNCHostilePeerTests {
+    @Test func aThousandIdleConnectionsNeitherStopTheDaemonNorAValidClientAndLeaveNothingBehind() async throws {
+        try raiseDescriptorLimit(to: 8192)
+        try await withChildSession(page: "vnc.html") { daemon, id in
+            let pid = daemon.process.processIdentifier
+            let (port, password) = try await mintVNC(daemon.base, id)
+            #expect(try vncdo(port: port, password: password, ["capture", scratchPNG()]).status == 0)
+            try await Task.sleep(for: .seconds(1))
+            let (threads, descriptors) = (procCount(pid, "task"), procCount(pid, "fd"))
+
+            let idle = (0..<1000).map { _ in tcpConnect(port: port, from: "127.0.0.2") }
+            defer { idle.forEach { if $0 >= 0 { close($0) } } }
+            #expect(idle.allSatisfy { $0 >= 0 }, "every connection was accepted by the kernel")
+            let healthz = await healthzSeconds(daemon.base)
+            #expect(healthz < 1, "healthz took \(healthz) s")
+            let start = Date()
+            let capture = try vncdo(port: port, password: password, ["capture", scratchPNG()])
+            #expect(capture.status == 0, "a valid client from another address gets a frame while they wait: \(capture.output)")
+            print("1000 idle: healthz \(healthz) s, vncdo capture \(Date().timeIntervalSince(start)) s, daemon fds \(procCount(pid, "fd")) threads \(procCount(pid, "task")) (baseline \(descriptors), \(threads))")
+            try await eventually("the idle ones time out and the daemon's descriptors return to baseline", timeout: 20) {
+                procCount(pid, "fd") <= descriptors
+            }
+            #expect(daemon.log.contains("handshake not finished"))
+            #expect(daemon.log.contains("too many unauthenticated clients"))
+            idle.forEach { close($0) }
+            try await eventually("threads and descriptors at baseline", timeout: 10) {
+                procCount(pid, "fd") <= descriptors && procCount(pid, "task") <= threads
+            }
+            print("after: daemon fds \(procCount(pid, "fd")) threads \(procCount(pid, "task"))")
+            #expect(await healthzSeconds(daemon.base) < 1)
+        }
+    }
+
+    @Test func aDaemonWithMoreThan1024DescriptorsRefusesVNCClientsItCannotSelectOnAndKeepsRunning() async throws {
+        try raiseDescriptorLimit(to: 8192)
+        try await withChildSession(page: "vnc.html") { daemon, id in
+            let pid = daemon.process.processIdentifier
+            let (port, password) = try await mintVNC(daemon.base, id)
+            // Idle HTTP connections push the daemon's descriptors past FD_SETSIZE.
+            var held = (0..<1100).map { _ in tcpConnect(port: daemon.port) }
+            defer { held.forEach { if $0 >= 0 { close($0) } } }
+            try await eventually("the daemon holds more than 1024 descriptors") { procCount(pid, "fd") > 1100 }
+            let result = try vncdo(port: port, password: password, ["capture", scratchPNG()], timeout: 5)
+            print("vncdo with the daemon at \(procCount(pid, "fd")) descriptors: status \(result.status)")
+            #expect(daemon.process.isRunning, "no crash")
+            #expect(await healthzSeconds(daemon.base) < 1)
+            #expect(daemon.log.contains("descriptor past select()'s limit"), "refused and logged")
+            held.forEach { close($0) }
+            held = []
+            try await eventually("descriptors back below 1024") { procCount(pid, "fd") < 200 }
+            #expect(try vncdo(port: port, password: password, ["capture", scratchPNG()]).status == 0, "and VNC works again")
+        }
+    }
+
+    @Test(arguments: ["paced", "tight"])
+    func aNoVNCClientThatAsksForUpdatesWithoutReadingIsClosedWhileOthersKeepWatching(pace: String) async throws {
+        try await withChildSession(page: "anim.html") { daemon, id in
+            let pid = daemon.process.processIdentifier
+            let (_, minted) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions/\(id)/viewer_tokens", json: [:])
+            let token = try #require(minted["token"].string)
+            let url = "ws://127.0.0.1:\(daemon.port)/stream/vnc/browser/\(id)?token=\(token)"
+            try await Task.sleep(for: .seconds(1))
+            let baseline = residentMiB(pid)
+
+            let flood = Process()
+            flood.executableURL = URL(fileURLWithPath: Client.python)
+            flood.arguments = [Fixtures.directory.appendingPathComponent("rfb_flood.py").path, url, "30", pace]
+            let output = Pipe()
+            flood.standardOutput = output
+            flood.standardError = output
+            try flood.run()
+            let sampler = Task {
+                var peak = 0.0
+                while !Task.isCancelled {
+                    peak = max(peak, residentMiB(pid))
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+                return peak
+            }
+            let viewer = try #require(try await Client.watch("ws://127.0.0.1:\(daemon.port)/stream/browser/\(id)?token=\(token)",
+                                                             seconds: 4).first)
+            let healthz = await healthzSeconds(daemon.base)
+            let data = readToEnd(output.fileHandleForReading.fileDescriptor)
+            flood.waitUntilExit()
+            sampler.cancel()
+            let peak = await sampler.value
+            let result = try #require(try? JSONDecoder().decode(JSON.self, from: data), "\(String(decoding: data, as: UTF8.self))")
+            let closing = daemon.log.split(separator: "\n").filter { $0.contains("noVNC relay closed") }
+            print("flood (\(pace)): \(result), RSS baseline \(baseline) MiB, peak \(peak) MiB, healthz \(healthz) s, viewer frames \(viewer.frames), log: \(closing)")
+            #expect(result["handshake"].bool == true)
+            let closedAfter = try #require(result["closed_after"].double)
+            #expect(closedAfter < 10, "closed after \(closedAfter) s")
+            if pace == "paced" {
+                #expect(closing.contains { $0.contains("client is not reading") }, "\(closing)")
+            } else {
+                #expect(!closing.isEmpty)
+            }
+            #expect(peak - baseline < 64, "RSS grew \(peak - baseline) MiB")
+            #expect(healthz < 1, "healthz took \(healthz) s")
+            #expect(viewer.frames >= 20, "another viewer kept getting frames: \(viewer.frames)")
+        }
+    }
+}
