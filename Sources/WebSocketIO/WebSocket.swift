@@ -265,10 +265,13 @@ struct ClientFraming {
             controlPayload.removeAll(keepingCapacity: true)
         } else {
             if frameOpcode != 0 {
-                message = Data(capacity: length)  // the usual unfragmented message then lands with one copy
+                message = Data()
                 messageBinary = frameOpcode == 2
             }
             guard length <= maxMessageBytes - message.count else { throw .tooBig }
+            // Only once checked (the length is the peer's word), and capped: the usual unfragmented message then
+            // lands with one copy.
+            if frameOpcode != 0 { message.reserveCapacity(min(length, 8 << 20)) }
         }
         remaining = length
         inPayload = length > 0
