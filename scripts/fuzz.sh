@@ -42,8 +42,9 @@ for target in "${targets[@]}"; do
 done
 echo "fuzz.sh: built ${#targets[@]} target(s) in $((SECONDS - build_start)) s"
 
-# Swift's runtime and Foundation keep caches that LeakSanitizer would report as leaks.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+# Swift's runtime and Foundation keep caches that LeakSanitizer would report as leaks; Swift's own backtracer would
+# hide a runtime failure's stack from libFuzzer's report.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} SWIFT_BACKTRACE=enable=no
 failed=()
 for target in "${targets[@]}"; do
     mkdir -p ".build-fuzz/corpus/$target" "Fuzz/crashes/$target" "Fuzz/regressions/$target"
