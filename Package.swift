@@ -129,3 +129,23 @@ let package = Package(
             swiftSettings: settings),
     ]
 )
+
+// libFuzzer targets (Fuzz/, run by scripts/fuzz.sh): declared only when VIEWPORTD_FUZZ is set, and built with
+// -sanitize=fuzzer,address into .build-fuzz; they call libFuzzer's driver, which the normal build does not link.
+if Context.environment["VIEWPORTD_FUZZ"] != nil {
+    func fuzzTarget(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
+        .executableTarget(name: "fuzz-\(name)", dependencies: dependencies + ["CFuzzDriver"],
+                          path: "Fuzz/Targets/\(name)", swiftSettings: settings)
+    }
+    package.targets += [
+        .target(name: "CFuzzDriver", path: "Fuzz/CFuzzDriver"),
+        fuzzTarget("ws-framing", ["WebSocketIO"]),
+        fuzzTarget("http-range", ["WebSocketIO"]),
+        fuzzTarget("cdp-frame", ["CDPSource"]),
+        fuzzTarget("viewer-input", ["ViewerGateway"]),
+        // Config.swift is a symlink to Sources/ViewportDaemon/Config.swift: the loader needs only Yams, not the
+        // whole daemon.
+        fuzzTarget("config", [.product(name: "Yams", package: "Yams")]),
+        fuzzTarget("mp4cut", ["Recorder"]),
+    ]
+}

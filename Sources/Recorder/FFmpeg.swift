@@ -17,8 +17,14 @@ func allocated<T>(_ value: T?, _ call: String) throws(RecorderError) -> T {
 }
 
 /// Keeps libav* quiet but for errors: they would otherwise print to the daemon's stderr (x264's summary at
-/// every close, for one); failures reach callers as thrown ``RecorderError``s.
-let quietLibav: Void = av_log_set_level(AV_LOG_ERROR)
+/// every close, for one); failures reach callers as thrown ``RecorderError``s. Also bounds each of libav's
+/// allocations at 256 MiB (its default is 2 GiB; a 4096x4096 RGBX picture is 64 MiB): the MP4 demuxer reserves
+/// room for as many samples as a fragment's `trun` box announces, so a damaged recording of 1 kB could make
+/// MP4Cut reserve gigabytes (found by the mp4cut fuzz target).
+let quietLibav: Void = {
+    av_log_set_level(AV_LOG_ERROR)
+    av_max_alloc(256 << 20)
+}()
 
 /// The time base of recordings: 90 kHz, as in MPEG; a frame may last 13 h before a 32-bit sample duration overflows.
 let mediaTimeBase = AVRational(num: 1, den: 90_000)

@@ -46,8 +46,11 @@ public enum MP4Cut {
                               "av_find_best_stream \(fragmented)")
         let stream = input.pointer.pointee.streams[Int(index)]!
         let timeBase = stream.pointee.time_base
+        // Times further than this from the file's 0 (in its time base) are damage, and clamped or refused: far
+        // enough from Int64's ends that the cut's sums and differences of them cannot overflow.
+        let tickLimit: Int64 = 1 << 60
         func ticks(_ wallClock: UInt64) -> Int64 {
-            av_rescale_q(Int64(bitPattern: wallClock &- origin), microseconds, timeBase)
+            max(-tickLimit, min(tickLimit, av_rescale_q(Int64(bitPattern: wallClock &- origin), microseconds, timeBase)))
         }
         let first = ticks(from), last = to.map(ticks)
         // Without `to`, the end is the writer's last sign of life.
@@ -65,6 +68,7 @@ public enum MP4Cut {
             return writer
         }
         let packet = try Packet()
+        var previousPTS = -tickLimit
         while av_read_frame(input.pointer, packet.pointer) >= 0 {
             defer { av_packet_unref(packet.pointer) }
             let p = packet.pointer.pointee
@@ -72,6 +76,9 @@ public enum MP4Cut {
             // A torn tail (the writer was killed mid-fragment) ends what is readable, whatever the demuxer makes of it.
             guard p.pos >= 0, p.pos + Int64(p.size) <= readable else { break }
             let pts = p.pts != vpd_nopts_value() ? p.pts : p.dts
+            // So does a time going back (the recorder writes no B-frames) or out of bounds: a damaged file.
+            guard pts >= previousPTS, pts <= tickLimit else { break }
+            previousPTS = pts
             if cut == nil {
                 let key = p.flags & AV_PKT_FLAG_KEY != 0
                 if key && pts <= first { lead.removeAll() }
@@ -219,7 +226,7 @@ private final class CutWriter {
         try writeHeld(duration: duration)
         try check(av_write_trailer(format.pointer), "av_write_trailer")
         let codec = stream.pointee.codecpar.pointee
-        return MP4Cut.Summary(frames: frames, durationMicros: UInt64(av_rescale_q(total, timeBase, microseconds)),
+        return MP4Cut.Summary(frames: frames, durationMicros: UInt64(clamping: av_rescale_q(total, timeBase, microseconds)),
                               width: Int(codec.width), height: Int(codec.height))
     }
 

@@ -270,14 +270,14 @@ struct ClientFraming {
             guard final, length <= 125 else { throw .protocolError("bad control frame") }
             controlPayload.removeAll(keepingCapacity: true)
         } else {
-            if frameOpcode != 0 { message = Data() }
-            // Checked before anything is allocated: the length is the peer's word (up to 2^63).
-            guard length <= maxMessageBytes - message.count else { throw .tooBig }
             if frameOpcode != 0 {
-                // The usual unfragmented message then lands with one copy; a lie costs at most the limit.
-                message.reserveCapacity(length)
+                message = Data()
                 messageBinary = frameOpcode == 2
             }
+            // Checked before anything is allocated: the length is the peer's word (up to 2^63).
+            guard length <= maxMessageBytes - message.count else { throw .tooBig }
+            // Capped too: the usual unfragmented message then lands with one copy, and a lie costs little.
+            if frameOpcode != 0 { message.reserveCapacity(min(length, 8 << 20)) }
         }
         remaining = length
         inPayload = length > 0
