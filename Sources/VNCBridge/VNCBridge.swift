@@ -77,6 +77,9 @@ public final class VNCBridge: Sendable {
 
     deinit { worker.stop(wait: false) }
 
+    /// Where the screen's peers are counted.
+    var metrics: StreamMetrics { worker.hub.metrics }
+
     /// Disconnects every client, closes the port and waits for the screen's thread to end. Idempotent.
     public func close() { worker.stop(wait: true) }
 
@@ -355,6 +358,7 @@ private final class Worker: @unchecked Sendable {
             guard fd < Self.selectLimit else {
                 Foundation.close(fd)
                 VNCBridge.Counters.refusedDescriptorCount.add(1, ordering: .relaxed)
+                hub.metrics.peerLimited(.vncClientDescriptors)
                 logRefusal("VNC client refused: descriptor past select()'s limit of \(Self.selectLimit)", address)
                 continue
             }
@@ -365,6 +369,7 @@ private final class Worker: @unchecked Sendable {
                 else {
                     Foundation.close(fd)
                     VNCBridge.Counters.refusedUnauthenticatedCount.add(1, ordering: .relaxed)
+                    hub.metrics.peerLimited(.vncClientUnauthenticated)
                     logRefusal("VNC client refused: too many unauthenticated clients from its address or on the screen", address)
                     continue
                 }
@@ -426,6 +431,7 @@ private final class Worker: @unchecked Sendable {
         rfbReleaseClientIterator(clients)
         guard !timedOut.isEmpty else { return }
         VNCBridge.Counters.handshakeTimeoutCount.add(timedOut.count, ordering: .relaxed)
+        for _ in timedOut { hub.metrics.peerLimited(.vncClientHandshakeTimeout) }
         logger.notice("VNC clients disconnected: handshake not finished in \(options.handshakeTimeout) s",
                       metadata: ["count": "\(timedOut.count)", "address": "\(timedOut[0])"])
     }

@@ -96,6 +96,7 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
                     case .end: serverClosed(code: 1000, reason: "the VNC screen closed")
                     case .overBudget:
                         Counters.notReading.add(1, ordering: .relaxed)
+                        bridge.metrics.peerLimited(.relayNotReading)
                         logger.warning("noVNC relay closed: client is not reading",
                                        metadata: ["buffered_bytes": "\(budget.bytes.load(ordering: .relaxed))"])
                         serverClosed(code: 1008, reason: "client is not reading")
@@ -203,6 +204,7 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
         guard !toServer.isEmpty else { return }
         guard toServer.count <= limits.toServerBytes else {
             Counters.screenBehind.add(1, ordering: .relaxed)
+            bridge.metrics.peerLimited(.relayScreenNotReading)
             logger.warning("noVNC relay closed: client sends faster than the VNC screen reads",
                            metadata: ["buffered_bytes": "\(toServer.count)"])
             toServer = []

@@ -131,6 +131,8 @@ public enum PeerLimit: String, Sendable, CaseIterable {
     case relayNotReading = "relay.not_reading"
     case vncClientHandshakeTimeout = "vnc_client.handshake_timeout"
     case vncClientUnauthenticated = "vnc_client.unauthenticated"
+    case vncClientDescriptors = "vnc_client.descriptors"
+    case relayScreenNotReading = "relay.screen_not_reading"
     case recorderQueueBytes = "recorder.queue_bytes"
     case httpUnauthenticated = "http.unauthenticated"
 

@@ -306,6 +306,8 @@ final class Sessions: Sendable {
             var vnc = VNCBridge.Options()
             vnc.host = config.vncListen
             vnc.ports = config.vncPorts
+            vnc.handshakeTimeout = Double(config.vncHandshakeTimeoutSeconds)
+            vnc.maxUnauthenticatedPerAddress = config.limitUnauthenticatedPerAddress
             do {
                 bridge = try VNCBridge(hub: hub, options: vnc, throttle: vncThrottle, input: source, name: "viewportd \(id)",
                                        logger: logger.with(sessionID: id))
