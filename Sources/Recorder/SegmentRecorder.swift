@@ -75,6 +75,10 @@ public final class SegmentRecorder: Sendable {
         }
     }
 
+    /// Why the recording stopped early (a full disk, an encoder error), once it has; the file keeps every
+    /// fragment written before.
+    public var failure: RecorderError? { mailbox.state.withLock { $0.failure } }
+
     /// The counters so far (frames dropped by the hub queue included).
     public var stats: RecorderStats {
         let dropped = subscription.stats.dropped

@@ -15,6 +15,9 @@ extension Store {
                 t.add(column: "vncPassword", .text)
             }
         }
+        migrator.registerMigration("v6-recording-error") { db in
+            try db.alter(table: "run") { t in t.add(column: "recordingError", .text) }
+        }
     }
 
     /// Bytes of artifact files not expired yet (open sessions' included).

@@ -21,6 +21,8 @@ public struct RunRecord: Sendable, Equatable {
     public var segmentID: String?
     public var framesRecorded: Int
     public var framesDropped: Int
+    /// Why the recording stopped early (a full disk, an encoder error); nil when it did not.
+    public var recordingError: String?
 
     public init(id: String, sessionID: String, organizationID: String, status: String, title: String?,
                 webhookURL: String?, createdAt: Date, startMicros: UInt64, segmentID: String?)
@@ -275,6 +277,7 @@ private struct RunRow: Codable, FetchableRecord, PersistableRecord {
     var startMicros: Int64
     var segmentID: String?
     var framesRecorded, framesDropped: Int
+    var recordingError: String?
 
     init(_ r: RunRecord) {
         (id, sessionID, organizationID, status, title, webhookURL) =
@@ -283,6 +286,7 @@ private struct RunRow: Codable, FetchableRecord, PersistableRecord {
             (r.createdAt, r.startedAt, r.finishedAt, r.failureReason, r.stepCount)
         (startMicros, segmentID, framesRecorded, framesDropped) =
             (Int64(r.startMicros), r.segmentID, r.framesRecorded, r.framesDropped)
+        recordingError = r.recordingError
     }
 
     var record: RunRecord {
@@ -290,7 +294,7 @@ private struct RunRow: Codable, FetchableRecord, PersistableRecord {
                           webhookURL: webhookURL, createdAt: createdAt, startMicros: UInt64(startMicros),
                           segmentID: segmentID)
         (r.startedAt, r.finishedAt, r.failureReason, r.stepCount) = (startedAt, finishedAt, failureReason, stepCount)
-        (r.framesRecorded, r.framesDropped) = (framesRecorded, framesDropped)
+        (r.framesRecorded, r.framesDropped, r.recordingError) = (framesRecorded, framesDropped, recordingError)
         return r
     }
 }

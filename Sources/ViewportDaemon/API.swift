@@ -366,6 +366,7 @@ final class API: HTTPServerDelegate {
             "app_url": "\(config.effectivePublicURL)/replay/\(run.id)?token=\(token)",
             "webhook_url": run.webhookURL ?? NSNull(),
             "recording_frames": run.framesRecorded, "recording_dropped_frames": run.framesDropped,
+            "recording_error": run.recordingError ?? NSNull(),
         ]
     }
 

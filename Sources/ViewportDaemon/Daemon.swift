@@ -35,6 +35,9 @@ public final class Daemon: Sendable {
     init(config: Config, logger: Logger, reloadConfig: (@Sendable () throws -> Config)?) throws {
         loadedConfig = config
         self.reloadConfig = reloadConfig
+        // A file that reaches RLIMIT_FSIZE must fail its write (the recorder then stops cleanly and says why),
+        // not kill the daemon with every session on the host.
+        signal(SIGXFSZ, SIG_IGN)
         var config = config
         self.logger = logger
         do {

@@ -26,7 +26,7 @@ struct Retention: Sendable {
     struct Sweep: Equatable {
         var expired: [String] = []
         var bytesFreed = 0
-        /// Bytes of the artifacts left.
+        /// Bytes of the artifacts left, recordings in progress included.
         var bytesLeft = 0
     }
 
@@ -34,7 +34,11 @@ struct Retention: Sendable {
     @discardableResult
     func sweep(now: Date = Date()) throws -> Sweep {
         var doomed = try store.expirableArtifacts(createdBefore: now.addingTimeInterval(-maxAge))
-        var left = try store.liveArtifactBytes() - doomed.reduce(0) { $0 + $1.fileSize }
+        // Recordings in progress take disk too: they count toward the budget (they are never deleted here).
+        let recording = try store.unfinishedSegments().reduce(0) { total, segment in
+            total + ((try? FileManager.default.attributesOfItem(atPath: files.url(segment.path).path)[.size] as? Int) ?? 0)
+        }
+        var left = try store.liveArtifactBytes() + recording - doomed.reduce(0) { $0 + $1.fileSize }
         if left > maxBytes {
             let chosen = Set(doomed.map(\.id))
             var bySession: [(id: String, artifacts: [ArtifactRecord])] = []

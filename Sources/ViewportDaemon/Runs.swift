@@ -15,6 +15,7 @@ actor Runs {
     /// A session's recording in progress and the runs it serves.
     private struct Segment {
         let record: SegmentRecord
+        let organizationID: String
         let recorder: SegmentRecorder
         var runs: Set<String>
     }
@@ -38,7 +39,11 @@ actor Runs {
     private let webhooks: Webhooks
     private let config: Config
     private let logger: Logger
+    /// The recording of each session, by session id.
     private var segments: [String: Segment] = [:]
+    /// Recordings that failed (a full disk, an encoder error) while runs were open, by segment id: those runs are
+    /// still cut from what they hold, while the session's next run gets a fresh recording.
+    private var failed: [String: Segment] = [:]
     private var open: [String: OpenRun] = [:]
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
@@ -67,9 +72,17 @@ actor Runs {
         guard open[id] == nil, (try? store.run(id: id)) == nil else { throw APIError(409, "run \(id) already exists") }
         let now = Date()
         let start = wallClockMicros()
+        if let broken = segments[sessionID], broken.recorder.failure != nil {
+            segments[sessionID] = nil
+            if broken.runs.isEmpty { Task { await self.retire(broken) } } else { failed[broken.record.id] = broken }
+        }
         let existing = segments[sessionID]
         var segment = existing
         if segment == nil, config.recordingEnabled {
+            let limit = config.limitRecordingsPerOrganization
+            guard segments.values.count(where: { $0.organizationID == organizationID }) < limit else {
+                throw APIError(429, "organization \(organizationID) records \(limit) sessions, the most it may (config limits.recordings_per_organization)")
+            }
             segment = try startSegment(sessionID: sessionID, organizationID: organizationID, hub: hub, origin: start)
         }
         segment?.recorder.keyframe(at: start)
@@ -166,17 +179,23 @@ actor Runs {
                 logger.error("cannot save the final screenshot", metadata: ["run_id": "\(id)", "error": "\(error)"])
             }
         }
-        if let segment = segments[record.sessionID], segment.runs.contains(id) {
+        if let segment = segment(of: record), segment.runs.contains(id) {
+            // A recorder that failed still left its fragments: the run gets them, and says why it ends early.
+            var recordingError: String?
+            do { try await Self.sync(segment.recorder, until: end, logger: logger) } catch {
+                recordingError = "\(error)"
+            }
             do {
-                try await Self.sync(segment.recorder, until: end, logger: logger)
                 let stats = segment.recorder.stats
                 let summary = try await publishRecording(record, steps: run.steps, segment: segment.record, end: end)
                 record.framesRecorded = summary.frames
-                record.framesDropped = Int(stats.framesDropped - run.droppedAtStart)
+                record.framesDropped = Int(clamping: Int64(stats.framesDropped) - Int64(run.droppedAtStart))
             } catch {
                 logger.error("cannot publish the recording", metadata: ["run_id": "\(id)", "error": "\(error)"])
+                recordingError = recordingError ?? "cannot publish the recording: \(error)"
             }
-            release(id, from: record.sessionID)
+            record.recordingError = recordingError
+            release(id, from: segment)
         }
         record.status = status
         // Finished when completion was asked for, which is also where the recording ends.
@@ -281,22 +300,33 @@ actor Runs {
             settings.queueBytes = config.recordingQueueMB << 20
             let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
                                                settings: settings, logger: logger.with(sessionID: sessionID))
-            return Segment(record: record, recorder: recorder, runs: [])
+            return Segment(record: record, organizationID: organizationID, recorder: recorder, runs: [])
         } catch {
             logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
             throw APIError(503, "cannot start the recording: \(error)")
         }
     }
 
+    /// The recording a run is cut from: its session's, or a failed one it still holds.
+    private func segment(of run: RunRecord) -> Segment? {
+        guard let id = run.segmentID else { return nil }
+        if let segment = segments[run.sessionID], segment.record.id == id { return segment }
+        return failed[id]
+    }
+
     /// Detaches a completed run from its segment; the last one out stops the encoder and deletes the segment.
-    private func release(_ runID: String, from sessionID: String) {
-        guard var segment = segments[sessionID] else { return }
+    private func release(_ runID: String, from segment: Segment) {
+        var segment = segment
         segment.runs.remove(runID)
+        let sessionID = segment.record.sessionID
+        let active = segments[sessionID]?.record.id == segment.record.id
         if segment.runs.isEmpty {
-            segments[sessionID] = nil
+            if active { segments[sessionID] = nil } else { failed[segment.record.id] = nil }
             Task { await self.retire(segment) }
-        } else {
+        } else if active {
             segments[sessionID] = segment
+        } else {
+            failed[segment.record.id] = segment
         }
     }
 
