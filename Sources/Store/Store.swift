@@ -72,6 +72,14 @@ public final class Store: Sendable {
         }
     }
 
+    /// The `limit` sessions that ended last, latest first.
+    public func recentlyEndedSessions(limit: Int) throws -> [SessionRecord] {
+        try database.read { db in
+            try SessionRow.filter(!Self.activeStatuses.contains(Column("status"))).order(Column("modifiedAt").desc)
+                .limit(limit).fetchAll(db).map(\.record)
+        }
+    }
+
     /// Every session still open (to re-attach after a restart).
     public func activeSessions() throws -> [SessionRecord] {
         try database.read { db in

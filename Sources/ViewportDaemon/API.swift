@@ -56,6 +56,19 @@ final class API: HTTPServerDelegate {
         return response
     }
 
+    /// A REST request whose `x-api-key` is missing or unknown is answered 401 before its body is read (the artifact
+    /// and page routes take other credentials and have no body).
+    func refuseBeforeBody(_ request: HTTPRequest) -> HTTPResponse? {
+        let path = Self.components(request.path)
+        guard path.first == "v1" else { return nil }
+        let key = request.headers["x-api-key"] ?? ""
+        let refusal: String? = key.isEmpty ? "missing x-api-key header"
+            : auth.organization(apiKey: key) == nil ? "invalid API key" : nil
+        guard let refusal else { return nil }
+        metrics.authFailed(.apiKey)
+        return .json(401, ["detail": refusal])
+    }
+
     /// Which credential a refused request relied on (for the auth failure metric).
     private static func credential(of request: HTTPRequest) -> DaemonMetrics.AuthFailure {
         if request.headers["x-api-key"] != nil { return .apiKey }
@@ -260,7 +273,10 @@ final class API: HTTPServerDelegate {
         let webhookURL = try Self.string(body, "webhook_url", pattern: #"^https?://[^\s]{1,2040}$"#,
                                          rule: "an http:// or https:// URL of at most 2048 characters")
         if let webhookURL {
-            do { try Webhooks.validate(url: webhookURL) } catch { throw APIError(422, "webhook_url: \(error)") }
+            do {
+                try Webhooks.validate(url: webhookURL)
+                try webhooks.checkReachable(url: webhookURL)
+            } catch { throw APIError(422, "webhook_url: \(error)") }
             guard webhooks.hasSecret(organizationID: organization) else {
                 throw APIError(422, "webhook_url: no webhook secret is configured for organization \(organization) (config webhooks.secrets)")
             }
@@ -304,6 +320,9 @@ final class API: HTTPServerDelegate {
         let run = try await runs.run(id: id, organizationID: try organization(request))
         guard run.webhookURL != nil else { throw APIError(409, "run \(id) has no webhook_url") }
         guard !run.isOpen else { throw APIError(409, "run \(id) is not completed yet") }
+        guard webhooks.allowRetry(organizationID: run.organizationID) else {
+            throw APIError(429, "organization \(run.organizationID) retried \(config.limitRetryWebhookPerMinute) webhooks in the last minute, the most it may (config limits.retry_webhook_per_minute)")
+        }
         do {
             guard try webhooks.resend(runID: id) else { throw APIError(409, "run \(id) has no webhook delivery yet") }
         } catch let error as APIError { throw error } catch { throw APIError(503, "cannot queue the webhook: \(error)") }
@@ -428,8 +447,6 @@ final class API: HTTPServerDelegate {
             return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
                                   control: control, input: sessions.inputTarget(id: id),
                                   maxViewers: config.limitViewersPerSession)
-        case .unavailable:
-            return .reject(.json(503, ["detail": "browser session \(id) is not attached yet; retry shortly"]))
         case .found, .notFound:
             return .reject(.json(404, ["detail": "browser session \(id) not found"]))
         }

@@ -50,8 +50,24 @@ public final class Daemon: Sendable {
             throw DaemonError("cannot open the database in \(config.stateDir): \(error)")
         }
         auth = Auth(apiKeys: config.apiKeys, tokenSecret: try Auth.tokenSecret(config: config))
+        let metrics = DaemonMetrics()
+        self.metrics = metrics
         do {
-            loop = try EventLoop(.init(host: config.listenHost, port: config.listenPort, customHeaders: ["x-api-key"]))
+            var options = EventLoop.Configuration(host: config.listenHost, port: config.listenPort,
+                                                  customHeaders: ["x-api-key"],
+                                                  maxPendingPerAddress: config.limitUnauthenticatedPerAddress)
+            let lastLogged = Mutex(Date.distantPast)
+            options.onRefusedConnection = { [logger] address in
+                metrics.stream.peerLimited(.httpUnauthenticated)
+                // One line a second at most: a flood must not flood the journal too.
+                guard lastLogged.withLock({ last in
+                    defer { if Date().timeIntervalSince(last) >= 1 { last = Date() } }
+                    return Date().timeIntervalSince(last) >= 1
+                }) else { return }
+                logger.warning("connection refused: too many pending connections from its address (limits.unauthenticated_per_address)",
+                               metadata: ["address": "\(address)"])
+            }
+            loop = try EventLoop(options)
         } catch {
             throw DaemonError("\(error)")
         }
@@ -65,7 +81,6 @@ public final class Daemon: Sendable {
             throw DaemonError("cannot create the artifacts directory in \(config.stateDir): \(error.localizedDescription)")
         }
         self.store = store
-        metrics = DaemonMetrics()
         sessions = Sessions(store: store, loop: loop, config: config, metrics: metrics.stream, logger: logger)
         webhooks = Webhooks(store: store, loop: loop, config: config, metrics: metrics, logger: logger)
         retention = Retention(store: store, files: files, config: config, logger: logger)

@@ -49,14 +49,29 @@ final class Sessions: Sendable {
         var open: [String: Open] = [:]
         /// Sessions that just ended, until their final record is in the store.
         var ended: [String: SessionRecord] = [:]
+        /// How the last ``maxRememberedEnded`` sessions ended, for late viewers (the service thread never reads
+        /// the store): id → (organization, final status).
+        var recentlyEnded: [String: (organizationID: String, status: StreamStatus)] = [:]
+        var recentlyEndedOrder: [String] = []
+
+        mutating func remember(_ record: SessionRecord) {
+            guard recentlyEnded[record.id] == nil else { return }
+            recentlyEnded[record.id] = (record.organizationID,
+                                        record.status == .failed ? .failed(reason: record.failureReason ?? "failed") : .closed)
+            recentlyEndedOrder.append(record.id)
+            if recentlyEndedOrder.count > Sessions.maxRememberedEnded {
+                recentlyEnded[recentlyEndedOrder.removeFirst()] = nil
+            }
+        }
     }
+
+    /// Ended sessions whose viewers still get their final status (older ones: 404).
+    static let maxRememberedEnded = 10_000
 
     /// What a viewer of a session id finds.
     enum ViewerLookup {
         case found(organizationID: String, hub: FrameHub)
         case notFound
-        /// Open in the store but not attached in this process (yet).
-        case unavailable
     }
 
     private let state = Mutex(State())
@@ -213,18 +228,17 @@ final class Sessions: Sendable {
         return renewed
     }
 
-    /// The organization and hub a viewer of `id` reads. A session that has ended gets a hub that says so.
-    /// Sessions that ended long ago are read from the store (a rare, small read on the service thread).
+    /// The organization and hub a viewer of `id` reads. A session that has ended (one of the last
+    /// ``maxRememberedEnded``) gets a hub that says so. Runs on the service thread: memory only, no store read.
     func hubForViewer(id: String) -> ViewerLookup {
         let (open, ended) = state.withLock { state in
-            (state.open[id].map { ($0.record.organizationID, $0.hub) }, state.ended[id])
+            (state.open[id].map { ($0.record.organizationID, $0.hub) }, state.recentlyEnded[id])
         }
         if let (organization, hub) = open { return .found(organizationID: organization, hub: hub) }
-        guard let record = ended ?? (try? store.session(id: id)) ?? nil else { return .notFound }
-        if record.status.isActive { return .unavailable }
+        guard let (organization, status) = ended else { return .notFound }
         let hub = FrameHub()
-        hub.setStatus(record.status == .failed ? .failed(reason: record.failureReason ?? "failed") : .closed)
-        return .found(organizationID: record.organizationID, hub: hub)
+        hub.setStatus(status)
+        return .found(organizationID: organization, hub: hub)
     }
 
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
@@ -244,6 +258,8 @@ final class Sessions: Sendable {
     /// Re-attaches every session left open by the previous run. Called before the listener serves, so a viewer
     /// never finds an open session missing.
     func reattach() throws {
+        let ended = try store.recentlyEndedSessions(limit: Self.maxRememberedEnded)
+        state.withLock { state in for record in ended.reversed() { state.remember(record) } }
         for record in try store.activeSessions() {
             let session = makeSession(record)
             state.withLock { $0.open[record.id] = session }
@@ -353,6 +369,7 @@ final class Sessions: Sendable {
             session.record.modifiedAt = now
             session.record.failureReason = reason
             state.ended[id] = session.record
+            state.remember(session.record)
             save(session.record)
             return session
         }

@@ -26,8 +26,14 @@ final class Webhooks: Sendable {
     private let maxConcurrent: Int
     private let secrets: Mutex<[String: String]>
     private let metrics: DaemonMetrics?
-    /// Ids of deliveries being sent, so the loop neither picks them twice nor waits on them as due.
-    private let inFlight = Mutex<Set<Int64>>([])
+    /// Deliveries being sent (id → organization), so the loop neither picks them twice nor waits on them as due,
+    /// and no organization takes more than ``maxPerOrganization`` of the slots.
+    private let inFlight = Mutex<[Int64: String]>([:])
+    /// Where webhooks may go (SSRF).
+    private let policy: NetworkPolicy
+    /// `retry_webhook` calls per organization in the last minute.
+    private let retries = Mutex<[String: [Date]]>([:])
+    private let retriesPerMinute: Int
     private let wakeup = Wakeup()
 
     /// `backoffBase` seconds before the second attempt, doubling for each one after.
@@ -42,6 +48,31 @@ final class Webhooks: Sendable {
         self.backoffBase = backoffBase
         self.maxConcurrent = maxConcurrent
         secrets = Mutex(config.webhookSecrets)
+        policy = NetworkPolicy(config: config)
+        retriesPerMinute = config.limitRetryWebhookPerMinute
+    }
+
+    /// A slow or dead receiver of one organization holds at most this many of the concurrent deliveries, so the
+    /// other organizations' webhooks still go out.
+    private var maxPerOrganization: Int { max(1, maxConcurrent / 2) }
+
+    /// Counts a `retry_webhook` call of `organizationID`; false when it made `limits.retry_webhook_per_minute` in
+    /// the last minute already.
+    func allowRetry(organizationID: String, now: Date = Date()) -> Bool {
+        retries.withLock { retries in
+            var recent = retries[organizationID, default: []].filter { now.timeIntervalSince($0) < 60 }
+            defer { retries[organizationID] = recent }
+            guard recent.count < retriesPerMinute else { return false }
+            recent.append(now)
+            return true
+        }
+    }
+
+    /// Throws unless `url`'s host resolves only to addresses webhooks may reach (network.webhook_allow).
+    func checkReachable(url: String) throws(WebhookError) {
+        let endpoint: Endpoint
+        do { endpoint = try Endpoint(url) } catch { throw WebhookError("\(error)") }
+        do { _ = try policy.resolve(endpoint.host, for: .webhook) } catch { throw WebhookError("\(error)") }
     }
 
     /// Queues a delivery of `payload` (JSON values only) to `url`. The body is serialised here, once, with sorted
@@ -89,28 +120,38 @@ final class Webhooks: Sendable {
         await withDiscardingTaskGroup { group in
             while !Task.isCancelled {
                 let busy = inFlight.withLock { $0 }
+                var perOrganization = Dictionary(busy.values.map { ($0, 1) }, uniquingKeysWith: +)
                 var due: [WebhookDelivery] = []
+                var picked: [WebhookDelivery] = []
                 var next: Date?
                 do {
                     if busy.count < maxConcurrent {
-                        due = try store.dueWebhookDeliveries(excluding: busy, limit: maxConcurrent - busy.count)
+                        // More than the free slots: an organization at its share is skipped for the next one's.
+                        due = try store.dueWebhookDeliveries(excluding: Set(busy.keys), limit: 4 * maxConcurrent)
                     }
-                    next = try store.nextWebhookAttemptDate(excluding: busy.union(due.compactMap(\.id)))
+                    for delivery in due where busy.count + picked.count < maxConcurrent
+                        && perOrganization[delivery.organizationID, default: 0] < maxPerOrganization
+                    {
+                        perOrganization[delivery.organizationID, default: 0] += 1
+                        picked.append(delivery)
+                    }
+                    // Due ones left waiting for a slot are woken by a finished attempt, not by the clock.
+                    next = try store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)))
                 } catch {
                     logger.error("cannot read webhook deliveries", metadata: ["error": "\(error)"])
                     next = Date().addingTimeInterval(5)
                 }
-                for delivery in due {
+                for delivery in picked {
                     guard let id = delivery.id else { continue }
-                    inFlight.withLock { _ = $0.insert(id) }
+                    inFlight.withLock { $0[id] = delivery.organizationID }
                     group.addTask {
                         await self.attempt(delivery)
-                        self.inFlight.withLock { _ = $0.remove(id) }
+                        self.inFlight.withLock { _ = $0.removeValue(forKey: id) }
                         self.wakeup.signal()
                     }
                 }
                 // A full window waits for a slot (a finished attempt signals); otherwise for the next due time.
-                let full = busy.count + due.count >= maxConcurrent
+                let full = busy.count + picked.count >= maxConcurrent
                 await wakeup.wait(seconds: full ? nil : next.map { max(0, $0.timeIntervalSinceNow) })
             }
         }
@@ -134,8 +175,11 @@ final class Webhooks: Sendable {
                        ("x-viewportd-timestamp", timestamp), ("x-viewportd-signature", "sha256=" + signature)]
         var statusCode: Int?
         do {
-            let status = try await loop.httpRequest("POST", delivery.url, headers: headers, body: delivery.body,
-                                                    timeout: timeout).status
+            // Resolved and checked at every attempt, and sent to the checked address (no DNS rebinding).
+            let host = try Endpoint(delivery.url).host
+            let address = try policy.resolve(host, for: .webhook)
+            let status = try await loop.httpRequest("POST", delivery.url, connectingTo: address, headers: headers,
+                                                    body: delivery.body, timeout: timeout).status
             statusCode = status
             delivery.lastError = (200..<300).contains(status) ? nil : "HTTP \(status)"
         } catch {

@@ -24,13 +24,18 @@ public final class EventLoop: @unchecked Sendable {
         public var customHeaders: [String]
         /// Larger request bodies are answered with 413.
         public var maxRequestBodyBytes: Int
+        /// Connections from one address that have not had a request answered yet; more are closed at once.
+        public var maxPendingPerAddress: Int
+        /// Called (on the service thread) for each connection closed for that reason.
+        public var onRefusedConnection: @Sendable (_ address: String) -> Void = { _ in }
 
         public init(host: String = "127.0.0.1", port: Int? = 0, customHeaders: [String] = [],
-                    maxRequestBodyBytes: Int = 1 << 20) {
+                    maxRequestBodyBytes: Int = 1 << 20, maxPendingPerAddress: Int = .max) {
             self.host = host
             self.port = port
             self.customHeaders = customHeaders
             self.maxRequestBodyBytes = maxRequestBodyBytes
+            self.maxPendingPerAddress = maxPendingPerAddress
         }
     }
 
@@ -52,6 +57,9 @@ public final class EventLoop: @unchecked Sendable {
     private(set) var server: (any HTTPServerDelegate)?
     /// The port the server listens on (the kernel's pick when configured with 0), or nil without a listener.
     public private(set) var port: Int?
+    /// Accepted connections without an answered request yet, by peer address (service thread only).
+    private var pendingByAddress: [String: Int] = [:]
+
 
     /// Creates the context and, when a port is configured, binds the listener.
     public init(_ configuration: Configuration) throws {
@@ -212,12 +220,32 @@ public final class EventLoop: @unchecked Sendable {
             connection.wsi = wsi
             return connection.handle(reason, user, input, length)
         }
+        if reason == LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED {
+            let connection = ServerConnection(loop: self, wsi: wsi)
+            lws_set_opaque_user_data(wsi, Unmanaged.passRetained(connection).toOpaque())
+            var name = [CChar](repeating: 0, count: 64)
+            let address = lws_get_peer_simple(wsi, &name, name.count).map { String(cString: $0) } ?? "?"
+            if pendingByAddress[address, default: 0] >= configuration.maxPendingPerAddress {
+                configuration.onRefusedConnection(address)
+                lws_set_timeout(wsi, PENDING_TIMEOUT_AWAITING_PROXY_RESPONSE, LWS_TO_KILL_ASYNC)
+            } else {
+                pendingByAddress[address, default: 0] += 1
+                connection.pendingAddress = address
+            }
+            return 0
+        }
         if reason == LWS_CALLBACK_HTTP || reason == LWS_CALLBACK_HTTP_CONFIRM_UPGRADE {
             let connection = ServerConnection(loop: self, wsi: wsi)
             lws_set_opaque_user_data(wsi, Unmanaged.passRetained(connection).toOpaque())
             return connection.handle(reason, user, input, length)
         }
         return lws_callback_http_dummy(wsi, reason, user, input, length)
+    }
+
+    /// A connection of `address` had its first request answered, or closed: it is no longer pending.
+    func released(pendingFrom address: String) {
+        guard let count = pendingByAddress[address] else { return }
+        pendingByAddress[address] = count > 1 ? count - 1 : nil
     }
 
     // MARK: - Clients

@@ -94,6 +94,13 @@ public protocol HTTPServerDelegate: AnyObject, Sendable {
     func respond(to request: HTTPRequest) async -> HTTPResponse
     /// Decides on a WebSocket upgrade. Runs on the service thread and must not block.
     func upgrade(_ request: HTTPRequest) -> WebSocketUpgrade
+    /// Looks at a request's head before its body is read: an answer here (a missing or wrong credential) is sent
+    /// at once, the body is never read and the connection closes. Runs on the service thread; must not block.
+    func refuseBeforeBody(_ request: HTTPRequest) -> HTTPResponse?
+}
+
+extension HTTPServerDelegate {
+    public func refuseBeforeBody(_ request: HTTPRequest) -> HTTPResponse? { nil }
 }
 
 /// A message received on a WebSocket.

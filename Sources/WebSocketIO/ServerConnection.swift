@@ -13,6 +13,17 @@ final class ServerConnection: Connection, @unchecked Sendable {
 
     private var state = State.idle
     private var transaction = 0
+    /// Set when a request was answered before its body was read: the connection cannot carry another.
+    private var closeAfterResponse = false
+    /// The peer's address while the connection counts as pending (no request answered yet) for it.
+    var pendingAddress: String?
+
+    /// The connection stops counting as pending for its address.
+    private func releasePending() {
+        guard let address = pendingAddress else { return }
+        pendingAddress = nil
+        loop.released(pendingFrom: address)
+    }
     private var webSocket: WebSocket?
 
     override func handle(_ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
@@ -23,6 +34,16 @@ final class ServerConnection: Connection, @unchecked Sendable {
         case LWS_CALLBACK_HTTP:
             let request = readRequest(wsi)
             if ["POST", "PUT", "PATCH"].contains(request.method), Self.hasBody(wsi) {
+                // Nothing of a body is read for a request that will be refused anyway.
+                let limit = loop.configuration.maxRequestBodyBytes
+                let tooLarge = Self.contentLength(wsi).map { $0 > limit } == true
+                    ? HTTPResponse.json(413, ["detail": "request body is larger than \(limit) bytes"]) : nil
+                if let refusal = loop.server?.refuseBeforeBody(request) ?? tooLarge {
+                    closeAfterResponse = true
+                    transaction += 1
+                    respond(refusal, head: false)
+                    return 0
+                }
                 state = .readingBody(request, tooLarge: false)
                 return 0
             }
@@ -56,6 +77,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
             guard let server = loop.server else { return -1 }
             switch server.upgrade(request) {
             case .accept(let delegate, let maxMessageBytes):
+                releasePending()
                 webSocket = WebSocket(loop: loop, delegate: delegate, maxMessageBytes: maxMessageBytes,
                                       request: request)
                 return 0
@@ -81,6 +103,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
     }
 
     override func destroyed() {
+        releasePending()
         webSocket?.closed()
         super.destroyed()
     }
@@ -106,6 +129,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
     }
 
     private func respond(_ response: HTTPResponse, head: Bool) {
+        releasePending()
         guard let wsi else { return }
         state = .writing(response, headOnly: head, headersSent: false, offset: 0)
         lws_callback_on_writable(wsi)
@@ -142,6 +166,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
 
     private func completeTransaction(_ wsi: OpaquePointer) -> Int32 {
         state = .idle
+        if closeAfterResponse { return -1 }
         return lws_http_transaction_completed(wsi) != 0 ? -1 : 0
     }
 
@@ -196,11 +221,17 @@ final class ServerConnection: Connection, @unchecked Sendable {
 
     /// lws calls back with a body only when the request announced one.
     private static func hasBody(_ wsi: OpaquePointer) -> Bool {
-        var buffer = [CChar](repeating: 0, count: 32)
-        if lws_hdr_copy(wsi, &buffer, Int32(buffer.count), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 {
-            return (Int(String(nullTerminated: buffer).trimmingCharacters(in: .whitespaces)) ?? 0) > 0
-        }
+        if let length = contentLength(wsi) { return length > 0 }
         return lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0
+    }
+
+    /// The announced `content-length` (saturating: a number too long for an Int is huge, not absent).
+    private static func contentLength(_ wsi: OpaquePointer) -> Int? {
+        var buffer = [CChar](repeating: 0, count: 32)
+        guard lws_hdr_copy(wsi, &buffer, Int32(buffer.count), WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 else { return nil }
+        let text = String(nullTerminated: buffer).trimmingCharacters(in: .whitespaces)
+        guard !text.isEmpty, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber) else { return 0 }
+        return Int(text) ?? .max
     }
 
     private static let methods = ["GET", "POST", "OPTIONS", "PUT", "PATCH", "DELETE", "CONNECT", "HEAD"]

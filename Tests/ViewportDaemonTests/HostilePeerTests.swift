@@ -192,6 +192,55 @@ struct HostilePeerTests {
         _ = peer
     }
 
+    /// One organization's hostile peers (a ping flood that never reads, DevTools endpoints sending oversized
+    /// messages, decompression bombs and endless target events, sessions on a VNC tarpit) beside another
+    /// organization's viewer of a real Chromium: that viewer keeps its frame rate.
+    @Test func anotherOrganizationsViewerKeepsItsFrameRateWhileHostilePeersRun() async throws {
+        let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
+        defer { browser.terminate() }
+        let daemon = try await Self.daemon("fairness")
+        defer { daemon.signal(SIGKILL) }
+        let (status, session) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", key: keyB,
+                                                      json: ["browser_address": browser.address])
+        try #require(status == 201, "\(session)")
+        let id = try #require(session["browser_session_id"].string)
+        let ws = daemon.base.replacingOccurrences(of: "http", with: "ws")
+        _ = try await Client.watch(ws + "/stream/browser/\(id)", key: keyB, seconds: 2)  // warm up
+        let alone = try await Client.watch(ws + "/stream/browser/\(id)", key: keyB, seconds: 6)[0].frames
+
+        var peers: [HostilePeer] = []
+        var hostileIDs: [String] = []
+        for mode in ["huge-message", "bomb", "targets", "poison"] {
+            let peer = try HostilePeer(["devtools", mode])
+            peers.append(peer)
+            let (_, hostile) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", json: [
+                "browser_address": "ws://127.0.0.1:\(peer.port)/devtools/page/\(mode)",
+            ])
+            hostileIDs.append(try #require(hostile["browser_session_id"].string))
+        }
+        let tarpit = try HostilePeer(["vnc", "tarpit"])
+        for _ in 0..<5 {
+            _ = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", json: ["vnc_address": "127.0.0.1:\(tarpit.port)"])
+        }
+        let targets = hostileIDs
+        let floodURL = ws + "/stream/browser/\(targets[0])"
+        async let flood = Client.runScript("hostile.py", ["ping-flood", floodURL, keyA, "--count", "2000", "--size", "60000"])
+        async let hostileViewers = withThrowingTaskGroup(of: Void.self) { group in
+            for hostile in targets {
+                group.addTask { _ = try await Client.watch(ws + "/stream/browser/\(hostile)", key: keyA, seconds: 6) }
+            }
+            try await group.waitForAll()
+        }
+        let underLoad = try await Client.watch(ws + "/stream/browser/\(id)", key: keyB, seconds: 6)[0].frames
+        _ = try await (flood, hostileViewers)
+        try await Self.expectHealthy(daemon, "hostile peers of another organization")
+        let ratio = Double(underLoad) / Double(max(1, alone))
+        print("fairness: org_b's viewer got \(alone) frames in 6 s alone, \(underLoad) with org_a's hostile peers (\(String(format: "%.2f", ratio))x)")
+        #expect(alone > 30, "the page animates")
+        #expect(ratio >= 0.9, "org_b's viewer kept \(ratio) of its frame rate")
+        _ = (peers, tarpit)
+    }
+
     @Test func browserAndVNCAddressesOutsideTheAllowedNetworksAreRefusedNamingTheRule() async throws {
         let daemon = try await Self.daemon("ssrf")
         defer { daemon.signal(SIGKILL) }

@@ -67,6 +67,7 @@ struct ServiceTests {
                 log_level: debug
                 api_keys: [{key: \(key), organization_id: org_a}]
                 webhooks: {secrets: [{organization_id: org_a, secret: \(webhookTestSecret)}]}
+                network: {webhook_allow: [127.0.0.0/8]}
                 """.utf8).write(to: URL(fileURLWithPath: configPath))
         }
         try writeConfig(key: keyA)

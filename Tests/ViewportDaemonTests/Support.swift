@@ -32,6 +32,8 @@ final class TestDaemon: Sendable {
         config.stateDir = stateDir ?? FileManager.default.temporaryDirectory
             .appendingPathComponent("viewportd-test-\(UUID().uuidString)").path
         config.apiKeys = [.init(key: keyA, organizationID: "org_a"), .init(key: keyB, organizationID: "org_b")]
+        // The tests' webhook receivers listen on loopback, which webhooks reach only when the operator lists it.
+        config.networkWebhookAllow = ["127.0.0.0/8"]
         configure(&config)
         var logger = Logger(label: "viewportd-test")
         logger.logLevel = .warning

@@ -169,6 +169,50 @@ private func temporaryDatabase() -> String {
     FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-webhooks-\(UUID().uuidString).sqlite").path
 }
 
+extension WebhookTests {
+    @Test func aWebhookToALoopbackAddressIsNotSentUnlessTheOperatorListsIt() async throws {
+        let receiver = try Receiver(statuses: [200])
+        defer { receiver.stop() }
+        try await withSender({ $0.networkWebhookAllow = [] }) { webhooks, store in
+            #expect(throws: WebhookError.self) { try webhooks.checkReachable(url: receiver.url) }
+            try webhooks.enqueue(runID: "run_ssrf", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await eventually("the attempt is refused") {
+                try store.latestWebhookDelivery(runID: "run_ssrf")?.lastError?.contains("network.webhook_allow") == true
+            }
+        }
+        #expect(try await receiver.requests().isEmpty, "nothing reached the loopback receiver")
+    }
+
+    @Test func anOrganizationWhoseReceiverHangsLeavesSlotsForTheOthers() async throws {
+        // A listening socket that never accepts: every delivery to it waits for the whole timeout.
+        let tarpit = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(tarpit) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(tarpit, $0, length); return getsockname(tarpit, $0, &length) }
+        }
+        listen(tarpit, 64)
+        let receiver = try Receiver(statuses: [200])
+        defer { receiver.stop() }
+        try await withSender({ $0.webhookSecrets["org_b"] = webhookTestSecret; $0.webhookTimeoutSeconds = 3 }) { webhooks, store in
+            for index in 0..<8 {
+                try webhooks.enqueue(runID: "run_slow_\(index)", organizationID: "org_a",
+                                     url: "http://127.0.0.1:\(UInt16(bigEndian: address.sin_port))/hook", payload: payload)
+            }
+            let queued = Date()
+            try webhooks.enqueue(runID: "run_fast", organizationID: "org_b", url: receiver.url, payload: payload)
+            try await eventually("org_b's webhook is delivered", timeout: 10) {
+                try store.latestWebhookDelivery(runID: "run_fast")?.status == .delivered
+            }
+            let waited = Date().timeIntervalSince(queued)
+            #expect(waited < 2, "org_b waited \(waited) s behind org_a's hanging receiver (timeout 3 s)")
+        }
+    }
+}
+
 /// Runs `body` with a `Webhooks` sender (its loop running unless `start` is false) on its own event loop and the
 /// database at `database`, then tears everything down as a stopping daemon would.
 private func withSender(database: String = temporaryDatabase(), start: Bool = true, backoff: Double = 0.1,
@@ -177,6 +221,7 @@ private func withSender(database: String = temporaryDatabase(), start: Bool = tr
 {
     var config = Config()
     config.webhookSecrets = ["org_a": webhookTestSecret]
+    config.networkWebhookAllow = ["127.0.0.0/8"]
     config.webhookTimeoutSeconds = 2
     configure(&config)
     let store = try Store(path: database)

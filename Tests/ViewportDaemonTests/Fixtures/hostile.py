@@ -48,8 +48,14 @@ def frame_event(jpeg, timestamp, session=1):
                      "pageScaleFactor": 1, "scrollOffsetX": 0, "scrollOffsetY": 0}}}, separators=(",", ":")).encode()
 
 
-async def devtools(mode, port_holder):
+async def devtools(mode):
     async def handle(reader, writer):
+        try:
+            await serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the daemon closed a peer it found hostile: that is the point
+
+    async def serve(reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
         key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")][0]
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
@@ -166,7 +172,7 @@ def main():
     p.add_argument("--count", type=int, default=4000); p.add_argument("--size", type=int, default=60000)
     args = parser.parse_args()
     if args.command == "devtools":
-        asyncio.run(devtools(args.mode, None))
+        asyncio.run(devtools(args.mode))
     elif args.command == "vnc":
         asyncio.run(vnc(args.mode))
     else:
