@@ -221,17 +221,16 @@ public final class EventLoop: @unchecked Sendable {
             return connection.handle(reason, user, input, length)
         }
         if reason == LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED {
-            let connection = ServerConnection(loop: self, wsi: wsi)
-            lws_set_opaque_user_data(wsi, Unmanaged.passRetained(connection).toOpaque())
             var name = [CChar](repeating: 0, count: 64)
             let address = lws_get_peer_simple(wsi, &name, name.count).map { String(cString: $0) } ?? "?"
-            if pendingByAddress[address, default: 0] >= configuration.maxPendingPerAddress {
+            guard pendingByAddress[address, default: 0] < configuration.maxPendingPerAddress else {
                 configuration.onRefusedConnection(address)
-                lws_set_timeout(wsi, PENDING_TIMEOUT_AWAITING_PROXY_RESPONSE, LWS_TO_KILL_ASYNC)
-            } else {
-                pendingByAddress[address, default: 0] += 1
-                connection.pendingAddress = address
+                return -1  // lws closes the accepted socket at once
             }
+            let connection = ServerConnection(loop: self, wsi: wsi)
+            lws_set_opaque_user_data(wsi, Unmanaged.passRetained(connection).toOpaque())
+            pendingByAddress[address, default: 0] += 1
+            connection.pendingAddress = address
             return 0
         }
         if reason == LWS_CALLBACK_HTTP || reason == LWS_CALLBACK_HTTP_CONFIRM_UPGRADE {

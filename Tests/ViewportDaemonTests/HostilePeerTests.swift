@@ -241,6 +241,129 @@ struct HostilePeerTests {
         _ = (peers, tarpit)
     }
 
+    /// A raw HTTP exchange: sends `head`, returns what came back within `timeout` seconds and how long it took.
+    private static func raw(_ port: Int, _ head: String, timeout: Double = 5) throws -> (String, Double) {
+        let fd = try connectLoopback(port: port)
+        defer { close(fd) }
+        let start = Date()
+        _ = head.utf8CString.withUnsafeBufferPointer { send(fd, $0.baseAddress, $0.count - 1, 0) }
+        var time = timeval(tv_sec: Int(timeout), tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var answer: [UInt8] = []
+        // Until the peer closes, or a moment passes without more bytes once the answer started.
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            answer += buffer.prefix(count)
+            time = timeval(tv_sec: 0, tv_usec: 300_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        }
+        let took = Date().timeIntervalSince(start)
+        return (String(decoding: answer, as: UTF8.self), took)
+    }
+
+    private static func connectLoopback(port: Int, from source: String? = nil) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        func address(_ host: String, _ port: Int) -> sockaddr_in {
+            var a = sockaddr_in()
+            a.sin_family = sa_family_t(AF_INET)
+            a.sin_port = UInt16(port).bigEndian
+            a.sin_addr.s_addr = inet_addr(host)
+            return a
+        }
+        if let source {
+            var local = address(source, 0)
+            _ = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        }
+        var remote = address("127.0.0.1", port)
+        let connected = withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else {
+            close(fd)
+            throw DaemonError("cannot connect to 127.0.0.1:\(port)")
+        }
+        return fd
+    }
+
+    @Test func aRequestIsRefusedBeforeItsBodyIsReadWhenItsKeyIsWrongOrItsBodyTooLarge() async throws {
+        let daemon = try await Self.daemon("before-body")
+        defer { daemon.signal(SIGKILL) }
+        // 100 MB announced and never sent: the answer must not wait for it.
+        for (key, expected) in [("", "401"), ("wrong-key-0123456789", "401"), (keyA, "413")] {
+            let header = key.isEmpty ? "" : "x-api-key: \(key)\r\n"
+            let (answer, took) = try Self.raw(daemon.port, "POST /v1/browser_sessions HTTP/1.1\r\nHost: x\r\n\(header)content-type: application/json\r\ncontent-length: 100000000\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 \(expected)"), "\(answer.prefix(80))")
+            #expect(answer.contains("\"detail\""), "\(answer)")
+            #expect(took < 1.5, "answered after \(took) s (the last 0.3 s wait for more bytes)")
+        }
+        try await Self.expectHealthy(daemon, "requests refused before their bodies")
+    }
+
+    @Test func connectionsThatSendNothingAreCappedPerAddressAndTimeOut() async throws {
+        let daemon = try await Self.daemon("idle-http", environment: ["VIEWPORTD_LIMITS_UNAUTHENTICATED_PER_ADDRESS": "16"])
+        defer { daemon.signal(SIGKILL) }
+        let pid = daemon.process.processIdentifier
+        let before = Footprint(pid: pid)
+        // From 127.0.0.2: the test's own requests come from 127.0.0.1 and must still get in.
+        let idle = try (0..<300).map { _ in try Self.connectLoopback(port: daemon.port, from: "127.0.0.2") }
+        defer { for fd in idle { close(fd) } }
+        try await Task.sleep(for: .milliseconds(500))
+        try await Self.expectHealthy(daemon, "300 idle connections from one address")
+        let during = Footprint(pid: pid)
+        // The daemon closed all but 16: their reads end at once.
+        var closed = 0
+        for fd in idle {
+            var byte: UInt8 = 0
+            if recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) == 0 { closed += 1 }
+        }
+        print("idle http: before \(before); with 300 idle connections \(during); \(closed) closed at once")
+        #expect(closed >= 300 - 16, "the daemon kept \(300 - closed) idle connections of one address")
+        #expect(during.descriptors <= before.descriptors + 16 + 4, "\(before) -> \(during)")
+        #expect(try await Self.metric(daemon, "viewportd_peer_limit_total", "peer=\"http\"", "limit=\"unauthenticated\"") >= 284)
+        // The rest time out (no request head within lws's 10 s).
+        try await eventually("the idle connections time out", timeout: 25) {
+            Footprint(pid: pid).descriptors <= before.descriptors + 2
+        }
+    }
+
+    @Test func rangeRequestsAtTheEdgesAreAnsweredAndNeverCrash() async throws {
+        let daemon = try await Self.daemon("range", environment: [
+            "VIEWPORTD_WEBHOOKS_SECRETS": "[{organization_id: org_a, secret: \(webhookTestSecret)}]",
+            "VIEWPORTD_NETWORK_WEBHOOK_ALLOW": "[127.0.0.0/8]", "VIEWPORTD_LIMITS_RETRY_WEBHOOK_PER_MINUTE": "3",
+        ])
+        defer { daemon.signal(SIGKILL) }
+        let peer = try HostilePeer(["devtools", "poison"])
+        let (_, session) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", json: [
+            "browser_address": "ws://127.0.0.1:\(peer.port)/devtools/page/p",
+        ])
+        let id = try #require(session["browser_session_id"].string)
+        let (runStatus, run) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions/\(id)/runs",
+                                                     json: ["run_id": "wr_range", "webhook_url": "http://127.0.0.1:9/hook"])
+        try #require(runStatus == 201, "\(run)")
+        let (stepStatus, step) = try await requestJSON("POST", daemon.base + "/v1/runs/wr_range/steps", json: ["label": "one"])
+        try #require(stepStatus == 201, "\(step)")
+        let artifact = try #require(step["screenshot"]["artifact_id"].string)
+        let size = try #require(step["screenshot"]["file_size"].int)
+        let path = "/v1/artifacts/\(artifact)/content"
+        for (range, expected) in [("bytes=-0", "416"), ("bytes=5-2", "200"), ("bytes=\(size)-", "416"),
+                                  ("bytes=0-1,3-4", "200"), ("bytes=0-99999999999999999999999", "200"),
+                                  ("bytes=1-99999999999", "206"), ("bytes=-99999999999", "206"), ("bytes=", "200"),
+                                  ("bytes=--1", "200"), ("pages=0-1", "200")] {
+            let (answer, _) = try Self.raw(daemon.port, "GET \(path) HTTP/1.1\r\nHost: x\r\nx-api-key: \(keyA)\r\nrange: \(range)\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 \(expected)"), "\(range): \(answer.prefix(60))")
+        }
+        try await Self.expectHealthy(daemon, "range requests")
+
+        // retry_webhook is limited per organization and minute.
+        _ = try await requestJSON("POST", daemon.base + "/v1/runs/wr_range/complete", json: ["status": "completed"])
+        var statuses: [Int] = []
+        for _ in 0..<4 { statuses.append(try await requestJSON("POST", daemon.base + "/v1/runs/wr_range/retry_webhook").0) }
+        #expect(statuses == [202, 202, 202, 429], "\(statuses)")
+        _ = peer
+    }
+
     @Test func browserAndVNCAddressesOutsideTheAllowedNetworksAreRefusedNamingTheRule() async throws {
         let daemon = try await Self.daemon("ssrf")
         defer { daemon.signal(SIGKILL) }
