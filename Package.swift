@@ -147,5 +147,6 @@ if Context.environment["VIEWPORTD_FUZZ"] != nil {
         // whole daemon.
         fuzzTarget("config", [.product(name: "Yams", package: "Yams")]),
         fuzzTarget("mp4cut", ["Recorder"]),
+        fuzzTarget("rfb-handshake", ["VNCBridge"]),
     ]
 }

@@ -10,13 +10,12 @@
 # target ran. To keep one: fix it, copy the input to Fuzz/regressions/<target>/, and the corpus tests of
 # `swift test` (FuzzCorpus suites) replay it from then on. Reproduce with `.build-fuzz/debug/fuzz-<target> FILE`.
 #
-# Not fuzzed here: the HTTP request head (libwebsockets, C, parses it); the RFB handshake of the noVNC relay
-# (Sources/VNCBridge/WebSocketRelay.swift, advance()).
-# TODO(fuzz): add an `rfb-handshake` target once the relay's handshake is a pure state machine (parallel branch).
+# Not fuzzed here: the HTTP request head and the server side of WebSocket framing (libwebsockets, C, parses them).
+# rfb-handshake is the noVNC relay's RFB handshake (RelayHandshake); the RFB protocol after it is libvncserver's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all_targets=(ws-framing cdp-frame viewer-input http-range config mp4cut)
+all_targets=(ws-framing cdp-frame viewer-input http-range config mp4cut rfb-handshake)
 seconds=${1:-600}
 shift || true
 targets=("$@")

@@ -74,6 +74,13 @@ final class FragmentWriter {
         bytesWritten = UInt64(max(0, avio_tell(pb)))
     }
 
+    /// Closes the file after a failure, as it is: no trailer (the muxer may seek back and rewrite the header, which a
+    /// failing disk would leave half-written), so every complete fragment stays readable.
+    func abandon() {
+        guard format.pointer.pointee.pb != nil else { return }
+        avio_closep(&format.pointer.pointee.pb)
+    }
+
     /// Writes the last fragment and the trailer, and closes the file.
     func finish() throws(RecorderError) {
         guard format.pointer.pointee.pb != nil else { return }

@@ -38,7 +38,11 @@ public enum MP4Cut {
         let readable = try readableLength(of: fragmented)
         guard readable > 0 else { throw RecorderError("\(fragmented) holds no frame: nothing was recorded") }
         _ = quietLibav
-        let input = try FormatContext(input: fragmented)
+        // A box torn at the end (a crash or a full disk mid-write) can make the demuxer refuse the whole file while it
+        // reads its header: it sees only the complete boxes (libavformat's subfile protocol).
+        let size = (try? FileManager.default.attributesOfItem(atPath: fragmented)[.size] as? Int64) ?? readable
+        let torn = readable < size && !fragmented.contains(",")
+        let input = try FormatContext(input: torn ? "subfile,,start,0,end,\(readable),,:\(fragmented)" : fragmented)
         guard let value = av_dict_get(input.pointer.pointee.metadata, originMetadataKey, nil, 0)?.pointee.value,
               let origin = UInt64(String(cString: value))
         else { throw RecorderError("\(fragmented) has no \(originMetadataKey): not a viewportd recording") }

@@ -209,7 +209,7 @@ private final class Worker: @unchecked Sendable {
         } catch {
             failure = error
             logger.error("recording failed", metadata: ["path": "\(path)", "error": "\(error)"])
-            try? writer.finish()
+            writer.abandon()
         }
         stop(failure)
     }

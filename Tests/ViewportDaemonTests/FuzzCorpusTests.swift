@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import ViewerGateway
 @testable import ViewportDaemon
+import VNCBridge
 
 /// The committed inputs of a fuzz target (scripts/fuzz.sh): its seeds, Fuzz/corpus/<target>, and the crashes it
 /// found, Fuzz/regressions/<target>.
@@ -33,6 +34,12 @@ struct FuzzCorpusDaemonTests {
             }
             _ = try? Config.load(yaml: nil, environment: ["VIEWPORTD_API_KEYS": text, "VIEWPORTD_SCREENCAST": text])
         }
+    }
+
+    @Test func rfbHandshake() throws {
+        let inputs = try fuzzInputs("rfb-handshake")
+        #expect(inputs.count >= 6)
+        for (_, bytes) in inputs { bytes.withUnsafeBytes { RelayHandshake.fuzz($0) } }
     }
 
     @Test func viewerInput() throws {

@@ -80,13 +80,14 @@ func healthzSeconds(_ base: String) async -> Double {
 }
 
 /// `viewportd serve` as a child process with a session on a Chromium showing `page`.
-func withChildSession(page: String, _ body: (ChildDaemon, String) async throws -> Void) async throws {
+func withChildSession(page: String, environment: [String: String] = [:],
+                      _ body: (ChildDaemon, String) async throws -> Void) async throws {
     let browser = try await Chromium.launch(url: Fixtures.url(page))
     defer { browser.terminate() }
     let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-vnc-\(UUID().uuidString)").path
     let daemon = try await ChildDaemon.start(stateDir: stateDir, environment: [
         "VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a",
-    ])
+    ].merging(environment) { $1 })
     defer {
         daemon.signal(SIGKILL)
         daemon.process.waitUntilExit()
@@ -349,7 +350,9 @@ struct VNCHostilePeerTests {
 
     @Test func aDaemonWithMoreThan1024DescriptorsRefusesVNCClientsItCannotSelectOnAndKeepsRunning() async throws {
         try raiseDescriptorLimit(to: 8192)
-        try await withChildSession(page: "vnc.html") { daemon, id in
+        // Idle HTTP connections from one address are capped (limits.unauthenticated_per_address): lifted here, so
+        // that they can push the daemon past FD_SETSIZE.
+        try await withChildSession(page: "vnc.html", environment: ["VIEWPORTD_LIMITS_UNAUTHENTICATED_PER_ADDRESS": "10000"]) { daemon, id in
             let pid = daemon.process.processIdentifier
             let (port, password) = try await mintVNC(daemon.base, id)
             // Idle HTTP connections push the daemon's descriptors past FD_SETSIZE.
