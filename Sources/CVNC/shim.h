@@ -15,6 +15,11 @@ static inline void vpd_rfb_quiet(void) {
     rfbErr = vpd_rfb_discard_log;
 }
 
+/// How long libvncserver waits for a client's bytes in the middle of a message (and for a client to take its
+/// updates) before it drops the client. Its default, 20 s, lets a client that sends 11 of a message's 12 bytes
+/// stall its screen's thread, and every other client of the screen, for that long.
+static inline void vpd_rfb_set_max_client_wait(int milliseconds) { rfbMaxClientWait = milliseconds; }
+
 static inline rfbBool vpd_rfb_true(void) { return TRUE; }
 static inline rfbBool vpd_rfb_false(void) { return FALSE; }
 

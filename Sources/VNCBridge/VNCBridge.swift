@@ -97,7 +97,10 @@ public final class VNCBridge: Sendable {
     func expectRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.insert(port) } }
 }
 
-private let quietVNC: Void = vpd_rfb_quiet()
+private let quietVNC: Void = {
+    vpd_rfb_quiet()
+    vpd_rfb_set_max_client_wait(3000)
+}()
 
 /// Random passwords for one screen. A VNC password is 8 characters (the DES key of the challenge response).
 public final class VNCPasswords: Sendable {

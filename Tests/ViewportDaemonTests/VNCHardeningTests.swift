@@ -316,6 +316,26 @@ struct VNCScreenAdmissionTests {
 
 @Suite("viewportd under hostile VNC peers", .serialized)
 struct VNCHostilePeerTests {
+    @Test func aClientThatSendsPartOfAMessageStallsTheScreenForSecondsNotTwenty() async throws {
+        try await withChildSession(page: "vnc.html") { daemon, id in
+            let (port, password) = try await mintVNC(daemon.base, id)
+            // From another address, 11 of the 12 bytes of a protocol version, then nothing.
+            let slow = tcpConnect(port: port, from: "127.0.0.3")
+            defer { close(slow) }
+            #expect(readAvailable(slow, within: 2, until: 12).bytes.count == 12, "the screen greets it")
+            sendAll(slow, Array("RFB 003.008".utf8))  // no newline: 11 of 12 bytes
+            try await Task.sleep(for: .milliseconds(200))
+            let start = Date()
+            let capture = try vncdo(port: port, password: password, ["capture", scratchPNG()], timeout: 30)
+            let took = Date().timeIntervalSince(start)
+            print("a client stuck mid-message: another client's capture took \(took) s")
+            #expect(capture.status == 0, "\(capture.output)")
+            // libvncserver waits this long for the rest of a message (vpd_rfb_set_max_client_wait, 3 s; its default
+            // was 20 s), and the capture itself takes a few seconds.
+            #expect(took < 12, "the screen was stalled for \(took) s")
+        }
+    }
+
     @Test func aThousandIdleConnectionsNeitherStopTheDaemonNorAValidClientAndLeaveNothingBehind() async throws {
         try raiseDescriptorLimit(to: 8192)
         try await withChildSession(page: "vnc.html") { daemon, id in
