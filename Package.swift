@@ -123,6 +123,7 @@ let package = Package(
             name: "ViewportDaemonTests",
             dependencies: [
                 "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "VNCBridge", "JPEGCodec", "RFBSource",
+                "CDPSource", "Recorder", "ViewerGateway",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Fixtures"],

@@ -185,22 +185,15 @@ extension WebhookTests {
 
     @Test func anOrganizationWhoseReceiverHangsLeavesSlotsForTheOthers() async throws {
         // A listening socket that never accepts: every delivery to it waits for the whole timeout.
-        let tarpit = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (tarpit, tarpitPort) = try boundLoopbackSocket()
         defer { close(tarpit) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(tarpit, $0, length); return getsockname(tarpit, $0, &length) }
-        }
         listen(tarpit, 64)
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
         try await withSender({ $0.webhookSecrets["org_b"] = webhookTestSecret; $0.webhookTimeoutSeconds = 3 }) { webhooks, store in
             for index in 0..<8 {
                 try webhooks.enqueue(runID: "run_slow_\(index)", organizationID: "org_a",
-                                     url: "http://127.0.0.1:\(UInt16(bigEndian: address.sin_port))/hook", payload: payload)
+                                     url: "http://127.0.0.1:\(tarpitPort)/hook", payload: payload)
             }
             let queued = Date()
             try webhooks.enqueue(runID: "run_fast", organizationID: "org_b", url: receiver.url, payload: payload)

@@ -89,4 +89,12 @@ struct HostileFrameTests {
         let continuation: [UInt8] = [0x80, 127, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
         #expect(throws: ClientFraming.Failure.self) { _ = try feed(&framing, first + continuation, chunk: 100) }
     }
+
+    /// Found by the ws-framing fuzz target: a frame header announcing 2^44 bytes made the framing allocate that
+    /// much before checking the length against the limit.
+    @Test func frameAnnouncingAHugeLengthIsRefusedBeforeAnyAllocation() {
+        var framing = ClientFraming(maxMessageBytes: 1 << 20)
+        let header: [UInt8] = [0x82, 127, 0, 0, 0x10, 0, 0, 0, 0, 0]
+        #expect(throws: ClientFraming.Failure.self) { try header.withUnsafeBytes { try framing.consume($0) } }
+    }
 }
