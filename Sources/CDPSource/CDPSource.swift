@@ -31,7 +31,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         public var timeout: Double = 10
         /// Maps the host of the browser's address to the address to connect to, or throws when the host may not
         /// be reached (the daemon's network policy). Called off the service thread before each connection.
-        public var resolveHost: @Sendable (String) throws -> String = { $0 }
+        public var resolveHost: @Sendable (String) async throws -> String = { $0 }
 
         public init() {}
     }
@@ -132,7 +132,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
     private func resolveBrowserEndpoint() async throws -> (url: String, address: String) {
         let base = address.hasSuffix("/") ? String(address.dropLast()) : address
         let given = try Endpoint(base)
-        let resolved = try options.resolveHost(given.host)
+        let resolved = try await options.resolveHost(given.host)
         guard base.lowercased().hasPrefix("http") else { return (base, resolved) }
         let (status, body) = try await loop.httpRequest("GET", base + "/json/version", connectingTo: resolved,
                                                         timeout: options.timeout)
@@ -404,7 +404,7 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
             case "Target.attachedToTarget":
                 guard let info = params["targetInfo"] as? [String: Any], info["type"] as? String == "page",
                       let pageSession = params["sessionId"] as? String, let targetID = info["targetId"] as? String,
-                      let tabID = tabOfSession[session]
+                      let tabID = tabOfSession[session], pageTarget.count < Self.maxTargets
                 else { return }
                 pageTarget[pageSession] = targetID
                 if let url = info["url"] as? String { urls[targetID] = String(url.prefix(8192)) }

@@ -138,7 +138,7 @@ public enum MP4Cut {
             } else if length == 0 {
                 length = size - offset  // "to the end of the file"
             }
-            guard length >= 8, offset + length <= size else { break }
+            guard length >= 8, length <= size - offset else { break }  // the length is the file's word: no overflow
             offset += length
         }
         return offset

@@ -67,18 +67,25 @@ extension Store {
     }
 
     /// Pending deliveries due at `now`, longest due first, leaving out `excluded` ids (those in flight).
-    public func dueWebhookDeliveries(now: Date = Date(), excluding excluded: Set<Int64> = [], limit: Int)
+    public func dueWebhookDeliveries(now: Date = Date(), excluding excluded: Set<Int64> = [],
+                                     excludingOrganizations organizations: Set<String> = [], limit: Int)
         throws -> [WebhookDelivery]
     {
         try database.read { db in
-            try Self.pending(excluding: excluded).filter(Column("nextAttemptAt") <= now).limit(limit)
+            try Self.pending(excluding: excluded).filter(Column("nextAttemptAt") <= now)
+                .filter(!organizations.contains(Column("organizationID"))).limit(limit)
                 .fetchAll(db).map(\.delivery)
         }
     }
 
-    /// When the earliest pending delivery not in `excluded` is due, or nil when none is pending.
-    public func nextWebhookAttemptDate(excluding excluded: Set<Int64> = []) throws -> Date? {
-        try database.read { try Self.pending(excluding: excluded).fetchOne($0)?.nextAttemptAt }
+    /// When the earliest pending delivery not in `excluded` nor of `organizations` is due, or nil when none is
+    /// pending.
+    public func nextWebhookAttemptDate(excluding excluded: Set<Int64> = [],
+                                       excludingOrganizations organizations: Set<String> = []) throws -> Date? {
+        try database.read {
+            try Self.pending(excluding: excluded).filter(!organizations.contains(Column("organizationID")))
+                .fetchOne($0)?.nextAttemptAt
+        }
     }
 
     /// The newest delivery of a run, if it ever had one.

@@ -31,7 +31,7 @@ public final class VNCBridge: Sendable {
         public var ports: ClosedRange<Int> = 5900...5999
         /// Seconds a client may take from connecting to the end of the RFB handshake (version, security type,
         /// password, ClientInit) before it is disconnected.
-        public var handshakeTimeout: Double = 10
+        public var handshakeTimeout: Double = 20
         /// Clients of one remote address that have not finished the handshake, at most; more are refused.
         public var maxUnauthenticatedPerAddress = 8
         /// Clients of the screen that have not finished the handshake, at most; more are refused.

@@ -138,7 +138,7 @@ final class API: HTTPServerDelegate {
         if let vncAddress {
             do { try RFBSource.validate(address: vncAddress) } catch { throw APIError(422, "vnc_address: \(error)") }
         }
-        try sessions.checkReachable(browserAddress: address, vncAddress: vncAddress)
+        try await sessions.checkReachable(browserAddress: address, vncAddress: vncAddress)
         let timeout = try Self.int(body, "timeout", in: 5...1440, default: 60, unit: "minutes")
         let id = try Self.string(body, "browser_session_id", pattern: #"^pbs_[A-Za-z0-9_-]{1,64}$"#,
                                  rule: "pbs_ followed by 1-64 of A-Z a-z 0-9 _ -")
@@ -275,7 +275,7 @@ final class API: HTTPServerDelegate {
         if let webhookURL {
             do {
                 try Webhooks.validate(url: webhookURL)
-                try webhooks.checkReachable(url: webhookURL)
+                try await webhooks.checkReachable(url: webhookURL)
             } catch { throw APIError(422, "webhook_url: \(error)") }
             guard webhooks.hasSecret(organizationID: organization) else {
                 throw APIError(422, "webhook_url: no webhook secret is configured for organization \(organization) (config webhooks.secrets)")

@@ -36,7 +36,8 @@ import Yams
 /// - `vnc.source_max_fps` (1-60, 30): frames a second taken from a session's VNC server (`vnc_address`).
 /// - `vnc.source_max_width`, `vnc.source_max_height` (16-16384, 4096): a VNC server's larger screen is refused.
 /// - `vnc.source_timeout_seconds` (1-120, 10): connecting to a VNC server, its handshake and each read.
-/// - `vnc.handshake_timeout_seconds` (1-120, 10): a VNC client must finish its handshake in this.
+/// - `vnc.handshake_timeout_seconds` (1-120, 20): a VNC client must finish its handshake (a person may type the
+///   password) in this.
 /// - `limits.sessions_per_organization` (1-100000, 100), `limits.recordings_per_organization` (1-100000, 20),
 ///   `limits.viewers_per_session` (1-100000, 200), `limits.vnc_screens_per_organization` (0-100000, 50),
 ///   `limits.retry_webhook_per_minute` (1-600, 6), `limits.unauthenticated_per_address` (1-10000, 32):
@@ -80,7 +81,7 @@ public struct Config: Sendable, Equatable {
     public var vncSourceMaxWidth = 4096
     public var vncSourceMaxHeight = 4096
     public var vncSourceTimeoutSeconds = 10
-    public var vncHandshakeTimeoutSeconds = 10
+    public var vncHandshakeTimeoutSeconds = 20
     public var limitSessionsPerOrganization = 100
     public var limitRecordingsPerOrganization = 20
     public var limitViewersPerSession = 200

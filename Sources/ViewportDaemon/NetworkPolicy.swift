@@ -25,8 +25,9 @@ struct NetworkPolicy: Sendable {
     static let linkLocal = ["169.254.0.0/16", "fe80::/10"].compactMap(CIDR.init)
     /// Never a destination: "this network", multicast, broadcast, reserved, and IPv4-mapped/compatible IPv6 forms
     /// that would hide an IPv4 address from the checks.
-    static let unroutable = ["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "::/128", "::ffff:0:0/96", "::/96",
-                             "ff00::/8", "64:ff9b::/96"].compactMap(CIDR.init)
+    static let unroutable = ["0.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "192.0.0.0/24", "198.18.0.0/15",
+                             "::/128", "::ffff:0:0/96", "::/96", "ff00::/8", "64:ff9b::/96", "64:ff9b:1::/48",
+                             "2002::/16", "2001::/32", "fec0::/10", "100::/64"].compactMap(CIDR.init)
 
     init(config: Config) {
         browserAllow = config.networkBrowserAllow.compactMap(CIDR.init)
@@ -58,11 +59,23 @@ struct NetworkPolicy: Sendable {
         }
     }
 
-    /// Resolves `host` and checks every address it has; returns the first, as a literal to connect to.
+    /// Resolves `host` and checks every address it has; returns one to connect to, as a literal: IPv4 first (the
+    /// event loop connects over IPv4; `localhost` often resolves to ::1 first).
     func resolve(_ host: String, for purpose: Purpose) throws(Refusal) -> String {
         let addresses = try Self.addresses(of: host)
         for address in addresses { try check(address, for: purpose) }
-        return CIDR.format(addresses[0])
+        return CIDR.format(addresses.first { $0.count == 4 } ?? addresses[0])
+    }
+
+    /// ``resolve(_:for:)`` on one of Dispatch's threads, not the cooperative pool: a tenant's slow DNS server must
+    /// not stall every task of the daemon.
+    func resolved(_ host: String, for purpose: Purpose) async throws(Refusal) -> String {
+        let result: Result<String, Refusal> = await withCheckedContinuation { continuation in
+            DispatchQueue.global(qos: .utility).async {
+                continuation.resume(returning: Result { () throws(Refusal) -> String in try resolve(host, for: purpose) })
+            }
+        }
+        return try result.get()
     }
 
     /// The addresses `host` resolves to (a literal resolves to itself).

@@ -195,7 +195,7 @@ actor Runs {
                 recordingError = recordingError ?? "cannot publish the recording: \(error)"
             }
             record.recordingError = recordingError
-            release(id, from: segment)
+            release(id, from: record)
         }
         record.status = status
         // Finished when completion was asked for, which is also where the recording ends.
@@ -314,9 +314,10 @@ actor Runs {
         return failed[id]
     }
 
-    /// Detaches a completed run from its segment; the last one out stops the encoder and deletes the segment.
-    private func release(_ runID: String, from segment: Segment) {
-        var segment = segment
+    /// Detaches a completed run from its segment, as the segment is now (other runs of it may have completed while
+    /// this one waited); the last one out stops the encoder and deletes the segment.
+    private func release(_ runID: String, from run: RunRecord) {
+        guard var segment = segment(of: run) else { return }
         segment.runs.remove(runID)
         let sessionID = segment.record.sessionID
         let active = segments[sessionID]?.record.id == segment.record.id

@@ -101,16 +101,16 @@ final class Sessions: Sendable {
 
     /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
     /// resolves and checks again and connects to the checked address).
-    func checkReachable(browserAddress: String?, vncAddress: String?) throws(APIError) {
+    func checkReachable(browserAddress: String?, vncAddress: String?) async throws(APIError) {
         if let browserAddress, let endpoint = try? Endpoint(browserAddress) {
-            do { _ = try policy.resolve(endpoint.host, for: .browser) } catch {
+            do { _ = try await policy.resolved(endpoint.host, for: .browser) } catch {
                 throw APIError(422, "browser_address: \(error)")
             }
         }
         if let vncAddress, let colon = vncAddress.lastIndex(of: ":") {
             var host = String(vncAddress[..<colon])
             if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            do { _ = try policy.resolve(host, for: .browser) } catch { throw APIError(422, "vnc_address: \(error)") }
+            do { _ = try await policy.resolved(host, for: .browser) } catch { throw APIError(422, "vnc_address: \(error)") }
         }
     }
 
@@ -309,7 +309,7 @@ final class Sessions: Sendable {
             options.retryWindow = Double(config.cdpRetrySeconds)
             options.maxMessageBytes = config.cdpMaxMessageMB << 20
             options.timeout = Double(config.cdpTimeoutSeconds)
-            options.resolveHost = { [policy] host in try policy.resolve(host, for: .browser) }
+            options.resolveHost = { [policy] host in try await policy.resolved(host, for: .browser) }
             source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
         }

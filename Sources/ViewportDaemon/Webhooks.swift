@@ -69,10 +69,10 @@ final class Webhooks: Sendable {
     }
 
     /// Throws unless `url`'s host resolves only to addresses webhooks may reach (network.webhook_allow).
-    func checkReachable(url: String) throws(WebhookError) {
+    func checkReachable(url: String) async throws(WebhookError) {
         let endpoint: Endpoint
         do { endpoint = try Endpoint(url) } catch { throw WebhookError("\(error)") }
-        do { _ = try policy.resolve(endpoint.host, for: .webhook) } catch { throw WebhookError("\(error)") }
+        do { _ = try await policy.resolved(endpoint.host, for: .webhook) } catch { throw WebhookError("\(error)") }
     }
 
     /// Queues a delivery of `payload` (JSON values only) to `url`. The body is serialised here, once, with sorted
@@ -125,18 +125,27 @@ final class Webhooks: Sendable {
                 var picked: [WebhookDelivery] = []
                 var next: Date?
                 do {
-                    if busy.count < maxConcurrent {
-                        // More than the free slots: an organization at its share is skipped for the next one's.
-                        due = try store.dueWebhookDeliveries(excluding: Set(busy.keys), limit: 4 * maxConcurrent)
+                    // Due deliveries of organizations below their share, until the slots are full: an organization
+                    // with thousands due never hides the others'.
+                    while busy.count + picked.count < maxConcurrent {
+                        let full = Set(perOrganization.filter { $0.value >= maxPerOrganization }.keys)
+                        let batch = try store.dueWebhookDeliveries(
+                            excluding: Set(busy.keys).union(due.compactMap(\.id)), excludingOrganizations: full,
+                            limit: maxConcurrent - busy.count - picked.count)
+                        guard !batch.isEmpty else { break }
+                        due += batch
+                        for delivery in batch where busy.count + picked.count < maxConcurrent
+                            && perOrganization[delivery.organizationID, default: 0] < maxPerOrganization
+                        {
+                            perOrganization[delivery.organizationID, default: 0] += 1
+                            picked.append(delivery)
+                        }
                     }
-                    for delivery in due where busy.count + picked.count < maxConcurrent
-                        && perOrganization[delivery.organizationID, default: 0] < maxPerOrganization
-                    {
-                        perOrganization[delivery.organizationID, default: 0] += 1
-                        picked.append(delivery)
-                    }
-                    // Due ones left waiting for a slot are woken by a finished attempt, not by the clock.
-                    next = try store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)))
+                    // Due ones left waiting for a slot (theirs or their organization's share) are woken by a
+                    // finished attempt, not by the clock.
+                    let full = Set(perOrganization.filter { $0.value >= maxPerOrganization }.keys)
+                    next = try store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)),
+                                                            excludingOrganizations: full)
                 } catch {
                     logger.error("cannot read webhook deliveries", metadata: ["error": "\(error)"])
                     next = Date().addingTimeInterval(5)
@@ -177,7 +186,7 @@ final class Webhooks: Sendable {
         do {
             // Resolved and checked at every attempt, and sent to the checked address (no DNS rebinding).
             let host = try Endpoint(delivery.url).host
-            let address = try policy.resolve(host, for: .webhook)
+            let address = try await policy.resolved(host, for: .webhook)
             let status = try await loop.httpRequest("POST", delivery.url, connectingTo: address, headers: headers,
                                                     body: delivery.body, timeout: timeout).status
             statusCode = status

@@ -266,6 +266,8 @@ public final class EventLoop: @unchecked Sendable {
             info.path = UnsafePointer(path)
             info.host = UnsafePointer(host)
             info.method = UnsafePointer(methodC)
+            // A redirect would take the request to an address nobody checked (the daemon's network policy).
+            info.ssl_connection |= Int32(LCCSCF_HTTP_NO_FOLLOW_REDIRECT.rawValue)
             info.local_protocol_name = UnsafePointer(protocolName)
             let retained = Unmanaged.passRetained(connection).toOpaque()
             info.opaque_user_data = retained

@@ -32,6 +32,11 @@ struct NetworkPolicyTests {
         #expect((try? listed.resolve("10.8.1.1", for: .webhook)) == nil)
     }
 
+    @Test func aNameIsAnsweredWithAnIPv4AddressWhenItHasOne() throws {
+        // The event loop connects over IPv4; localhost resolves to ::1 as well.
+        #expect(try policy.resolve("localhost", for: .browser) == "127.0.0.1")
+    }
+
     @Test func aRefusalNamesTheRule() {
         #expect(throws: NetworkPolicy.Refusal(description: "address 169.254.169.254 is link-local; webhooks reach it only if network.webhook_allow lists it")) {
             _ = try policy.resolve("169.254.169.254", for: .webhook)

@@ -354,7 +354,7 @@ struct VNCHostilePeerTests {
             let capture = try vncdo(port: port, password: password, ["capture", scratchPNG()])
             #expect(capture.status == 0, "a valid client from another address gets a frame while they wait: \(capture.output)")
             print("1000 idle: healthz \(healthz) s, vncdo capture \(Date().timeIntervalSince(start)) s, daemon fds \(procCount(pid, "fd")) threads \(procCount(pid, "task")) (baseline \(descriptors), \(threads))")
-            try await eventually("the idle ones time out and the daemon's descriptors return to baseline", timeout: 20) {
+            try await eventually("the idle ones time out and the daemon's descriptors return to baseline", timeout: 35) {
                 procCount(pid, "fd") <= descriptors
             }
             #expect(daemon.log.contains("handshake not finished"))

@@ -174,7 +174,7 @@ extension WebhookTests {
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
         try await withSender({ $0.networkWebhookAllow = [] }) { webhooks, store in
-            #expect(throws: WebhookError.self) { try webhooks.checkReachable(url: receiver.url) }
+            await #expect(throws: WebhookError.self) { try await webhooks.checkReachable(url: receiver.url) }
             try webhooks.enqueue(runID: "run_ssrf", organizationID: "org_a", url: receiver.url, payload: payload)
             try await eventually("the attempt is refused") {
                 try store.latestWebhookDelivery(runID: "run_ssrf")?.lastError?.contains("network.webhook_allow") == true
