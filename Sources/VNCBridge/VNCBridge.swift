@@ -95,6 +95,9 @@ public final class VNCBridge: Sendable {
     /// Tells the screen that the relay will connect from 127.0.0.1:`port`: that connection is not counted against
     /// the per-address cap of unauthenticated clients (every relay connects from 127.0.0.1).
     func expectRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.insert(port) } }
+
+    /// A relay announced with ``expectRelay(fromPort:)`` did not connect after all.
+    func forgetRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.remove(port) } }
 }
 
 private let quietVNC: Void = {

@@ -77,7 +77,8 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     public func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket
         password.value = bridge.passwords.mintInternal(control: control)
-        fd = Self.connectLoopback(port: bridge.port) { bridge.expectRelay(fromPort: $0) }
+        fd = Self.connectLoopback(port: bridge.port, announce: { bridge.expectRelay(fromPort: $0) },
+                                  withdraw: { bridge.forgetRelay(fromPort: $0) })
         guard fd >= 0 else {
             socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
             return
@@ -216,9 +217,12 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
         loop.schedule(after: 0.01) { [weak self] in self?.flush() }
     }
 
-    /// A TCP connection to the screen on 127.0.0.1 from a port announced with `announce` before connecting.
-    private static func connectLoopback(port: Int, announce: (Int) -> Void) -> Int32 {
-        let fd = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// A TCP connection to the screen on 127.0.0.1 from a port announced with `announce` before connecting (and
+    /// withdrawn if the connection fails). Runs on the service thread: the connect waits 200 ms at most (a screen
+    /// whose backlog is full would otherwise hold the thread through SYN retries).
+    private static func connectLoopback(port: Int, announce: (Int) -> Void, withdraw: (Int) -> Void) -> Int32 {
+        let fd = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+            | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return -1 }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
@@ -231,15 +235,25 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
             close(fd)
             return -1
         }
-        announce(Int(UInt16(bigEndian: address.sin_port)))
+        let localPort = Int(UInt16(bigEndian: address.sin_port))
+        announce(localPort)
         address.sin_port = UInt16(port).bigEndian
-        let connected = withUnsafePointer(to: &address) {
+        var connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+        if !connected, errno == EINPROGRESS {
+            var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            var error: Int32 = 0
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            connected = poll(&poller, 1, 200) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0 && error == 0
         }
-        guard connected == 0 else {
+        guard connected else {
+            withdraw(localPort)
             close(fd)
             return -1
         }
+        // The reader thread reads with blocking calls; the writes use MSG_DONTWAIT.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         return fd
