@@ -138,32 +138,34 @@ final class Sessions: Sendable {
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
         let session = makeSession(record)
         // Published and queued for insertion under one lock, so later changes are written after the insert.
-        let result: Result<Void, any Error>?? = await withCheckedContinuation { continuation in
-            let published = state.withLock { state -> Bool? in
-                guard state.open[record.id] == nil, state.ended[record.id] == nil else { return false }
+        enum Insertion: Sendable { case duplicate, overLimit, stored(Result<Void, any Error>) }
+        let insertion: Insertion = await withCheckedContinuation { continuation in
+            let refusal = state.withLock { state -> Insertion? in
+                guard state.open[record.id] == nil, state.ended[record.id] == nil else { return .duplicate }
                 guard state.open.values.count(where: { $0.record.organizationID == organizationID }) < limit else {
-                    return nil
+                    return .overLimit
                 }
                 state.open[record.id] = session
-                writes.async { [store] in continuation.resume(returning: Result { try store.insert(record) }) }
-                return true
+                writes.async { [store] in continuation.resume(returning: .stored(Result { try store.insert(record) })) }
+                return nil
             }
-            if published != true { continuation.resume(returning: published == nil ? .some(nil) : nil) }
+            if let refusal { continuation.resume(returning: refusal) }
         }
-        guard let outcome = result else {
+        switch insertion {
+        case .duplicate:
             session.stop()
             throw duplicate
-        }
-        guard let result = outcome else {
+        case .overLimit:
             session.stop()
             throw overLimit
-        }
-        if case .failure(let error) = result {
+        case .stored(.failure(let error)):
             state.withLock { $0.open[record.id] = nil }
             session.stop()
             if error is Store.Failure { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
             throw APIError(503, "cannot store the session: \(error)")
+        case .stored(.success):
+            break
         }
         // A close that came in meanwhile wins: its session is no longer open and is not started.
         if state.withLock({ $0.open[record.id] === session }) { session.source.start() }
