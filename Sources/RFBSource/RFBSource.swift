@@ -298,12 +298,7 @@ private final class Worker: @unchecked Sendable {
                 close(fd)
                 throw RFBError("cannot connect to the VNC server")
             }
-            var poll = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            var error: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            guard Glibc.poll(&poll, 1, Int32(timeout * 1000)) == 1,
-                  getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0, error == 0
-            else {
+            guard finishConnect(fd, within: Int32(timeout * 1000)) else {
                 close(fd)
                 throw RFBError("cannot connect to the VNC server within \(timeout) s")
             }

@@ -215,7 +215,7 @@ private final class Worker: @unchecked Sendable {
     /// The connection being handed to libvncserver, for `clientArrived`.
     private var admitting: (address: String, since: Date)?
     private var nextSweep = Date.distantPast
-    private var lastRefusalLog = Date.distantPast
+    private let refusalLog = RateLimit(every: 1)
     private let stopping = Atomic(false)
     private let finished = DispatchSemaphore(value: 0)
     private var screen: rfbScreenInfoPtr?
@@ -388,9 +388,7 @@ private final class Worker: @unchecked Sendable {
 
     /// At most one warning a second: a flood of refusals must not flood the log.
     private func logRefusal(_ message: Logger.Message, _ address: String) {
-        let now = Date()
-        guard now.timeIntervalSince(lastRefusalLog) >= 1 else { return }
-        lastRefusalLog = now
+        guard refusalLog.allows() else { return }
         logger.warning(message, metadata: ["address": "\(address)"])
     }
 

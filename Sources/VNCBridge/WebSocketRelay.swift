@@ -2,6 +2,7 @@ import CVNC
 import Foundation
 public import Logging
 import Synchronization
+import ViewportCore
 public import WebSocketIO
 
 /// RFB over WebSocket for noVNC: relays one authenticated WebSocket to its session's VNC screen.
@@ -241,12 +242,7 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
         var connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         } == 0
-        if !connected, errno == EINPROGRESS {
-            var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            var error: Int32 = 0
-            var size = socklen_t(MemoryLayout<Int32>.size)
-            connected = poll(&poller, 1, 200) == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &size) == 0 && error == 0
-        }
+        if !connected, errno == EINPROGRESS { connected = finishConnect(fd, within: 200) }
         guard connected else {
             withdraw(localPort)
             close(fd)

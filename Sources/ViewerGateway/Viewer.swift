@@ -33,7 +33,7 @@ public final class ViewerGateway: @unchecked Sendable {
     /// The viewer in control of each session (absent: the agent is).
     private var controllers: [String: ObjectIdentifier] = [:]
     /// Bytes of replies (pongs, errors, statuses) one viewer may leave unread before it is closed with 1008.
-    private let maxPendingBytes: Int
+    fileprivate let maxPendingBytes: Int
     private let metrics: StreamMetrics
 
     public init(loop: EventLoop, logger: Logger, maxPendingBytes: Int = 1 << 20, metrics: StreamMetrics = .none) {
@@ -59,8 +59,6 @@ public final class ViewerGateway: @unchecked Sendable {
                             mayControl: control, input: input)
         return .accept(viewer, maxMessageBytes: control ? Self.maxControlMessageBytes : Self.maxInboundMessageBytes)
     }
-
-    fileprivate var maxPendingBytesPerViewer: Int { maxPendingBytes }
 
     fileprivate func overBudget(_ viewer: Viewer) {
         metrics.peerLimited(.viewerNotReading)
@@ -283,7 +281,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         guard !overBudget else { return }
         let message = OutboundMessage.text(object)
         // A viewer that sends and never reads would grow the daemon by every reply: past its budget it goes.
-        guard controlBytes + message.count <= gateway.maxPendingBytesPerViewer else {
+        guard controlBytes + message.count <= gateway.maxPendingBytes else {
             overBudget = true
             control.removeAll()
             controlBytes = 0

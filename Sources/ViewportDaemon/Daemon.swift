@@ -56,14 +56,10 @@ public final class Daemon: Sendable {
             var options = EventLoop.Configuration(host: config.listenHost, port: config.listenPort,
                                                   customHeaders: ["x-api-key"],
                                                   maxPendingPerAddress: config.limitUnauthenticatedPerAddress)
-            let lastLogged = Mutex(Date.distantPast)
+            let refusalLog = RateLimit(every: 1)
             options.onRefusedConnection = { [logger] address in
                 metrics.stream.peerLimited(.httpUnauthenticated)
-                // One line a second at most: a flood must not flood the journal too.
-                guard lastLogged.withLock({ last in
-                    defer { if Date().timeIntervalSince(last) >= 1 { last = Date() } }
-                    return Date().timeIntervalSince(last) >= 1
-                }) else { return }
+                guard refusalLog.allows() else { return }
                 logger.warning("connection refused: too many pending connections from its address (limits.unauthenticated_per_address)",
                                metadata: ["address": "\(address)"])
             }

@@ -121,6 +121,7 @@ final class Webhooks: Sendable {
             while !Task.isCancelled {
                 let busy = inFlight.withLock { $0 }
                 var perOrganization = Dictionary(busy.values.map { ($0, 1) }, uniquingKeysWith: +)
+                var atShare: Set<String> { Set(perOrganization.filter { $0.value >= maxPerOrganization }.keys) }
                 var due: [WebhookDelivery] = []
                 var picked: [WebhookDelivery] = []
                 var next: Date?
@@ -128,9 +129,8 @@ final class Webhooks: Sendable {
                     // Due deliveries of organizations below their share, until the slots are full: an organization
                     // with thousands due never hides the others'.
                     while busy.count + picked.count < maxConcurrent {
-                        let full = Set(perOrganization.filter { $0.value >= maxPerOrganization }.keys)
                         let batch = try store.dueWebhookDeliveries(
-                            excluding: Set(busy.keys).union(due.compactMap(\.id)), excludingOrganizations: full,
+                            excluding: Set(busy.keys).union(due.compactMap(\.id)), excludingOrganizations: atShare,
                             limit: maxConcurrent - busy.count - picked.count)
                         guard !batch.isEmpty else { break }
                         due += batch
@@ -143,9 +143,8 @@ final class Webhooks: Sendable {
                     }
                     // Due ones left waiting for a slot (theirs or their organization's share) are woken by a
                     // finished attempt, not by the clock.
-                    let full = Set(perOrganization.filter { $0.value >= maxPerOrganization }.keys)
                     next = try store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)),
-                                                            excludingOrganizations: full)
+                                                            excludingOrganizations: atShare)
                 } catch {
                     logger.error("cannot read webhook deliveries", metadata: ["error": "\(error)"])
                     next = Date().addingTimeInterval(5)

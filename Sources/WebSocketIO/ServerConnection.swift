@@ -18,6 +18,10 @@ final class ServerConnection: Connection, @unchecked Sendable {
     /// The peer's address while the connection counts as pending (no request answered yet) for it.
     var pendingAddress: String?
 
+    private var bodyTooLarge: HTTPResponse {
+        .json(413, ["detail": "request body is larger than \(loop.configuration.maxRequestBodyBytes) bytes"])
+    }
+
     /// The connection stops counting as pending for its address.
     private func releasePending() {
         guard let address = pendingAddress else { return }
@@ -35,9 +39,8 @@ final class ServerConnection: Connection, @unchecked Sendable {
             let request = readRequest(wsi)
             if ["POST", "PUT", "PATCH"].contains(request.method), Self.hasBody(wsi) {
                 // Nothing of a body is read for a request that will be refused anyway.
-                let limit = loop.configuration.maxRequestBodyBytes
-                let tooLarge = Self.contentLength(wsi).map { $0 > limit } == true
-                    ? HTTPResponse.json(413, ["detail": "request body is larger than \(limit) bytes"]) : nil
+                let tooLarge = Self.contentLength(wsi).map { $0 > loop.configuration.maxRequestBodyBytes } == true
+                    ? bodyTooLarge : nil
                 if let refusal = loop.server?.refuseBeforeBody(request) ?? tooLarge {
                     closeAfterResponse = true
                     transaction += 1
@@ -61,8 +64,7 @@ final class ServerConnection: Connection, @unchecked Sendable {
         case LWS_CALLBACK_HTTP_BODY_COMPLETION:
             guard case .readingBody(let request, let tooLarge) = state else { return 0 }
             if tooLarge {
-                let limit = loop.configuration.maxRequestBodyBytes
-                respond(.json(413, ["detail": "request body is larger than \(limit) bytes"]), head: false)
+                respond(bodyTooLarge, head: false)
             } else {
                 dispatch(request)
             }
