@@ -96,6 +96,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
             ],
+            // The OpenAPI document served at /v1/openapi.yaml: a link to docs/openapi.yaml, compiled in.
+            resources: [.embedInCode("Resources/openapi.yaml")],
             swiftSettings: settings),
         .executableTarget(
             name: "viewportd",

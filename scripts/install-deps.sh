@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-if [ "${1:-}" = "--with-test-clients" ] && ! .venv/bin/python -c "import websockets, vncdotool" 2>/dev/null; then
+if [ "${1:-}" = "--with-test-clients" ] && ! .venv/bin/python -c "import websockets, vncdotool, schemathesis" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet "websockets>=14,<18" "vncdotool>=1.2,<2"
+  .venv/bin/pip install --quiet "websockets>=14,<18" "vncdotool>=1.2,<2" "schemathesis>=4.32,<5"
 fi

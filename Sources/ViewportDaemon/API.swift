@@ -60,7 +60,7 @@ final class API: HTTPServerDelegate {
     /// and page routes take other credentials and have no body).
     func refuseBeforeBody(_ request: HTTPRequest) -> HTTPResponse? {
         let path = Self.components(request.path)
-        guard path.first == "v1" else { return nil }
+        guard path.first == "v1", path != Self.openAPIPath else { return nil }
         let key = request.headers["x-api-key"] ?? ""
         let refusal: String? = key.isEmpty ? "missing x-api-key header"
             : auth.organization(apiKey: key) == nil ? "invalid API key" : nil
@@ -76,6 +76,11 @@ final class API: HTTPServerDelegate {
         return request.query["token"] != nil ? .viewerToken : .apiKey
     }
 
+    /// The OpenAPI document of this API (docs/openapi.yaml), served without credentials.
+    private static let openAPIPath = ["v1", "openapi.yaml"]
+    private static let openAPIDocument = HTTPResponse(status: 200, contentType: "application/yaml", headers: [],
+                                                      body: Data(PackageResources.openapi_yaml))
+
     private typealias Handler = @Sendable (API, HTTPRequest, [String]) async throws -> HTTPResponse
 
     /// Path patterns (`*` captures one component) and their handlers by method.
@@ -83,6 +88,7 @@ final class API: HTTPServerDelegate {
         (["healthz"], ["GET": { _, _, _ in .json(200, ["status": "ok"]) }]),
         (["readyz"], ["GET": { api, _, _ in api.readiness() }]),
         (["metrics"], ["GET": { api, _, _ in api.metricsText() }]),
+        (openAPIPath, ["GET": { _, _, _ in openAPIDocument }]),
         (["watch", "*"], ["GET": { api, request, ids in api.watchPage(sessionID: ids[0], token: request.query["token"]) }]),
         (["v1", "browser_sessions"], ["POST": { api, request, _ in try await api.createSession(request) },
                                       "GET": { api, request, _ in try api.listSessions(request) }]),
@@ -107,7 +113,10 @@ final class API: HTTPServerDelegate {
         for route in Self.routes {
             guard let captured = Self.match(path, route.pattern) else { continue }
             guard let handler = route.methods[request.method == "HEAD" ? "GET" : request.method] else {
-                throw APIError(405, "method \(request.method) not allowed on \(request.path)")
+                var response = HTTPResponse.json(405, ["detail": "method \(request.method) not allowed on \(request.path)"])
+                let allowed = route.methods.keys.sorted() + (route.methods["GET"] == nil ? [] : ["HEAD"])
+                response.headers.append(("allow", allowed.joined(separator: ", ")))
+                return response
             }
             return try await handler(self, request, captured)
         }
