@@ -1,8 +1,7 @@
 import Foundation
 import Store
-import WebSocketIO
 
-/// Files of published artifacts under `<state_dir>/artifacts/{organization}/{session}/{run}/`, and their serving.
+/// Files of published artifacts under `<state_dir>/artifacts/{organization}/{session}/{run}/`.
 ///
 /// Paths are built only from ids the API validated and names viewportd chose; a request never names a path.
 /// Every file appears by rename once complete, so nothing half-written is ever published.
@@ -65,47 +64,4 @@ struct ArtifactFiles: Sendable {
             directories = Set(next.map { ($0 as NSString).deletingLastPathComponent })
         }
     }
-
-    // MARK: - Serving
-
-    /// The artifact's bytes for a GET/HEAD: ETag and conditional requests, one `Range` (206/416), long-lived
-    /// caching (an artifact never changes under its id).
-    func response(for artifact: ArtifactRecord, request: HTTPRequest) -> HTTPResponse {
-        let etag = "\"\(artifact.checksum.prefix(32))\""
-        var headers: [(name: String, value: String)] = [
-            ("etag", etag), ("accept-ranges", "bytes"), ("cache-control", "private, max-age=3600"),
-            ("content-disposition", "inline; filename=\"\(artifact.filename)\""),
-            ("x-content-type-options", "nosniff"),
-        ]
-        if let match = request.headers["if-none-match"], match.split(separator: ",").contains(where: {
-            $0.trimmingCharacters(in: .whitespaces) == etag || $0.trimmingCharacters(in: .whitespaces) == "*"
-        }) {
-            return HTTPResponse(status: 304, contentType: artifact.contentType, headers: headers, body: Data())
-        }
-        let size = artifact.fileSize
-        var range = 0..<size
-        var status = 200
-        // If-Range with another validator means the client's copy is stale: send the whole file.
-        if let header = request.headers["range"], request.headers["if-range"].map({ $0 == etag }) ?? true {
-            switch Self.parseRange(header, size: size) {
-            case .some(.some(let satisfiable)):
-                range = satisfiable
-                status = 206
-                headers.append(("content-range", "bytes \(range.lowerBound)-\(range.upperBound - 1)/\(size)"))
-            case .some(.none):
-                headers.append(("content-range", "bytes */\(size)"))
-                return HTTPResponse(status: 416, contentType: "application/json", headers: headers,
-                                    body: Data(#"{"detail":"range not satisfiable"}"#.utf8))
-            case .none:
-                break  // not a single byte range we understand: the whole file, as RFC 9110 allows
-            }
-        }
-        guard let file = FileBody(path: url(artifact.path).path, offset: range.lowerBound, length: range.count) else {
-            return .json(404, ["detail": "artifact file missing"])
-        }
-        return HTTPResponse(status: status, contentType: artifact.contentType, headers: headers, file: file)
-    }
-
-    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`. nil: ignore the header; `.some(nil)`: unsatisfiable.
-    static func parseRange(_ header: String, size: Int) -> Range<Int>?? { HTTPRange.parse(header, size: size) }
 }

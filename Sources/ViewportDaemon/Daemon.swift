@@ -89,8 +89,14 @@ public final class Daemon: Sendable {
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
-        let api = API(sessions: sessions, runs: runs, store: store, files: files, webhooks: webhooks, auth: auth,
-                      gateway: gateway, metrics: metrics, config: config, loop: loop, logger: logger)
+        let viewers = ViewerRoutes(sessions: sessions, gateway: gateway, auth: auth, config: config, loop: loop,
+                                   logger: logger)
+        let routes = OperatorRoutes(sessions: sessions, gateway: gateway, metrics: metrics).routes
+            + SessionRoutes(sessions: sessions, runs: runs, auth: auth, config: config).routes
+            + RunRoutes(runs: runs, auth: auth, config: config).routes
+            + ArtifactRoutes(runs: runs, files: files, auth: auth).routes
+            + viewers.routes
+        let api = Router(routes: routes, viewers: viewers, auth: auth, metrics: metrics)
         // Started in this order, shut down in reverse: systemd hears STOPPING=1, viewers are told, runs are
         // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
         var services: [any Service] = [
@@ -169,7 +175,7 @@ public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewpo
 /// The service thread: serves from start until the group shuts down, then closes every connection.
 private struct LoopService: Service {
     let loop: EventLoop
-    let api: API
+    let api: Router
     let logger: Logger
     let address: String
 

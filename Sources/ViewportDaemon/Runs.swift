@@ -5,6 +5,68 @@ import Store
 import Synchronization
 import ViewportCore
 
+/// Why a request about a run failed.
+enum RunError: DomainError, Equatable {
+    case notFound(id: String)
+    case artifactNotFound(id: String)
+    /// Retention deleted the artifact's file.
+    case artifactExpired
+    case alreadyExists(id: String)
+    case session(SessionError)
+    case tooManyRecordings(organizationID: String, limit: Int)
+    case noFrameYet(sessionID: String)
+    /// The run is not open (`status` is its final status).
+    case notOpen(id: String, status: String)
+    case beingCompleted(id: String)
+    case startedByEarlierProcess(id: String)
+    case webhookRefused(String)
+    case noWebhookSecret(organizationID: String)
+    case noWebhook(id: String)
+    case stillOpen(id: String)
+    case noDelivery(id: String)
+    case tooManyRetries(organizationID: String, limit: Int)
+    /// The store or the disk failed doing `what`.
+    case storageFailed(what: String, error: String)
+
+    var kind: FailureKind {
+        switch self {
+        case .session(let error): error.kind
+        case .notFound, .artifactNotFound, .artifactExpired: .notFound
+        case .alreadyExists, .noFrameYet, .notOpen, .beingCompleted, .startedByEarlierProcess, .noWebhook, .stillOpen,
+             .noDelivery: .conflict
+        case .webhookRefused, .noWebhookSecret: .invalid
+        case .tooManyRecordings, .tooManyRetries: .limited
+        case .storageFailed: .unavailable
+        }
+    }
+
+    var detail: String {
+        switch self {
+        case .session(let error): error.detail
+        case .notFound(let id): "run \(id) not found"
+        case .artifactNotFound(let id): "artifact \(id) not found"
+        case .artifactExpired: "artifact expired"
+        case .alreadyExists(let id): "run \(id) already exists"
+        case .tooManyRecordings(let organization, let limit):
+            "organization \(organization) records \(limit) sessions, the most it may (config limits.recordings_per_organization)"
+        case .noFrameYet(let session): "browser session \(session) has shown no frame yet; retry when the page is up"
+        case .notOpen(let id, let status): "run \(id) is \(status)"
+        case .beingCompleted(let id): "run \(id) is being completed"
+        case .startedByEarlierProcess(let id):
+            "run \(id) was started by an earlier viewportd process and is being terminated"
+        case .webhookRefused(let reason): "webhook_url: \(reason)"
+        case .noWebhookSecret(let organization):
+            "webhook_url: no webhook secret is configured for organization \(organization) (config webhooks.secrets)"
+        case .noWebhook(let id): "run \(id) has no webhook_url"
+        case .stillOpen(let id): "run \(id) is not completed yet"
+        case .noDelivery(let id): "run \(id) has no webhook delivery yet"
+        case .tooManyRetries(let organization, let limit):
+            "organization \(organization) retried \(limit) webhooks in the last minute, the most it may (config limits.retry_webhook_per_minute)"
+        case .storageFailed(let what, let error): "cannot \(what): \(error)"
+        }
+    }
+}
+
 /// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
 /// artifacts and the completion webhook.
 ///
@@ -62,14 +124,26 @@ actor Runs {
 
     /// Starts a run in an open session; its recording starts with a keyframe now.
     func start(sessionID: String, organizationID: String, runID: String?, webhookURL: String?, title: String?)
-        throws(APIError) -> RunRecord
+        async throws(RunError) -> RunRecord
     {
-        let session = try sessions.session(id: sessionID, organizationID: organizationID)
-        guard session.status.isActive, let hub = sessions.hub(id: sessionID) else {
-            throw APIError(409, "browser session \(sessionID) is \(session.status.rawValue)")
+        if let webhookURL {
+            do {
+                try Webhooks.validate(url: webhookURL)
+                try await webhooks.checkReachable(url: webhookURL)
+            } catch { throw .webhookRefused("\(error)") }
+            guard webhooks.hasSecret(organizationID: organizationID) else {
+                throw .noWebhookSecret(organizationID: organizationID)
+            }
+        }
+        let session: SessionRecord
+        do { session = try sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
+            throw .session(error)
+        }
+        guard let hub = sessions.hub(id: sessionID) else {
+            throw .session(.notOpen(id: sessionID, status: session.status))
         }
         let id = runID ?? "wr_\(Digest.randomBytes(12).hex)"
-        guard open[id] == nil, (try? store.run(id: id)) == nil else { throw APIError(409, "run \(id) already exists") }
+        guard open[id] == nil, (try? store.run(id: id)) == nil else { throw .alreadyExists(id: id) }
         let now = Date()
         let start = wallClockMicros()
         if let broken = segments[sessionID], broken.recorder.failure != nil {
@@ -81,7 +155,7 @@ actor Runs {
         if segment == nil, config.recordingEnabled {
             let limit = config.limitRecordingsPerOrganization
             guard segments.values.count(where: { $0.organizationID == organizationID }) < limit else {
-                throw APIError(429, "organization \(organizationID) records \(limit) sessions, the most it may (config limits.recordings_per_organization)")
+                throw .tooManyRecordings(organizationID: organizationID, limit: limit)
             }
             segment = try startSegment(sessionID: sessionID, organizationID: organizationID, hub: hub, origin: start)
         }
@@ -91,8 +165,8 @@ actor Runs {
                                segmentID: segment?.record.id)
         do { try store.insert(record) } catch {
             if existing == nil, let segment { Task { await self.retire(segment) } }
-            if case Store.Failure.duplicateRun = error { throw APIError(409, "run \(id) already exists") }
-            throw APIError(503, "cannot store the run: \(error)")
+            if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
+            throw .storageFailed(what: "store the run", error: "\(error)")
         }
         if var segment {
             segment.runs.insert(id)
@@ -104,19 +178,21 @@ actor Runs {
     }
 
     /// Marks a step: takes the newest frame as its screenshot (waiting up to 2 s for a first one).
-    func step(runID: String, organizationID: String, label: String) async throws(APIError) -> (StepRecord, ArtifactRecord) {
+    func step(runID: String, organizationID: String, label: String) async throws(RunError) -> (StepRecord, ArtifactRecord) {
         let run = try openRun(runID, organizationID: organizationID)
         let time = wallClockMicros()
         guard let frame = await Self.currentFrame(run.hub) else {
-            throw APIError(409, "browser session \(run.record.sessionID) has shown no frame yet; retry when the page is up")
+            throw .noFrameYet(sessionID: run.record.sessionID)
         }
         // The run may have been completed while this step waited for a frame.
-        guard var current = open[runID], !current.completing else { throw APIError(409, "run \(runID) is completed") }
+        guard var current = open[runID], !current.completing else { throw .notOpen(id: runID, status: "completed") }
         let index = current.steps.count + 1
         let artifact = try saveScreenshot(frame, run: current.record, step: index, name: String(format: "step-%03d", index))
         let step = StepRecord(runID: runID, index: index, label: label, createdAt: Date(), timeMicros: time,
                               artifactID: artifact.id)
-        do { try store.insert(step, artifact: artifact) } catch { throw APIError(503, "cannot store the step: \(error)") }
+        do { try store.insert(step, artifact: artifact) } catch {
+            throw .storageFailed(what: "store the step", error: "\(error)")
+        }
         current.steps.append(step)
         current.record.stepCount = index
         open[runID] = current
@@ -125,23 +201,23 @@ actor Runs {
 
     /// Completes a run: final screenshot, the recording cut and published, the webhook queued. Completing a
     /// completed run returns it unchanged.
-    func complete(runID: String, organizationID: String, status: String, failureReason: String?) async throws(APIError)
+    func complete(runID: String, organizationID: String, status: String, failureReason: String?) async throws(RunError)
         -> RunRecord
     {
         guard var run = open[runID] else {
             let record = try stored(runID, organizationID: organizationID)
             guard record.isOpen else { return record }
-            throw APIError(409, "run \(runID) was started by an earlier viewportd process and is being terminated")
+            throw .startedByEarlierProcess(id: runID)
         }
-        guard run.record.organizationID == organizationID else { throw APIError(404, "run \(runID) not found") }
-        guard !run.completing else { throw APIError(409, "run \(runID) is being completed") }
+        guard run.record.organizationID == organizationID else { throw .notFound(id: runID) }
+        guard !run.completing else { throw .beingCompleted(id: runID) }
         run.completing = true
         open[runID] = run
         return await finalize(run, status: status, failureReason: failureReason)
     }
 
     /// The run if it exists and belongs to `organizationID`.
-    func run(id: String, organizationID: String) throws(APIError) -> RunRecord {
+    func run(id: String, organizationID: String) throws(RunError) -> RunRecord {
         if let run = open[id], run.record.organizationID == organizationID { return run.record }
         return try stored(id, organizationID: organizationID)
     }
@@ -246,14 +322,12 @@ actor Runs {
     }
 
     /// The body of the run's webhook.
-    nonisolated func webhookPayload(_ run: RunRecord) -> [String: Any] {
+    nonisolated func webhookPayload(_ run: RunRecord) -> WebhookPayload {
         let links = links(run)
-        return [
-            "run_id": run.id, "browser_session_id": run.sessionID, "status": run.status,
-            "failure_reason": run.failureReason ?? NSNull(), "recording_url": links.recording ?? NSNull(),
-            "screenshot_urls": links.screenshots, "step_count": run.stepCount, "created_at": API.iso(run.createdAt),
-            "finished_at": run.finishedAt.map(API.iso) ?? NSNull(),
-        ]
+        return WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
+                              failureReason: run.failureReason, recordingURL: links.recording,
+                              screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
+                              finishedAt: run.finishedAt)
     }
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
@@ -267,8 +341,54 @@ actor Runs {
         return (recording, artifacts.filter { $0.kind == .screenshot }.reversed().map(artifactURL))
     }
 
+    /// Queues the completed run's webhook again (at most `limits.retry_webhook_per_minute` a minute).
+    func retryWebhook(runID: String, organizationID: String) throws(RunError) {
+        let run = try run(id: runID, organizationID: organizationID)
+        guard run.webhookURL != nil else { throw .noWebhook(id: runID) }
+        guard !run.isOpen else { throw .stillOpen(id: runID) }
+        guard webhooks.allowRetry(organizationID: organizationID) else {
+            throw .tooManyRetries(organizationID: organizationID, limit: config.limitRetryWebhookPerMinute)
+        }
+        let queued: Bool
+        do { queued = try webhooks.resend(runID: runID) } catch {
+            throw .storageFailed(what: "queue the webhook", error: "\(error)")
+        }
+        guard queued else { throw .noDelivery(id: runID) }
+    }
+
+    /// What a run's replay page shows; nil when there is no such run.
+    struct Replay: Sendable {
+        let run: RunRecord
+        let artifacts: [ArtifactRecord]
+        let steps: [StepRecord]
+    }
+
+    func replay(runID: String) -> Replay? {
+        guard let run = open[runID]?.record ?? (try? store.run(id: runID)) ?? nil else { return nil }
+        return Replay(run: run, artifacts: (try? store.artifacts(runID: runID)) ?? [],
+                      steps: (try? store.steps(runID: runID)) ?? [])
+    }
+
+    /// An artifact by id, whoever owns it (the caller checks).
+    func artifact(id: String) -> ArtifactRecord? { (try? store.artifact(id: id)) ?? nil }
+
+    /// The published files (recordings) of each session, oldest first.
+    func sessionFiles(sessionIDs: [String]) -> [String: [ArtifactRecord]] {
+        Dictionary(uniqueKeysWithValues: sessionIDs.map { ($0, (try? store.recordings(sessionID: $0)) ?? []) })
+    }
+
+    /// The run open in each session that has one (the newest when several are).
+    func openRunIDs(sessionIDs: [String]) -> [String: String] {
+        let wanted = Set(sessionIDs)
+        var newest: [String: RunRecord] = [:]
+        for run in open.values.map(\.record) where wanted.contains(run.sessionID) && !(open[run.id]?.completing ?? true) {
+            if newest[run.sessionID].map({ $0.createdAt < run.createdAt }) ?? true { newest[run.sessionID] = run }
+        }
+        return newest.mapValues(\.id)
+    }
+
     /// Artifacts of a run, oldest first.
-    func artifacts(runID: String, organizationID: String) throws(APIError) -> [ArtifactRecord] {
+    func artifacts(runID: String, organizationID: String) throws(RunError) -> [ArtifactRecord] {
         _ = try run(id: runID, organizationID: organizationID)
         return (try? store.artifacts(runID: runID)) ?? []
     }
@@ -283,7 +403,7 @@ actor Runs {
     // MARK: - Segments
 
     private func startSegment(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64)
-        throws(APIError) -> Segment
+        throws(RunError) -> Segment
     {
         let id = "seg_\(Digest.randomBytes(8).hex)"
         do {
@@ -303,7 +423,7 @@ actor Runs {
             return Segment(record: record, organizationID: organizationID, recorder: recorder, runs: [])
         } catch {
             logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
-            throw APIError(503, "cannot start the recording: \(error)")
+            throw .storageFailed(what: "start the recording", error: "\(error)")
         }
     }
 
@@ -374,23 +494,20 @@ actor Runs {
 
     // MARK: - Helpers
 
-    private func openRun(_ id: String, organizationID: String) throws(APIError) -> OpenRun {
+    private func openRun(_ id: String, organizationID: String) throws(RunError) -> OpenRun {
         guard let run = open[id], run.record.organizationID == organizationID else {
-            let record = try stored(id, organizationID: organizationID)
-            throw APIError(409, "run \(id) is \(record.status)")
+            throw .notOpen(id: id, status: try stored(id, organizationID: organizationID).status)
         }
-        guard !run.completing else { throw APIError(409, "run \(id) is being completed") }
+        guard !run.completing else { throw .beingCompleted(id: id) }
         return run
     }
 
-    private func stored(_ id: String, organizationID: String) throws(APIError) -> RunRecord {
-        guard let record = try? store.run(id: id), record.organizationID == organizationID else {
-            throw APIError(404, "run \(id) not found")
-        }
+    private func stored(_ id: String, organizationID: String) throws(RunError) -> RunRecord {
+        guard let record = try? store.run(id: id), record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 
-    private func saveScreenshot(_ frame: Frame, run: RunRecord, step: Int?, name: String) throws(APIError)
+    private func saveScreenshot(_ frame: Frame, run: RunRecord, step: Int?, name: String) throws(RunError)
         -> ArtifactRecord
     {
         do {
@@ -407,7 +524,7 @@ actor Runs {
                                   fileSize: data.count, checksum: Digest.sha256(data).hex,
                                   contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
         } catch {
-            throw APIError(503, "cannot save the screenshot: \(error)")
+            throw .storageFailed(what: "save the screenshot", error: "\(error)")
         }
     }
 

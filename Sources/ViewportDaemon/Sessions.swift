@@ -8,13 +8,46 @@ import VNCBridge
 import ViewportCore
 import WebSocketIO
 
-/// An API failure: the HTTP status and the `detail` the client sees.
-struct APIError: Error, Equatable {
-    var status: Int
-    var detail: String
-    init(_ status: Int, _ detail: String) {
-        self.status = status
-        self.detail = detail
+/// Why a request about a session failed.
+enum SessionError: DomainError, Equatable {
+    case notFound(id: String)
+    case alreadyExists(id: String)
+    /// The session has ended (`status` closed or failed).
+    case notOpen(id: String, status: SessionStatus)
+    case cannotRenew(id: String, status: SessionStatus)
+    case tooManySessions(organizationID: String, limit: Int)
+    /// `field` names an address that cannot or may not be reached.
+    case addressRefused(field: String, reason: String)
+    case vncDisabled
+    case noFreeVNCPort(id: String)
+    case tooManyVNCScreens(organizationID: String, limit: Int)
+    case storeFailed(String)
+
+    var kind: FailureKind {
+        switch self {
+        case .notFound: .notFound
+        case .alreadyExists, .notOpen, .cannotRenew, .vncDisabled, .noFreeVNCPort: .conflict
+        case .tooManySessions, .tooManyVNCScreens: .limited
+        case .addressRefused: .invalid
+        case .storeFailed: .unavailable
+        }
+    }
+
+    var detail: String {
+        switch self {
+        case .notFound(let id): "browser session \(id) not found"
+        case .alreadyExists(let id): "browser session \(id) already exists"
+        case .notOpen(let id, let status): "browser session \(id) is \(status.rawValue)"
+        case .cannotRenew(let id, let status): "browser session \(id) is \(status.rawValue) and cannot be renewed"
+        case .tooManySessions(let organization, let limit):
+            "organization \(organization) has \(limit) open sessions, the most it may have (config limits.sessions_per_organization)"
+        case .addressRefused(let field, let reason): "\(field): \(reason)"
+        case .vncDisabled: "VNC is disabled (config vnc.enabled)"
+        case .noFreeVNCPort(let id): "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
+        case .tooManyVNCScreens(let organization, let limit):
+            "organization \(organization) has \(limit) VNC screens, the most it may have (config limits.vnc_screens_per_organization)"
+        case .storeFailed(let error): "cannot store the session: \(error)"
+        }
     }
 }
 
@@ -101,16 +134,18 @@ final class Sessions: Sendable {
 
     /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
     /// resolves and checks again and connects to the checked address).
-    func checkReachable(browserAddress: String?, vncAddress: String?) async throws(APIError) {
+    func checkReachable(browserAddress: String?, vncAddress: String?) async throws(SessionError) {
         if let browserAddress, let endpoint = try? Endpoint(browserAddress) {
             do { _ = try await policy.resolved(endpoint.host, for: .browser) } catch {
-                throw APIError(422, "browser_address: \(error)")
+                throw .addressRefused(field: "browser_address", reason: "\(error)")
             }
         }
         if let vncAddress, let colon = vncAddress.lastIndex(of: ":") {
             var host = String(vncAddress[..<colon])
             if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            do { _ = try await policy.resolved(host, for: .browser) } catch { throw APIError(422, "vnc_address: \(error)") }
+            do { _ = try await policy.resolved(host, for: .browser) } catch {
+                throw .addressRefused(field: "vnc_address", reason: "\(error)")
+            }
         }
     }
 
@@ -123,7 +158,7 @@ final class Sessions: Sendable {
 
     /// Registers a session and starts attaching to its browser.
     func create(organizationID: String, browserAddress: String, timeoutMinutes: Int, id: String?,
-                vncAddress: String? = nil, vncPassword: String? = nil) async throws(APIError) -> SessionRecord
+                vncAddress: String? = nil, vncPassword: String? = nil) async throws(SessionError) -> SessionRecord
     {
         let now = Date()
         var draft = SessionRecord(id: id ?? Self.newID(), organizationID: organizationID, status: .created,
@@ -131,10 +166,10 @@ final class Sessions: Sendable {
                                   browserAddress: browserAddress)
         (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
         let record = draft
-        let duplicate = APIError(409, "browser session \(record.id) already exists")
+        let duplicate = SessionError.alreadyExists(id: record.id)
         if (try? store.session(id: record.id)) != nil { throw duplicate }
         let limit = config.limitSessionsPerOrganization
-        let overLimit = APIError(429, "organization \(organizationID) has \(limit) open sessions, the most it may have (config limits.sessions_per_organization)")
+        let overLimit = SessionError.tooManySessions(organizationID: organizationID, limit: limit)
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
         let session = makeSession(record)
         // Published and queued for insertion under one lock, so later changes are written after the insert.
@@ -163,7 +198,7 @@ final class Sessions: Sendable {
             session.stop()
             if error is Store.Failure { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
-            throw APIError(503, "cannot store the session: \(error)")
+            throw .storeFailed("\(error)")
         case .stored(.success):
             break
         }
@@ -174,10 +209,8 @@ final class Sessions: Sendable {
     }
 
     /// The session if it exists and belongs to `organizationID`.
-    func session(id: String, organizationID: String) throws(APIError) -> SessionRecord {
-        guard let record = lookup(id), record.organizationID == organizationID else {
-            throw APIError(404, "browser session \(id) not found")
-        }
+    func session(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
+        guard let record = lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 
@@ -185,13 +218,34 @@ final class Sessions: Sendable {
         state.withLock { $0.open[id]?.record ?? $0.ended[id] } ?? (try? store.session(id: id)) ?? nil
     }
 
+    /// The session if it is open and belongs to `organizationID`.
+    func openSession(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
+        let record = try session(id: id, organizationID: organizationID)
+        guard record.status.isActive else { throw .notOpen(id: id, status: record.status) }
+        return record
+    }
+
+    /// The VNC screen of an open session of `organizationID`.
+    func screen(id: String, organizationID: String) throws(SessionError) -> VNCBridge {
+        let record = try openSession(id: id, organizationID: organizationID)
+        let (bridge, limited) = state.withLock { ($0.open[id]?.bridge, $0.open[id]?.vncLimited ?? false) }
+        if let bridge { return bridge }
+        if limited {
+            throw .tooManyVNCScreens(organizationID: record.organizationID, limit: config.limitVNCScreensPerOrganization)
+        }
+        throw config.vncEnabled ? .noFreeVNCPort(id: id) : .vncDisabled
+    }
+
+    /// Sessions in the store by status (for the metrics).
+    func statusCounts() -> [SessionStatus: Int] { (try? store.sessionCounts()) ?? [:] }
+
+    /// Throws unless the store takes writes now (readiness).
+    func checkStoreWritable() throws { try store.checkWritable() }
+
     /// Number of open sessions of `organizationID`.
     func openCount(organizationID: String) -> Int {
         state.withLock { $0.open.values.count { $0.record.organizationID == organizationID } }
     }
-
-    /// True when the session has no VNC screen because its organization has as many as it may.
-    func vncLimited(id: String) -> Bool { state.withLock { $0.open[id]?.vncLimited ?? false } }
 
     /// Open sessions of `organizationID`, newest first.
     func active(organizationID: String) -> [SessionRecord] {
@@ -200,7 +254,7 @@ final class Sessions: Sendable {
     }
 
     /// Closes a session (viewers are told); closing a closed session returns it unchanged.
-    func close(id: String, organizationID: String) async throws(APIError) -> SessionRecord {
+    func close(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
         let record = try session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
         let closed = finish(id, .closed, reason: nil) ?? lookup(id) ?? record
@@ -210,7 +264,7 @@ final class Sessions: Sendable {
     }
 
     /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own). 409 once it has ended.
-    func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(APIError) -> SessionRecord {
+    func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(SessionError) -> SessionRecord {
         _ = try session(id: id, organizationID: organizationID)
         let renewed: SessionRecord? = state.withLock { state in
             guard let session = state.open[id] else { return nil }
@@ -222,8 +276,7 @@ final class Sessions: Sendable {
             return session.record
         }
         guard let renewed else {
-            let status = lookup(id)?.status.rawValue ?? "closed"
-            throw APIError(409, "browser session \(id) is \(status) and cannot be renewed")
+            throw .cannotRenew(id: id, status: lookup(id)?.status ?? .closed)
         }
         await flushWrites()
         logger.info("session renewed", metadata: ["browser_session_id": "\(id)", "timeout_minutes": "\(renewed.timeoutMinutes)"])

@@ -16,6 +16,19 @@ struct WebhookError: Error, CustomStringConvertible, Equatable {
 ///
 /// Every attempt POSTs the same stored body with `x-viewportd-timestamp` (the attempt's unix seconds) and
 /// `x-viewportd-signature: sha256=<hex HMAC-SHA256 of "timestamp.body">` keyed with the organization's secret.
+/// What a run's `webhook_url` receives when the run completes (docs/openapi.yaml, `WebhookPayload`).
+struct WebhookPayload: Encodable {
+    let runID: String
+    let browserSessionID: String
+    let status: String
+    @Nullable var failureReason: String?
+    @Nullable var recordingURL: String?
+    let screenshotUrls: [String]
+    let stepCount: Int
+    let createdAt: Date
+    @Nullable var finishedAt: Date?
+}
+
 final class Webhooks: Sendable {
     private let store: Store
     private let loop: EventLoop
@@ -75,12 +88,12 @@ final class Webhooks: Sendable {
         do { _ = try await policy.resolved(endpoint.host, for: .webhook) } catch { throw WebhookError("\(error)") }
     }
 
-    /// Queues a delivery of `payload` (JSON values only) to `url`. The body is serialised here, once, with sorted
-    /// keys: every attempt sends and signs exactly these bytes.
-    func enqueue(runID: String, organizationID: String, url: String, payload: [String: Any]) throws(WebhookError) {
-        guard JSONSerialization.isValidJSONObject(payload),
-              let body = try? JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { throw WebhookError("webhook payload of run \(runID) is not JSON") }
+    /// Queues a delivery of `payload` to `url`. The body is serialised here, once, with sorted keys: every
+    /// attempt sends and signs exactly these bytes.
+    func enqueue(runID: String, organizationID: String, url: String, payload: WebhookPayload) throws(WebhookError) {
+        guard let body = try? APIJSON.encoder(sortedKeys: true).encode(payload) else {
+            throw WebhookError("webhook payload of run \(runID) cannot be encoded")
+        }
         try insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body))
     }
 

@@ -1,0 +1,73 @@
+import Foundation
+import Logging
+import VNCBridge
+import ViewerGateway
+import ViewportCore
+import WebSocketIO
+
+/// Viewers: the watch page, the viewer WebSocket (`/stream/browser/{id}`) and noVNC's RFB over WebSocket
+/// (`/stream/vnc/browser/{id}`). Upgrades are decided on the service thread, from memory only.
+struct ViewerRoutes {
+    let sessions: Sessions
+    let gateway: ViewerGateway
+    let auth: Auth
+    let config: Config
+    let loop: EventLoop
+    let logger: Logger
+
+    var routes: [Route] {
+        [Route("GET", "watch/*", .open) { watchPage(sessionID: $0.ids[0], token: $0.http.query["token"]) }]
+    }
+
+    private func watchPage(sessionID: String, token: String?) -> HTTPResponse {
+        guard let token, !token.isEmpty else {
+            return .message(401, "This watch link has no token. Ask the API for one: POST /v1/browser_sessions/\(sessionID)/viewer_tokens.")
+        }
+        do {
+            _ = try auth.verifyViewerToken(token, sessionID: sessionID)
+        } catch {
+            return .message(401, error == .expired ? "This watch link has expired." : "This watch link is not valid.")
+        }
+        return .html(200, WatchPage.html(sessionID: sessionID))
+    }
+
+    /// Accepts a viewer or noVNC for a session, with the organization's key (which may drive its browsers) or a
+    /// viewer token (which may only if minted with control).
+    func upgrade(_ request: HTTPRequest, path: [String]) throws(HTTPFailure) -> WebSocketUpgrade {
+        let rfb = path.count == 4 && path[1] == "vnc" && path[2] == "browser"
+        guard path.first == "stream", rfb || (path.count == 3 && path[1] == "browser") else {
+            throw HTTPFailure(status: 404, detail: "not found: \(request.path)")
+        }
+        let id = path[path.count - 1]
+        guard let format = ViewerFormat(rawValue: request.query["format"] ?? "binary") else {
+            throw HTTPFailure(status: 400, detail: "format must be binary or json")
+        }
+        var organization: String?
+        let control: Bool
+        if let key = request.headers["x-api-key"], !key.isEmpty {
+            guard let owner = auth.organization(apiKey: key) else { throw HTTPFailure(status: 401, detail: "invalid API key") }
+            organization = owner
+            control = true
+        } else if let token = request.query["token"], !token.isEmpty {
+            do { control = try auth.verifyViewerToken(token, sessionID: id).control } catch {
+                throw HTTPFailure(status: 401, detail: error == .expired ? "viewer token expired" : "invalid viewer token")
+            }
+        } else {
+            throw HTTPFailure(status: 401, detail: "missing credentials: an x-api-key header or a ?token= viewer token")
+        }
+        switch sessions.hubForViewer(id: id) {
+        case .found(let owner, _) where rfb && (organization == nil || organization == owner):
+            guard let bridge = sessions.vncBridge(id: id) else {
+                throw HTTPFailure(status: 409, detail: "browser session \(id) has no VNC screen")
+            }
+            return .accept(WebSocketRelay(bridge: bridge, control: control, loop: loop, logger: logger.with(sessionID: id)),
+                           maxMessageBytes: 1 << 20)
+        case .found(let owner, let hub) where organization == nil || organization == owner:
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
+                                  control: control, input: sessions.inputTarget(id: id),
+                                  maxViewers: config.limitViewersPerSession)
+        case .found, .notFound:
+            throw HTTPFailure(status: 404, detail: "browser session \(id) not found")
+        }
+    }
+}
