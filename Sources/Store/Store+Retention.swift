@@ -1,6 +1,6 @@
 public import Foundation
 import GRDB
-public import ViewportCore
+import ViewportCore
 
 /// What retention may delete: the artifacts of closed sessions, oldest closed session first.
 extension Store {
@@ -42,7 +42,7 @@ extension Store {
                 arguments += [createdBefore]
             }
             sql += " ORDER BY COALESCE(session.completedAt, session.modifiedAt), session.id, artifact.createdAt, artifact.id"
-            return try ArtifactRow.fetchAll(db, sql: sql, arguments: arguments).map(\.record)
+            return try ArtifactRecord.fetchAll(db, sql: sql, arguments: arguments)
         }
     }
 

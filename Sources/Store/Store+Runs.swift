@@ -1,8 +1,10 @@
 public import Foundation
-import GRDB
+public import GRDB
 
 /// A run of an agent in a browser session: its steps, screenshots and recording.
-public struct RunRecord: Sendable, Equatable {
+public struct RunRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "run"
+
     public var id: String
     public var sessionID: String
     public var organizationID: String
@@ -47,7 +49,9 @@ public struct RunRecord: Sendable, Equatable {
 }
 
 /// One marked step of a run.
-public struct StepRecord: Sendable, Equatable {
+public struct StepRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "step"
+
     public var runID: String
     /// 1-based.
     public var index: Int
@@ -68,8 +72,10 @@ public struct StepRecord: Sendable, Equatable {
 }
 
 /// A published file: a run's recording or a step's screenshot.
-public struct ArtifactRecord: Sendable, Equatable {
-    public enum Kind: String, Sendable { case recording, screenshot }
+public struct ArtifactRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
+    public enum Kind: String, Sendable, Codable, DatabaseValueConvertible { case recording, screenshot }
+    public static let databaseTableName = "artifact"
+
     public var id: String
     public var kind: Kind
     public var runID: String
@@ -110,7 +116,9 @@ public struct ArtifactRecord: Sendable, Equatable {
 }
 
 /// A session's fragmented recording being written (one encode for all of the session's open runs).
-public struct SegmentRecord: Sendable, Equatable {
+public struct SegmentRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "segment"
+
     public var id: String
     public var sessionID: String
     /// Path relative to the artifacts directory.
@@ -187,22 +195,22 @@ extension Store {
     /// Adds a new run; throws ``Failure/duplicateRun(_:)`` if its id is taken.
     public func insert(_ run: RunRecord) throws {
         do {
-            try database.write { try RunRow(run).insert($0) }
+            try database.write { try run.insert($0) }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw Failure.duplicateRun(run.id)
         }
     }
 
-    public func update(_ run: RunRecord) throws { try database.write { try RunRow(run).update($0) } }
+    public func update(_ run: RunRecord) throws { try database.write { try run.update($0) } }
 
-    public func run(id: String) throws -> RunRecord? { try database.read { try RunRow.fetchOne($0, key: id)?.record } }
+    public func run(id: String) throws -> RunRecord? { try database.read { try RunRecord.fetchOne($0, key: id) } }
 
     /// Runs still open (of one session, or of all sessions).
     public func openRuns(sessionID: String? = nil) throws -> [RunRecord] {
         try database.read { db in
-            var request = RunRow.filter(Column("status") == "running")
+            var request = RunRecord.filter(Column("status") == "running")
             if let sessionID { request = request.filter(Column("sessionID") == sessionID) }
-            return try request.order(Column("createdAt")).fetchAll(db).map(\.record)
+            return try request.order(Column("createdAt")).fetchAll(db)
         }
     }
 
@@ -211,149 +219,64 @@ extension Store {
     /// Adds a step and bumps its run's step count, in one transaction.
     public func insert(_ step: StepRecord, artifact: ArtifactRecord?) throws {
         try database.write { db in
-            if let artifact { try ArtifactRow(artifact).insert(db) }
-            try StepRow(step).insert(db)
+            try artifact?.insert(db)
+            try step.insert(db)
             try db.execute(sql: "UPDATE run SET stepCount = ? WHERE id = ?", arguments: [step.index, step.runID])
         }
     }
 
     public func steps(runID: String) throws -> [StepRecord] {
         try database.read { db in
-            try StepRow.filter(Column("runID") == runID).order(Column("index")).fetchAll(db).map(\.record)
+            try StepRecord.filter(Column("runID") == runID).order(Column("index")).fetchAll(db)
         }
     }
 
     // MARK: - Artifacts
 
-    public func insert(_ artifact: ArtifactRecord) throws { try database.write { try ArtifactRow(artifact).insert($0) } }
+    public func insert(_ artifact: ArtifactRecord) throws { try database.write { try artifact.insert($0) } }
 
     public func artifact(id: String) throws -> ArtifactRecord? {
-        try database.read { try ArtifactRow.fetchOne($0, key: id)?.record }
+        try database.read { try ArtifactRecord.fetchOne($0, key: id) }
     }
 
     /// Artifacts of a run, oldest first.
     public func artifacts(runID: String) throws -> [ArtifactRecord] {
         try database.read { db in
-            try ArtifactRow.filter(Column("runID") == runID).order(Column("createdAt"), Column("id")).fetchAll(db)
-                .map(\.record)
+            try ArtifactRecord.filter(Column("runID") == runID).order(Column("createdAt"), Column("id")).fetchAll(db)
         }
     }
 
     /// Recordings of a session's runs that retention has not deleted, oldest first.
     public func recordings(sessionID: String) throws -> [ArtifactRecord] {
-        try database.read { db in
-            try ArtifactRow.filter(Column("sessionID") == sessionID && Column("kind") == "recording"
-                                   && Column("expiredAt") == nil)
-                .order(Column("createdAt")).fetchAll(db).map(\.record)
+        try recordings(sessionIDs: [sessionID])[sessionID] ?? []
+    }
+
+    /// ``recordings(sessionID:)`` of several sessions in one query, by session id (sessions without any are absent).
+    public func recordings(sessionIDs: some Sequence<String>) throws -> [String: [ArtifactRecord]] {
+        // One JSON array bound for all ids: SQLite binds at most 32766 values in a statement.
+        let ids = String(decoding: try JSONEncoder().encode(Array(sessionIDs)), as: UTF8.self)
+        return try database.read { db in
+            Dictionary(grouping: try ArtifactRecord
+                .filter(sql: "sessionID IN (SELECT value FROM json_each(?))", arguments: [ids])
+                .filter(Column("kind") == ArtifactRecord.Kind.recording && Column("expiredAt") == nil)
+                .order(Column("createdAt")).fetchAll(db), by: \.sessionID)
         }
     }
 
     // MARK: - Segments
 
-    public func insert(_ segment: SegmentRecord) throws { try database.write { try SegmentRow(segment).insert($0) } }
+    public func insert(_ segment: SegmentRecord) throws { try database.write { try segment.insert($0) } }
 
     public func markFinished(segmentID: String) throws {
         try database.write { try $0.execute(sql: "UPDATE segment SET finished = 1 WHERE id = ?", arguments: [segmentID]) }
     }
 
     public func segment(id: String) throws -> SegmentRecord? {
-        try database.read { try SegmentRow.fetchOne($0, key: id)?.record }
+        try database.read { try SegmentRecord.fetchOne($0, key: id) }
     }
 
     /// Segments still being written (or left so by a crash).
     public func unfinishedSegments() throws -> [SegmentRecord] {
-        try database.read { try SegmentRow.filter(Column("finished") == false).fetchAll($0).map(\.record) }
-    }
-}
-
-private struct RunRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "run"
-    var id, sessionID, organizationID, status: String
-    var title, webhookURL: String?
-    var createdAt: Date
-    var startedAt, finishedAt: Date?
-    var failureReason: String?
-    var stepCount: Int
-    var startMicros: Int64
-    var segmentID: String?
-    var framesRecorded, framesDropped: Int
-    var recordingError: String?
-
-    init(_ r: RunRecord) {
-        (id, sessionID, organizationID, status, title, webhookURL) =
-            (r.id, r.sessionID, r.organizationID, r.status, r.title, r.webhookURL)
-        (createdAt, startedAt, finishedAt, failureReason, stepCount) =
-            (r.createdAt, r.startedAt, r.finishedAt, r.failureReason, r.stepCount)
-        (startMicros, segmentID, framesRecorded, framesDropped) =
-            (Int64(r.startMicros), r.segmentID, r.framesRecorded, r.framesDropped)
-        recordingError = r.recordingError
-    }
-
-    var record: RunRecord {
-        var r = RunRecord(id: id, sessionID: sessionID, organizationID: organizationID, status: status, title: title,
-                          webhookURL: webhookURL, createdAt: createdAt, startMicros: UInt64(startMicros),
-                          segmentID: segmentID)
-        (r.startedAt, r.finishedAt, r.failureReason, r.stepCount) = (startedAt, finishedAt, failureReason, stepCount)
-        (r.framesRecorded, r.framesDropped, r.recordingError) = (framesRecorded, framesDropped, recordingError)
-        return r
-    }
-}
-
-private struct StepRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "step"
-    var runID: String
-    var index: Int
-    var label: String
-    var createdAt: Date
-    var timeMicros: Int64
-    var artifactID: String?
-
-    init(_ s: StepRecord) {
-        (runID, index, label, createdAt, timeMicros, artifactID) =
-            (s.runID, s.index, s.label, s.createdAt, Int64(s.timeMicros), s.artifactID)
-    }
-
-    var record: StepRecord {
-        StepRecord(runID: runID, index: index, label: label, createdAt: createdAt, timeMicros: UInt64(timeMicros),
-                   artifactID: artifactID)
-    }
-}
-
-struct ArtifactRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "artifact"
-    var id, kind, runID, sessionID, organizationID: String
-    var step: Int?
-    var path, filename: String
-    var fileSize: Int
-    var checksum, contentType: String
-    var createdAt, modifiedAt: Date
-    var expiredAt: Date?
-
-    init(_ a: ArtifactRecord) {
-        (id, kind, runID, sessionID, organizationID, step) = (a.id, a.kind.rawValue, a.runID, a.sessionID, a.organizationID, a.step)
-        (path, filename, fileSize, checksum, contentType) = (a.path, a.filename, a.fileSize, a.checksum, a.contentType)
-        (createdAt, modifiedAt, expiredAt) = (a.createdAt, a.modifiedAt, a.expiredAt)
-    }
-
-    var record: ArtifactRecord {
-        var record = ArtifactRecord(id: id, kind: ArtifactRecord.Kind(rawValue: kind) ?? .screenshot, runID: runID,
-                                    sessionID: sessionID, organizationID: organizationID, step: step, path: path,
-                                    filename: filename, fileSize: fileSize, checksum: checksum,
-                                    contentType: contentType, createdAt: createdAt, modifiedAt: modifiedAt)
-        record.expiredAt = expiredAt
-        return record
-    }
-}
-
-private struct SegmentRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "segment"
-    var id, sessionID, path: String
-    var originMicros: Int64
-    var finished: Bool
-
-    init(_ s: SegmentRecord) { (id, sessionID, path, originMicros, finished) = (s.id, s.sessionID, s.path, Int64(s.originMicros), s.finished) }
-
-    var record: SegmentRecord {
-        SegmentRecord(id: id, sessionID: sessionID, path: path, originMicros: UInt64(originMicros), finished: finished)
+        try database.read { try SegmentRecord.filter(Column("finished") == false).fetchAll($0) }
     }
 }

@@ -1,9 +1,10 @@
 public import Foundation
-import GRDB
+public import GRDB
 
 /// One webhook delivery of a run: the exact body to send, and where it stands.
-public struct WebhookDelivery: Sendable, Equatable {
-    public enum Status: String, Sendable { case pending, delivered, failed }
+public struct WebhookDelivery: Sendable, Equatable, Codable, FetchableRecord, MutablePersistableRecord {
+    public enum Status: String, Sendable, Codable, DatabaseValueConvertible { case pending, delivered, failed }
+    public static let databaseTableName = "webhook_delivery"
 
     /// Assigned by ``Store/insertWebhookDelivery(_:)``.
     public var id: Int64?
@@ -29,6 +30,8 @@ public struct WebhookDelivery: Sendable, Equatable {
         self.createdAt = createdAt
         nextAttemptAt = createdAt
     }
+
+    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 }
 
 extension Store {
@@ -55,15 +58,13 @@ extension Store {
     /// Adds a delivery and returns it with its id.
     public func insertWebhookDelivery(_ delivery: WebhookDelivery) throws -> WebhookDelivery {
         try database.write { db in
-            var row = WebhookRow(delivery)
-            try row.insert(db)
-            return row.delivery
+            try delivery.inserted(db)
         }
     }
 
     /// Saves a delivery after an attempt.
     public func updateWebhookDelivery(_ delivery: WebhookDelivery) throws {
-        try database.write { try WebhookRow(delivery).update($0) }
+        try database.write { try delivery.update($0) }
     }
 
     /// Pending deliveries due at `now`, longest due first, leaving out `excluded` ids (those in flight).
@@ -74,7 +75,7 @@ extension Store {
         try database.read { db in
             try Self.pending(excluding: excluded).filter(Column("nextAttemptAt") <= now)
                 .filter(!organizations.contains(Column("organizationID"))).limit(limit)
-                .fetchAll(db).map(\.delivery)
+                .fetchAll(db)
         }
     }
 
@@ -91,58 +92,13 @@ extension Store {
     /// The newest delivery of a run, if it ever had one.
     public func latestWebhookDelivery(runID: String) throws -> WebhookDelivery? {
         try database.read { db in
-            try WebhookRow.filter(Column("runID") == runID).order(Column("id").desc).fetchOne(db)?.delivery
+            try WebhookDelivery.filter(Column("runID") == runID).order(Column("id").desc).fetchOne(db)
         }
     }
 
-    private static func pending(excluding excluded: Set<Int64>) -> QueryInterfaceRequest<WebhookRow> {
-        WebhookRow.filter(Column("status") == WebhookDelivery.Status.pending.rawValue)
+    private static func pending(excluding excluded: Set<Int64>) -> QueryInterfaceRequest<WebhookDelivery> {
+        WebhookDelivery.filter(Column("status") == WebhookDelivery.Status.pending)
             .filter(!excluded.contains(Column("id")))
             .order(Column("nextAttemptAt"), Column("id"))
-    }
-}
-
-private struct WebhookRow: Codable, FetchableRecord, MutablePersistableRecord {
-    static let databaseTableName = "webhook_delivery"
-    var id: Int64?
-    var runID: String
-    var organizationID: String
-    var url: String
-    var body: Data
-    var attempts: Int
-    var status: String
-    var nextAttemptAt: Date
-    var lastError: String?
-    var lastStatusCode: Int?
-    var createdAt: Date
-    var deliveredAt: Date?
-
-    init(_ d: WebhookDelivery) {
-        id = d.id
-        runID = d.runID
-        organizationID = d.organizationID
-        url = d.url
-        body = d.body
-        attempts = d.attempts
-        status = d.status.rawValue
-        nextAttemptAt = d.nextAttemptAt
-        lastError = d.lastError
-        lastStatusCode = d.lastStatusCode
-        createdAt = d.createdAt
-        deliveredAt = d.deliveredAt
-    }
-
-    mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
-
-    var delivery: WebhookDelivery {
-        var d = WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body, createdAt: createdAt)
-        d.id = id
-        d.attempts = attempts
-        d.status = WebhookDelivery.Status(rawValue: status) ?? .failed
-        d.nextAttemptAt = nextAttemptAt
-        d.lastError = lastError
-        d.lastStatusCode = lastStatusCode
-        d.deliveredAt = deliveredAt
-        return d
     }
 }

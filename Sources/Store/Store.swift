@@ -1,5 +1,4 @@
-public import Foundation
-import GRDB
+public import GRDB
 public import ViewportCore
 
 /// The embedded SQLite database of the daemon's state (`viewportd.sqlite` in the state directory).
@@ -47,7 +46,7 @@ public final class Store: Sendable {
     /// Adds a new session; throws ``Failure/duplicateSession(_:)`` if its id is taken.
     public func insert(_ session: SessionRecord) throws {
         do {
-            try database.write { try SessionRow(session).insert($0) }
+            try database.write { try session.insert($0) }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw Failure.duplicateSession(session.id)
         }
@@ -55,36 +54,36 @@ public final class Store: Sendable {
 
     /// Saves a changed session.
     public func update(_ session: SessionRecord) throws {
-        try database.write { try SessionRow(session).update($0) }
+        try database.write { try session.update($0) }
     }
 
     /// The session with this id, if any.
     public func session(id: String) throws -> SessionRecord? {
-        try database.read { try SessionRow.fetchOne($0, key: id)?.record }
+        try database.read { try SessionRecord.fetchOne($0, key: id) }
     }
 
     /// Sessions of one organization, newest first.
     public func sessions(organizationID: String, activeOnly: Bool) throws -> [SessionRecord] {
         try database.read { db in
-            var request = SessionRow.filter(Column("organizationID") == organizationID)
+            var request = SessionRecord.filter(Column("organizationID") == organizationID)
             if activeOnly { request = request.filter(Self.activeStatuses.contains(Column("status"))) }
-            return try request.order(Column("createdAt").desc).fetchAll(db).map(\.record)
+            return try request.order(Column("createdAt").desc).fetchAll(db)
         }
     }
 
     /// The `limit` sessions that ended last, latest first.
     public func recentlyEndedSessions(limit: Int) throws -> [SessionRecord] {
         try database.read { db in
-            try SessionRow.filter(!Self.activeStatuses.contains(Column("status"))).order(Column("modifiedAt").desc)
-                .limit(limit).fetchAll(db).map(\.record)
+            try SessionRecord.filter(!Self.activeStatuses.contains(Column("status"))).order(Column("modifiedAt").desc)
+                .limit(limit).fetchAll(db)
         }
     }
 
     /// Every session still open (to re-attach after a restart).
     public func activeSessions() throws -> [SessionRecord] {
         try database.read { db in
-            try SessionRow.filter(Self.activeStatuses.contains(Column("status"))).order(Column("createdAt"))
-                .fetchAll(db).map(\.record)
+            try SessionRecord.filter(Self.activeStatuses.contains(Column("status"))).order(Column("createdAt"))
+                .fetchAll(db)
         }
     }
 
@@ -108,49 +107,12 @@ public final class Store: Sendable {
         }
     }
 
-    private static let activeStatuses = SessionStatus.allCases.filter(\.isActive).map(\.rawValue)
+    private static let activeStatuses = SessionStatus.allCases.filter(\.isActive)
 }
 
-private struct SessionRow: Codable, FetchableRecord, PersistableRecord {
-    static let databaseTableName = "session"
-    var id: String
-    var organizationID: String
-    var status: String
-    var createdAt: Date
-    var modifiedAt: Date
-    var startedAt: Date?
-    var completedAt: Date?
-    var timeoutMinutes: Int
-    var browserAddress: String
-    var failureReason: String?
-    var renewedAt: Date?
-    var vncAddress: String?
-    var vncPassword: String?
-
-    init(_ r: SessionRecord) {
-        id = r.id
-        organizationID = r.organizationID
-        status = r.status.rawValue
-        createdAt = r.createdAt
-        modifiedAt = r.modifiedAt
-        startedAt = r.startedAt
-        completedAt = r.completedAt
-        timeoutMinutes = r.timeoutMinutes
-        browserAddress = r.browserAddress
-        failureReason = r.failureReason
-        renewedAt = r.renewedAt
-        vncAddress = r.vncAddress
-        vncPassword = r.vncPassword
-    }
-
-    var record: SessionRecord {
-        var record = SessionRecord(id: id, organizationID: organizationID,
-                                   status: SessionStatus(rawValue: status) ?? .failed, createdAt: createdAt,
-                                   modifiedAt: modifiedAt, startedAt: startedAt, completedAt: completedAt,
-                                   timeoutMinutes: timeoutMinutes, browserAddress: browserAddress,
-                                   failureReason: failureReason)
-        record.renewedAt = renewedAt
-        (record.vncAddress, record.vncPassword) = (vncAddress, vncPassword)
-        return record
-    }
+// Columns are named as the properties (camelCase), so the synthesized coding keys are the columns.
+extension SessionRecord: FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "session"
 }
+
+extension SessionStatus: DatabaseValueConvertible {}

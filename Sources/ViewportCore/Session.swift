@@ -16,7 +16,7 @@ public enum SessionStatus: String, Sendable, Codable, CaseIterable {
 }
 
 /// A browser session as stored.
-public struct SessionRecord: Sendable, Equatable {
+public struct SessionRecord: Sendable, Equatable, Codable {
     public var id: String
     public var organizationID: String
     public var status: SessionStatus
