@@ -67,17 +67,17 @@ public final class ViewerGateway: @unchecked Sendable {
         ])
     }
 
-    /// Who controls `sessionID`'s browser: "agent" or "viewer".
-    fileprivate func controller(of sessionID: String) -> String { controllers[sessionID] == nil ? "agent" : "viewer" }
+    /// Who controls `sessionID`'s browser.
+    fileprivate func controller(of sessionID: String) -> ViewerEvent.Controller { controllers[sessionID] == nil ? .agent : .viewer }
 
     fileprivate func isController(_ viewer: Viewer) -> Bool { controllers[viewer.sessionID] == ObjectIdentifier(viewer) }
 
     /// Gives control to `viewer` (nil: back to the agent) and tells every viewer of the session.
     fileprivate func setController(_ viewer: Viewer?, of sessionID: String) {
         controllers[sessionID] = viewer.map(ObjectIdentifier.init)
-        let message: [String: Any] = ["type": "control", "controller": controller(of: sessionID)]
-        for other in viewers.withLock({ Array($0.values) }) where other.sessionID == sessionID { other.sendJSON(message) }
-        logger.info("control changed", metadata: ["browser_session_id": "\(sessionID)", "controller": "\(controller(of: sessionID))"])
+        let controller = controller(of: sessionID)
+        for other in viewers.withLock({ Array($0.values) }) where other.sessionID == sessionID { other.send(.control(controller)) }
+        logger.info("control changed", metadata: ["browser_session_id": "\(sessionID)", "controller": "\(controller.rawValue)"])
     }
 
     /// Number of connected viewers.
@@ -123,14 +123,7 @@ public final class ViewerGateway: @unchecked Sendable {
     /// The platform-compatible JSON message of `frame`, built once per frame.
     fileprivate func jsonMessage(_ frame: Frame, sessionID: String) -> Payload {
         if let cached = jsonCache[sessionID], cached.sequence == frame.sequence { return cached.payload }
-        var object: [String: Any] = [
-            "browser_session_id": sessionID, "status": "running", "format": "jpeg",
-            "screenshot": frame.jpeg.data.base64EncodedString(),
-            "viewport_width": frame.width, "viewport_height": frame.height,
-            "sequence": frame.sequence, "captured_at_us": frame.captureTime,
-        ]
-        object["url"] = frame.url ?? NSNull()
-        let payload = Payload(copying: (try? JSONSerialization.data(withJSONObject: object, options: .withoutEscapingSlashes)) ?? Data())
+        let payload = Payload(copying: JSONFrame(frame, sessionID: sessionID).viewerJSON())
         jsonCache[sessionID] = (frame.sequence, payload)
         return payload
     }
@@ -174,7 +167,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
 
     /// Says the daemon is going away, then closes with 1001 once that message is out.
     func goAway() {
-        sendJSON(["type": "status", "status": "shutting_down"])
+        send(.status(.shuttingDown))
         closeAfterControl = (1001, "viewportd is shutting down")
     }
 
@@ -182,49 +175,44 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         self.socket = socket
         gateway.opened(self)
         let latest = hub.latest
-        sendJSON(["type": "hello", "browser_session_id": sessionID, "protocol": 1, "format": "jpeg",
-                  "width": latest?.width ?? 0, "height": latest?.height ?? 0, "control_permitted": mayControl])
-        sendJSON(["type": "control", "controller": gateway.controller(of: sessionID)])
+        send(.hello(sessionID: sessionID, width: latest?.width ?? 0, height: latest?.height ?? 0, controlPermitted: mayControl))
+        send(.control(gateway.controller(of: sessionID)))
         subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
     }
 
     func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
         guard !overBudget else { return }
-        guard !message.isBinary,
-              let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
-              let type = object["type"] as? String
-        else {
-            sendJSON(["type": "error", "message": "expected a JSON text message with a \"type\""])
-            return
+        guard !message.isBinary, let request = try? ViewerRequest.decode(message.data) else {
+            return refuse(ViewerRequest.malformed)
         }
-        switch type {
-        case "ping":
-            sendJSON(["type": "pong", "t": object["t"] ?? NSNull(), "server_time_us": wallClockMicros()])
-        case "take-control":
+        switch request {
+        case .ping(let t):
+            send(.pong(t: t, serverTimeMicros: wallClockMicros()))
+        case .takeControl:
             guard mayControl else { return refuse("this viewer has no control permission") }
             guard input != nil else { return refuse("this session takes no input") }
             guard !gateway.isController(self) else { return }
-            guard gateway.controller(of: sessionID) == "agent" else { return refuse("another viewer is in control") }
+            guard gateway.controller(of: sessionID) == .agent else { return refuse("another viewer is in control") }
             gateway.setController(self, of: sessionID)
-        case "cede-control":
+        case .cedeControl:
             guard gateway.isController(self) else { return refuse("this viewer is not in control") }
             gateway.setController(nil, of: sessionID)
-        case _ where ViewerInput.types.contains(type):
+        case .input(let parsed):
             guard mayControl else { return refuse("this viewer has no control permission") }
             guard gateway.isController(self), let input else { return refuse("take control first") }
             let frame = hub.latest
-            do {
-                input.deliver(try ViewerInput.parse(object, frameWidth: frame?.width ?? 16384,
-                                                    frameHeight: frame?.height ?? 16384))
-            } catch {
-                refuse(error.message)
+            switch parsed {
+            case .success(let message):
+                input.deliver(message.clamped(width: frame?.width ?? 16384, height: frame?.height ?? 16384))
+            case .failure(let refusal):
+                refuse(refusal.message)
             }
-        default:
+        case .unknown(let type):
             refuse("unknown message type \"\(type.prefix(64))\"")
         }
     }
 
-    private func refuse(_ message: String) { sendJSON(["type": "error", "message": message]) }
+    private func refuse(_ message: String) { send(.error(message)) }
 
     func nextMessage(for socket: WebSocket) -> OutboundMessage? {
         if let status = subscription?.statusChange() { announce(status) }
@@ -242,7 +230,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         if format == .binary, let url = frame.url, url != announcedURL {
             announcedURL = url
             heldFrame = frame
-            return .text(["type": "page", "url": url])
+            return .text(Payload(copying: ViewerEvent.page(url: url).viewerJSON()))
         }
         switch format {
         case .binary:
@@ -265,21 +253,17 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     }
 
     private func announce(_ status: StreamStatus) {
+        send(.status(ViewerStatus(status)))
         switch status {
-        case .live: sendJSON(["type": "status", "status": "running"])
-        case .reconnecting: sendJSON(["type": "status", "status": "reconnecting"])
-        case .closed:
-            sendJSON(["type": "status", "status": "closed"])
-            closeAfterControl = (1000, "session closed")
-        case .failed(let reason):
-            sendJSON(["type": "status", "status": "failed", "reason": reason])
-            closeAfterControl = (1000, "session failed")
+        case .live, .reconnecting: break
+        case .closed: closeAfterControl = (1000, "session closed")
+        case .failed: closeAfterControl = (1000, "session failed")
         }
     }
 
-    fileprivate func sendJSON(_ object: [String: Any]) {
+    fileprivate func send(_ event: ViewerEvent) {
         guard !overBudget else { return }
-        let message = OutboundMessage.text(object)
+        let message = OutboundMessage.text(Payload(copying: event.viewerJSON()))
         // A viewer that sends and never reads would grow the daemon by every reply: past its budget it goes.
         guard controlBytes + message.count <= gateway.maxPendingBytes else {
             overBudget = true
@@ -292,12 +276,5 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         controlBytes += message.count
         control.append(message)
         socket?.requestWrite()
-    }
-}
-
-extension OutboundMessage {
-    /// A text message holding `object` as JSON.
-    fileprivate static func text(_ object: [String: Any]) -> OutboundMessage {
-        .text(Payload(copying: (try? JSONSerialization.data(withJSONObject: object, options: .withoutEscapingSlashes)) ?? Data()))
     }
 }

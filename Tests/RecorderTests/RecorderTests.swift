@@ -64,7 +64,8 @@ struct RecorderTests {
             #expect(abs(chapter.upperBound - wanted.upperBound) < 0.001)
         }
         let boxes = try topLevelBoxes(output).map(\.type)
-        #expect(boxes.firstIndex(of: "moov")! < boxes.firstIndex(of: "mdat")!)
+        let moov = try #require(boxes.firstIndex(of: "moov"), "\(boxes)"), mdat = try #require(boxes.firstIndex(of: "mdat"), "\(boxes)")
+        #expect(moov < mdat)
         #expect(try decodeErrors(output) == "")
         #expect(try decodeErrors(fragmented) == "")
         // The pixels: the 4:2:0 JPEG went straight into the encoder, full range, nothing shifted.

@@ -48,12 +48,13 @@ struct FrameHubTests {
         #expect(reader.stats.dropped == 9_000)
     }
 
-    @Test func frameBytesAreSharedNotCopied() {
+    @Test func frameBytesAreSharedNotCopied() throws {
         let hub = FrameHub()
         let a = hub.subscribe(kind: .viewer, capacity: 2) {}
         let b = hub.subscribe(kind: .vncBridge, capacity: 2) {}
         _ = publish(hub)
-        #expect(a.next()?.jpeg === b.next()?.jpeg)
+        let fromA = try #require(a.next()), fromB = try #require(b.next())
+        #expect(fromA.jpeg === fromB.jpeg)
     }
 
     @Test func captureTimesNeverGoBackwards() {

@@ -97,14 +97,14 @@ struct CLITests {
         .appendingPathComponent("../..").standardized.path
 
     @Test func aTakenPortIsAClearErrorNotACrash() async throws {
-        let first = try await TestDaemon.start()
-        defer { Task { await first.stop() } }
-        let (status, output) = try viewportd(["serve"], environment: [
-            "VIEWPORTD_LISTEN": "127.0.0.1:\(first.daemon.port)",
-            "VIEWPORTD_STATE_DIR": FileManager.default.temporaryDirectory.appendingPathComponent("vp-\(UUID().uuidString)").path,
-        ])
-        #expect(status == 1)
-        #expect(output.contains("cannot listen on 127.0.0.1:\(first.daemon.port)"))
+        try await withDaemon { first in
+            let (status, output) = try viewportd(["serve"], environment: [
+                "VIEWPORTD_LISTEN": "127.0.0.1:\(first.daemon.port)",
+                "VIEWPORTD_STATE_DIR": FileManager.default.temporaryDirectory.appendingPathComponent("vp-\(UUID().uuidString)").path,
+            ])
+            #expect(status == 1)
+            #expect(output.contains("cannot listen on 127.0.0.1:\(first.daemon.port)"))
+        }
     }
 }
 

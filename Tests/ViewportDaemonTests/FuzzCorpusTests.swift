@@ -51,16 +51,7 @@ struct FuzzCorpusDaemonTests {
     @Test func viewerInput() throws {
         let inputs = try fuzzInputs("viewer-input")
         #expect(inputs.count > 10)
-        for (_, bytes) in inputs {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
-                  let type = object["type"] as? String
-            else { continue }
-            if type == "ping" {
-                _ = try? JSONSerialization.data(withJSONObject: ["type": "pong", "t": object["t"] ?? NSNull()])
-            }
-            _ = try? ViewerInput.parse(object, frameWidth: 1280, frameHeight: 720)
-            _ = try? ViewerInput.parse(object, frameWidth: 0, frameHeight: 0)
-        }
+        for (_, bytes) in inputs { ViewerRequest.fuzz(Data(bytes)) }
     }
 }
 

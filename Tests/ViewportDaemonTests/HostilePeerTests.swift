@@ -243,7 +243,7 @@ struct HostilePeerTests {
     }
 
     /// A raw HTTP exchange: sends `head`, returns what came back within `timeout` seconds and how long it took.
-    private static func raw(_ port: Int, _ head: String, timeout: Double = 5) throws -> (String, Double) {
+    static func raw(_ port: Int, _ head: String, timeout: Double = 5) throws -> (String, Double) {
         let fd = try connectLoopback(port: port)
         defer { close(fd) }
         let start = Date()
@@ -292,11 +292,12 @@ struct HostilePeerTests {
         let daemon = try await Self.daemon("before-body")
         defer { daemon.signal(SIGKILL) }
         // 100 MB announced and never sent: the answer must not wait for it.
-        for (key, expected) in [("", "401"), ("wrong-key-0123456789", "401"), (keyA, "413")] {
+        for (key, expected, detail) in [("", "401", "missing x-api-key header"), ("wrong-key-0123456789", "401", "invalid API key"),
+                                        (keyA, "413", "request body is larger than 1048576 bytes")] {
             let header = key.isEmpty ? "" : "x-api-key: \(key)\r\n"
             let (answer, took) = try Self.raw(daemon.port, "POST /v1/browser_sessions HTTP/1.1\r\nHost: x\r\n\(header)content-type: application/json\r\ncontent-length: 100000000\r\n\r\n")
             #expect(answer.hasPrefix("HTTP/1.1 \(expected)"), "\(answer.prefix(80))")
-            #expect(answer.contains("\"detail\""), "\(answer)")
+            #expect(answer.contains("{\"detail\":\"\(detail)\"}"), "\(answer)")
             #expect(took < 1.5, "answered after \(took) s (the last 0.3 s wait for more bytes)")
         }
         try await Self.expectHealthy(daemon, "requests refused before their bodies")

@@ -7,16 +7,10 @@ func withLiveSession(page: String = "anim.html", _ configure: (inout Config) -> 
                      _ body: (TestDaemon, Chromium, String) async throws -> Void) async throws
 {
     let browser = try await Chromium.launch(url: Fixtures.url(page))
-    let daemon = try await TestDaemon.start(configure)
-    do {
+    defer { browser.terminate() }
+    try await withDaemon(configure) { daemon in
         try await body(daemon, browser, try await daemon.createSession(browser))
-    } catch {
-        await daemon.stop()
-        browser.terminate()
-        throw error
     }
-    await daemon.stop()
-    browser.terminate()
 }
 
 @Suite("Live view with a real Chromium", .serialized)
@@ -214,18 +208,16 @@ struct LiveViewTests {
     @Test func aRestartKeepsAndReattachesOpenSessions() async throws {
         let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
         defer { browser.terminate() }
-        let first = try await TestDaemon.start()
-        let id = try await first.createSession(browser)
-        await first.stop()
+        let (id, stateDir) = try await withDaemon { first in (try await first.createSession(browser), first.stateDir) }
 
-        let second = try await TestDaemon.start(stateDir: first.stateDir)
-        try await eventually("session re-attached") {
-            try await second.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "running"
+        try await withDaemon(stateDir: stateDir) { second in
+            try await eventually("session re-attached") {
+                try await second.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "running"
+            }
+            #expect(try await second.request("GET", "/v1/browser_sessions").1.array.map { $0["browser_session_id"].string } == [id])
+            let viewer = try #require(try await Client.watch(second.streamURL(id), key: keyA, seconds: 3, frames: 10).first)
+            #expect(viewer.frames == 10)
         }
-        #expect(try await second.request("GET", "/v1/browser_sessions").1.array.map { $0["browser_session_id"].string } == [id])
-        let viewer = try #require(try await Client.watch(second.streamURL(id), key: keyA, seconds: 3, frames: 10).first)
-        #expect(viewer.frames == 10)
-        await second.stop()
     }
 
     @Test func theWatchPageDrawsFramesInARealBrowser() async throws {

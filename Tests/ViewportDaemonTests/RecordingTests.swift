@@ -55,7 +55,8 @@ struct RecordingTests {
             #expect(probe["chapters"].array.compactMap { $0["tags"]["title"].string }
                 == ["Step 1: open page", "Step 2: fill form", "Step 3: submit"])
             let boxes = topLevelBoxes(video)
-            #expect(boxes.firstIndex(of: "moov")! < boxes.firstIndex(of: "mdat")!, "faststart: \(boxes)")
+            let moov = try #require(boxes.firstIndex(of: "moov"), "\(boxes)"), mdat = try #require(boxes.firstIndex(of: "mdat"), "\(boxes)")
+            #expect(moov < mdat, "faststart: \(boxes)")
             #expect(try decodeErrors(file).isEmpty)
 
             // Every screenshot's bytes match its checksum and the session's recordings list the video.
@@ -232,17 +233,11 @@ func decodeErrors(_ path: String) throws -> String {
                                             "-f", "null", "-"], stderr: true), as: UTF8.self)
 }
 
-/// Runs /usr/bin/`name` and returns its standard output, or its standard error when `stderr` is set.
+/// Runs /usr/bin/`name` and returns its standard output, or its standard error when `stderr` is set; throws,
+/// with what it printed, when it exits non-zero.
 func runTool(_ name: String, _ arguments: [String], stderr: Bool = false) throws -> Data {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/usr/bin/\(name)")
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = stderr ? FileHandle.nullDevice : pipe
-    process.standardError = stderr ? pipe : FileHandle.nullDevice
-    try process.run()
-    let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
-    process.waitUntilExit()
+    let (status, output) = try runProcess("/usr/bin/\(name)", arguments, stdout: !stderr, stderr: stderr)
+    guard status == 0 else { throw DaemonError("\(name) \(arguments.first ?? "") exited with \(status): \(String(decoding: output.prefix(2000), as: UTF8.self))") }
     return output
 }
 

@@ -11,17 +11,25 @@ let viewportdBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLas
 func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws
     -> (status: Int32, output: String)
 {
+    let (status, output) = try runProcess(executable, arguments, environment: environment, stdout: true, stderr: true)
+    return (status, String(decoding: output, as: UTF8.self))
+}
+
+/// Runs `executable` to its end; returns its exit status and what it printed on the chosen streams.
+func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:], stdout: Bool,
+                stderr: Bool) throws -> (status: Int32, output: Data)
+{
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
     let pipe = Pipe()
-    process.standardOutput = pipe
-    process.standardError = pipe
+    process.standardOutput = stdout ? pipe : FileHandle.nullDevice
+    process.standardError = stderr ? pipe : FileHandle.nullDevice
     try process.run()
     let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
     process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: output, as: UTF8.self))
+    return (process.terminationStatus, output)
 }
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.

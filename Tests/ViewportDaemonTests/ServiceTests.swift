@@ -38,19 +38,19 @@ struct ServiceTests {
         let notify = try NotifySocket()
         setenv("NOTIFY_SOCKET", notify.path, 1)
         setenv("WATCHDOG_USEC", "300000", 1)
-        let daemon = try await TestDaemon.start()
-        let before = await notify.receive(for: 5) { $0 == "WATCHDOG=1" }
-        unsetenv("WATCHDOG_USEC")  // read once, at start: later daemons do without
-        #expect(before.last == "WATCHDOG=1", "pets while the loop turns: \(before)")
+        try await withDaemon { daemon in
+            let before = await notify.receive(for: 5) { $0 == "WATCHDOG=1" }
+            unsetenv("WATCHDOG_USEC")  // read once, at start: later daemons do without
+            #expect(before.last == "WATCHDOG=1", "pets while the loop turns: \(before)")
 
-        daemon.daemon.loop.enqueue { usleep(1_500_000) }  // the service thread stuck for 1.5 s
-        _ = await notify.receive(for: 0.25)  // a pet already decided before the stall may still come
-        let duringStall = await notify.receive(for: 1.0).filter { $0 == "WATCHDOG=1" }
-        #expect(duringStall.isEmpty, "no pet while the service thread is stuck: \(duringStall.count)")
-        let after = await notify.receive(for: 3) { $0 == "WATCHDOG=1" }
-        #expect(after.last == "WATCHDOG=1", "pets again once it turns")
-        unsetenv("NOTIFY_SOCKET")
-        await daemon.stop()
+            daemon.daemon.loop.enqueue { usleep(1_500_000) }  // the service thread stuck for 1.5 s
+            _ = await notify.receive(for: 0.25)  // a pet already decided before the stall may still come
+            let duringStall = await notify.receive(for: 1.0).filter { $0 == "WATCHDOG=1" }
+            #expect(duringStall.isEmpty, "no pet while the service thread is stuck: \(duringStall.count)")
+            let after = await notify.receive(for: 3) { $0 == "WATCHDOG=1" }
+            #expect(after.last == "WATCHDOG=1", "pets again once it turns")
+            unsetenv("NOTIFY_SOCKET")
+        }
     }
 
     /// One daemon under a config file: SIGHUP swaps the API keys while a viewer watches and a run records; SIGTERM
@@ -115,7 +115,8 @@ struct ServiceTests {
         let file = try temporaryFile("sigterm.mp4", video)
         #expect(try decodeErrors(file).isEmpty, "the MP4 decodes fully")
         let boxes = topLevelBoxes(video)
-        #expect(boxes.firstIndex(of: "moov")! < boxes.firstIndex(of: "mdat")!, "faststart: \(boxes)")
+        let moov = try #require(boxes.firstIndex(of: "moov"), "\(boxes)"), mdat = try #require(boxes.firstIndex(of: "mdat"), "\(boxes)")
+        #expect(moov < mdat, "faststart: \(boxes)")
         let duration = try #require(try ffprobe(file)["format"]["duration"].string.flatMap(Double.init))
         #expect(abs(duration - sigtermAfter) < 1, "the recording runs to the SIGTERM: \(duration) s of \(sigtermAfter) s")
         // The webhook was stored before the exit; it is delivered now if it was not then.
@@ -167,90 +168,90 @@ struct ServiceTests {
     }
 
     @Test func sessionsCanBeRenewedUntilTheyEndAndTimeOutOtherwise() async throws {
-        let daemon = try await TestDaemon.start { $0.cdpRetrySeconds = 3600 }
-        // Nothing listens there: the session stays created (open) and retries.
-        let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
-                                                   json: ["browser_address": "http://127.0.0.1:9", "timeout": 5])
-        let id = try #require(created["browser_session_id"].string)
-        let firstExpiry = try #require(created["expires_at"].string.flatMap(parseISO))
-        #expect(abs(firstExpiry.timeIntervalSinceNow - 300) < 5)
+        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+            // Nothing listens there: the session stays created (open) and retries.
+            let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
+                                                       json: ["browser_address": "http://127.0.0.1:9", "timeout": 5])
+            let id = try #require(created["browser_session_id"].string)
+            let firstExpiry = try #require(created["expires_at"].string.flatMap(parseISO))
+            #expect(abs(firstExpiry.timeIntervalSinceNow - 300) < 5)
 
-        let (status, renewed) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", json: ["timeout": 30])
-        #expect(status == 200 && renewed["timeout"].int == 30)
-        let expiry = try #require(renewed["expires_at"].string.flatMap(parseISO))
-        #expect(abs(expiry.timeIntervalSinceNow - 1800) < 5, "30 minutes from now")
-        #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", json: ["timeout": 2]).0 == 422)
-        #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", key: keyB).0 == 404)
-        #expect(try await daemon.request("POST", "/v1/browser_sessions/pbs_nope/renew").0 == 404)
+            let (status, renewed) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", json: ["timeout": 30])
+            #expect(status == 200 && renewed["timeout"].int == 30)
+            let expiry = try #require(renewed["expires_at"].string.flatMap(parseISO))
+            #expect(abs(expiry.timeIntervalSinceNow - 1800) < 5, "30 minutes from now")
+            #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", json: ["timeout": 2]).0 == 422)
+            #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew", key: keyB).0 == 404)
+            #expect(try await daemon.request("POST", "/v1/browser_sessions/pbs_nope/renew").0 == 404)
 
-        daemon.daemon.sessions.closeExpired(now: expiry.addingTimeInterval(-10))
-        #expect(try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "created")
-        daemon.daemon.sessions.closeExpired(now: expiry.addingTimeInterval(1))
-        try await eventually("the timeout closes it") {
-            try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "closed"
+            daemon.daemon.sessions.closeExpired(now: expiry.addingTimeInterval(-10))
+            #expect(try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "created")
+            daemon.daemon.sessions.closeExpired(now: expiry.addingTimeInterval(1))
+            try await eventually("the timeout closes it") {
+                try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "closed"
+            }
+            let (closedStatus, closed) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew")
+            #expect(closedStatus == 409 && closed["detail"].string?.contains("closed") == true)
         }
-        let (closedStatus, closed) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/renew")
-        #expect(closedStatus == 409 && closed["detail"].string?.contains("closed") == true)
-        await daemon.stop()
     }
 }
 
 @Suite("Retention")
 struct RetentionTests {
     @Test func theOldestClosedSessionsGoFirstAndAnOpenSessionsArtifactsNever() async throws {
-        let daemon = try await TestDaemon.start()
-        let store = daemon.daemon.store, files = daemon.daemon.files
-        let now = Date()
-        // Three sessions, 1000 bytes of artifacts each: two closed (3 days and 1 day ago) and one open.
-        var ids: [String: [String]] = [:]
-        for (session, closedDaysAgo) in [("pbs_old", 3.0), ("pbs_recent", 1.0), ("pbs_open", nil)] as [(String, Double?)] {
-            var record = SessionRecord(id: session, organizationID: "org_a", status: closedDaysAgo == nil ? .running : .closed,
-                                       createdAt: now.addingTimeInterval(-5 * 86400), modifiedAt: now,
-                                       timeoutMinutes: 60, browserAddress: "http://127.0.0.1:9")
-            record.completedAt = closedDaysAgo.map { now.addingTimeInterval(-$0 * 86400) }
-            try store.insert(record)
-            for index in 0..<2 {
-                let run = "wr_\(session.dropFirst(4))"
-                let directory = try files.runDirectory(organizationID: "org_a", sessionID: session, runID: run)
-                let path = "\(directory)/step-\(index).jpg"
-                try files.write(Data(repeating: UInt8(index), count: 500), to: path)
-                let artifactID = "art_\(session.dropFirst(4))_\(index)"
-                try store.insert(ArtifactRecord(id: artifactID, kind: .screenshot, runID: run, sessionID: session,
-                                                organizationID: "org_a", step: index, path: path, filename: "s.jpg",
-                                                fileSize: 500, checksum: "00", contentType: "image/jpeg",
-                                                createdAt: now.addingTimeInterval(-4 * 86400), modifiedAt: now))
-                ids[session, default: []].append(artifactID)
+        try await withDaemon { daemon in
+            let store = daemon.daemon.store, files = daemon.daemon.files
+            let now = Date()
+            // Three sessions, 1000 bytes of artifacts each: two closed (3 days and 1 day ago) and one open.
+            var ids: [String: [String]] = [:]
+            for (session, closedDaysAgo) in [("pbs_old", 3.0), ("pbs_recent", 1.0), ("pbs_open", nil)] as [(String, Double?)] {
+                var record = SessionRecord(id: session, organizationID: "org_a", status: closedDaysAgo == nil ? .running : .closed,
+                                           createdAt: now.addingTimeInterval(-5 * 86400), modifiedAt: now,
+                                           timeoutMinutes: 60, browserAddress: "http://127.0.0.1:9")
+                record.completedAt = closedDaysAgo.map { now.addingTimeInterval(-$0 * 86400) }
+                try store.insert(record)
+                for index in 0..<2 {
+                    let run = "wr_\(session.dropFirst(4))"
+                    let directory = try files.runDirectory(organizationID: "org_a", sessionID: session, runID: run)
+                    let path = "\(directory)/step-\(index).jpg"
+                    try files.write(Data(repeating: UInt8(index), count: 500), to: path)
+                    let artifactID = "art_\(session.dropFirst(4))_\(index)"
+                    try store.insert(ArtifactRecord(id: artifactID, kind: .screenshot, runID: run, sessionID: session,
+                                                    organizationID: "org_a", step: index, path: path, filename: "s.jpg",
+                                                    fileSize: 500, checksum: "00", contentType: "image/jpeg",
+                                                    createdAt: now.addingTimeInterval(-4 * 86400), modifiedAt: now))
+                    ids[session, default: []].append(artifactID)
+                }
             }
+            func content(_ id: String) async throws -> (Int, JSON) {
+                try await daemon.request("GET", "/v1/artifacts/\(id)/content")
+            }
+
+            // 3000 bytes against a 2500-byte budget: the session closed longest ago goes, whole.
+            var config = daemon.daemon.config
+            config.retentionMaxDiskGB = 2500e-9
+            let sweep = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            #expect(Set(sweep.expired) == Set(ids["pbs_old"]!) && sweep.bytesLeft == 2000)
+            let (expiredStatus, expired) = try await content(ids["pbs_old"]![0])
+            #expect(expiredStatus == 404 && expired["detail"].string == "artifact expired")
+            #expect(try await content(ids["pbs_recent"]![0]).0 == 200)
+            #expect(!FileManager.default.fileExists(atPath: files.root.appendingPathComponent("org_a/pbs_old").path),
+                    "its files and directories are gone")
+
+            // A budget nothing fits: the other closed session goes, the open one stays.
+            config.retentionMaxDiskGB = 1e-9
+            let second = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            #expect(Set(second.expired) == Set(ids["pbs_recent"]!) && second.bytesLeft == 1000)
+            for id in ids["pbs_open"]! { #expect(try await content(id).0 == 200, "an open session's artifact stays") }
+
+            // Age: once the open session is closed, its 4-day-old artifacts outlive a 3-day limit no longer.
+            var open = try #require(try store.session(id: "pbs_open"))
+            (open.status, open.completedAt) = (.closed, now)
+            try store.update(open)
+            config.retentionMaxDiskGB = 50
+            config.retentionMaxAgeDays = 3
+            let third = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            #expect(Set(third.expired) == Set(ids["pbs_open"]!) && third.bytesLeft == 0)
         }
-        func content(_ id: String) async throws -> (Int, JSON) {
-            try await daemon.request("GET", "/v1/artifacts/\(id)/content")
-        }
-
-        // 3000 bytes against a 2500-byte budget: the session closed longest ago goes, whole.
-        var config = daemon.daemon.config
-        config.retentionMaxDiskGB = 2500e-9
-        let sweep = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
-        #expect(Set(sweep.expired) == Set(ids["pbs_old"]!) && sweep.bytesLeft == 2000)
-        let (expiredStatus, expired) = try await content(ids["pbs_old"]![0])
-        #expect(expiredStatus == 404 && expired["detail"].string == "artifact expired")
-        #expect(try await content(ids["pbs_recent"]![0]).0 == 200)
-        #expect(!FileManager.default.fileExists(atPath: files.root.appendingPathComponent("org_a/pbs_old").path),
-                "its files and directories are gone")
-
-        // A budget nothing fits: the other closed session goes, the open one stays.
-        config.retentionMaxDiskGB = 1e-9
-        let second = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
-        #expect(Set(second.expired) == Set(ids["pbs_recent"]!) && second.bytesLeft == 1000)
-        for id in ids["pbs_open"]! { #expect(try await content(id).0 == 200, "an open session's artifact stays") }
-
-        // Age: once the open session is closed, its 4-day-old artifacts outlive a 3-day limit no longer.
-        var open = try #require(try store.session(id: "pbs_open"))
-        (open.status, open.completedAt) = (.closed, now)
-        try store.update(open)
-        config.retentionMaxDiskGB = 50
-        config.retentionMaxAgeDays = 3
-        let third = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
-        #expect(Set(third.expired) == Set(ids["pbs_open"]!) && third.bytesLeft == 0)
-        await daemon.stop()
     }
 }

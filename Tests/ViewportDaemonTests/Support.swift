@@ -73,6 +73,21 @@ final class TestDaemon: Sendable {
     }
 }
 
+/// Runs `body` against a fresh daemon (see ``TestDaemon/start(stateDir:_:)``) and stops it, awaited, however `body`
+/// ends: a failing test leaves no daemon running into the next one.
+func withDaemon<T>(stateDir: String? = nil, _ configure: (inout Config) -> Void = { _ in },
+                   _ body: (TestDaemon) async throws -> T) async throws -> T
+{
+    let daemon = try await TestDaemon.start(stateDir: stateDir, configure)
+    let result: T
+    do { result = try await body(daemon) } catch {
+        await daemon.stop()
+        throw error
+    }
+    await daemon.stop()
+    return result
+}
+
 /// A REST request and its JSON answer (null when the body is not JSON).
 func requestJSON(_ method: String, _ url: String, key: String? = keyA, json: Any? = nil, rawBody: Data? = nil)
     async throws -> (Int, JSON)

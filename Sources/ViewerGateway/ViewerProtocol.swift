@@ -1,0 +1,211 @@
+public import Foundation
+public import ViewportCore
+
+// The viewer WebSocket protocol's text messages (docs/protocol.md, a public contract: field names and values here
+// are the wire format). Binary frames are not here: they are the hub's prebuilt `VPF1` messages.
+
+/// A text message a viewer sends.
+public enum ViewerRequest: Decodable, Sendable, Equatable {
+    /// `{"type":"ping","t":X}`: answered with a pong echoing `t` (null when absent).
+    case ping(t: JSONValue)
+    case takeControl
+    case cedeControl
+    /// `mouse`, `wheel`, `key`, `navigate` or `paste`: the input, or why it is refused. Decoding never fails on a
+    /// bad input message, so the viewer checks its permission before it reports what is wrong with the message.
+    case input(Result<ViewerInput, InputRefusal>)
+    /// Any other `type`.
+    case unknown(type: String)
+
+    /// Answer to a message that is not a JSON object with a string `type`.
+    public static let malformed = "expected a JSON text message with a \"type\""
+
+    /// The message in `data`; throws (any error: answer `malformed`) if it is not a JSON object with a string `type`.
+    public static func decode(_ data: Data) throws -> ViewerRequest { try JSONDecoder().decode(Self.self, from: data) }
+
+    /// What the viewer does with a text message short of sending it anywhere: decode it, encode a ping's pong,
+    /// clamp an input to frames of two sizes. The fuzz target and the corpus test run this.
+    public static func fuzz(_ data: Data) {
+        switch try? decode(data) {
+        case .ping(let t): _ = ViewerEvent.pong(t: t, serverTimeMicros: 0).viewerJSON()
+        case .input(.success(let input)):
+            _ = input.clamped(width: 1280, height: 720)
+            _ = input.clamped(width: 0, height: 0)
+        default: break
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case type, t }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let type = try container.decode(String.self, forKey: .type)
+        switch type {
+        case "ping": self = .ping(t: try container.decodeIfPresent(JSONValue.self, forKey: .t) ?? .null)
+        case "take-control": self = .takeControl
+        case "cede-control": self = .cedeControl
+        case _ where ViewerInput.types.contains(type):
+            do { self = .input(.success(try ViewerInput(from: decoder))) } catch {
+                self = .input(.failure(error as? InputRefusal ?? InputRefusal("invalid \(type) message")))
+            }
+        default: self = .unknown(type: type)
+        }
+    }
+}
+
+/// A text message the daemon sends a viewer.
+public enum ViewerEvent: Encodable, Sendable, Equatable {
+    /// The first message: the session, the size of its latest frame (0 without one) and whether this viewer may
+    /// take control.
+    case hello(sessionID: String, width: Int, height: Int, controlPermitted: Bool)
+    /// Who drives the browser; sent after `hello` and to every viewer of the session on each change.
+    case control(Controller)
+    case status(ViewerStatus)
+    /// The answer to a ping: its `t` as sent and the daemon's clock in microseconds since the Unix epoch.
+    case pong(t: JSONValue, serverTimeMicros: UInt64)
+    /// Why a message was refused; the connection stays open.
+    case error(String)
+    /// The page URL of the binary frames that follow.
+    case page(url: String)
+
+    public enum Controller: String, Encodable, Sendable { case agent, viewer }
+
+    private enum CodingKeys: String, CodingKey {
+        case type, browserSessionID = "browser_session_id", `protocol`, format, width, height
+        case controlPermitted = "control_permitted", controller, status, reason, t, serverTimeMicros = "server_time_us"
+        case message, url
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .hello(let sessionID, let width, let height, let controlPermitted):
+            try container.encode("hello", forKey: .type)
+            try container.encode(sessionID, forKey: .browserSessionID)
+            try container.encode(1, forKey: .protocol)
+            try container.encode("jpeg", forKey: .format)
+            try container.encode(width, forKey: .width)
+            try container.encode(height, forKey: .height)
+            try container.encode(controlPermitted, forKey: .controlPermitted)
+        case .control(let controller):
+            try container.encode("control", forKey: .type)
+            try container.encode(controller, forKey: .controller)
+        case .status(let status):
+            try container.encode("status", forKey: .type)
+            try container.encode(status.name, forKey: .status)
+            if case .failed(let reason) = status { try container.encode(reason, forKey: .reason) }
+        case .pong(let t, let serverTimeMicros):
+            try container.encode("pong", forKey: .type)
+            try container.encode(t, forKey: .t)
+            try container.encode(serverTimeMicros, forKey: .serverTimeMicros)
+        case .error(let message):
+            try container.encode("error", forKey: .type)
+            try container.encode(message, forKey: .message)
+        case .page(let url):
+            try container.encode("page", forKey: .type)
+            try container.encode(url, forKey: .url)
+        }
+    }
+}
+
+/// A session's state as a `status` message tells it.
+public enum ViewerStatus: Sendable, Equatable {
+    case running, reconnecting, closed
+    case failed(reason: String)
+    case shuttingDown
+
+    /// The status as it is sent: docs/protocol.md, "Status".
+    public init(_ status: StreamStatus) {
+        switch status {
+        case .live: self = .running
+        case .reconnecting: self = .reconnecting
+        case .closed: self = .closed
+        case .failed(let reason): self = .failed(reason: reason)
+        }
+    }
+
+    var name: String {
+        switch self {
+        case .running: "running"
+        case .reconnecting: "reconnecting"
+        case .closed: "closed"
+        case .failed: "failed"
+        case .shuttingDown: "shutting_down"
+        }
+    }
+}
+
+/// A frame as a JSON viewer (`?format=json`) gets it: the platform's existing viewer's shape.
+public struct JSONFrame: Encodable, Sendable {
+    public var sessionID: String
+    /// The JPEG, base64.
+    public var screenshot: String
+    public var width: Int
+    public var height: Int
+    public var sequence: UInt64
+    public var capturedAtMicros: UInt64
+    /// The page's URL, sent as null when unknown.
+    public var url: String?
+
+    public init(_ frame: Frame, sessionID: String) {
+        self.sessionID = sessionID
+        screenshot = frame.jpeg.data.base64EncodedString()
+        (width, height, sequence, capturedAtMicros, url) = (frame.width, frame.height, frame.sequence, frame.captureTime, frame.url)
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case sessionID = "browser_session_id", status, format, screenshot, width = "viewport_width"
+        case height = "viewport_height", sequence, capturedAtMicros = "captured_at_us", url
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(sessionID, forKey: .sessionID)
+        try container.encode("running", forKey: .status)
+        try container.encode("jpeg", forKey: .format)
+        try container.encode(screenshot, forKey: .screenshot)
+        try container.encode(width, forKey: .width)
+        try container.encode(height, forKey: .height)
+        try container.encode(sequence, forKey: .sequence)
+        try container.encode(capturedAtMicros, forKey: .capturedAtMicros)
+        try container.encode(url, forKey: .url)
+    }
+}
+
+/// Any JSON value, kept as sent (a ping's `t` is echoed whatever it is).
+public enum JSONValue: Codable, Sendable, Equatable {
+    case null, bool(Bool), int(Int64), double(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Int64.self) { self = .int(value) }
+        else if let value = try? container.decode(Double.self) { self = .double(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .null: try container.encodeNil()
+        case .bool(let value): try container.encode(value)
+        case .int(let value): try container.encode(value)
+        case .double(let value): try container.encode(value)
+        case .string(let value): try container.encode(value)
+        case .array(let value): try container.encode(value)
+        case .object(let value): try container.encode(value)
+        }
+    }
+}
+
+extension Encodable {
+    /// This message as the JSON text the viewer gets (slashes unescaped, as URLs read).
+    func viewerJSON() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .withoutEscapingSlashes
+        // Every value here encodes (finite numbers, strings, nested JSON that was decoded), so this cannot fail.
+        return (try? encoder.encode(self)) ?? Data()
+    }
+}
