@@ -171,19 +171,19 @@ final class API: HTTPServerDelegate {
     private func mintVNCPassword(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
         let record = try sessions.session(id: id, organizationID: try organization(request))
         let body = try Self.jsonBody(request)
-        let ttl = try Self.int(body, "ttl_seconds", in: 5...86400, default: config.vncPasswordTTLSeconds, unit: "seconds")
+        let ttl = try Self.int(body, "ttl_seconds", in: 5...86400, default: config.vnc.passwordTTLSeconds, unit: "seconds")
         let control = try Self.bool(body, "control", default: false)
         guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
         guard let bridge = sessions.vncBridge(id: id) else {
             if sessions.vncLimited(id: id) {
-                throw APIError(429, "organization \(record.organizationID) has \(config.limitVNCScreensPerOrganization) VNC screens, the most it may have (config limits.vnc_screens_per_organization)")
+                throw APIError(429, "organization \(record.organizationID) has \(config.limits.vncScreensPerOrganization) VNC screens, the most it may have (config limits.vnc_screens_per_organization)")
             }
-            throw APIError(409, config.vncEnabled ? "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
+            throw APIError(409, config.vnc.enabled ? "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
                                                   : "VNC is disabled (config vnc.enabled)")
         }
         let expiresAt = Date().addingTimeInterval(Double(ttl))
         let password = bridge.passwords.mint(control: control, expiresAt: expiresAt)
-        let host = config.vncListen == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.vncListen
+        let host = config.vnc.listen == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.vnc.listen
         return .json(201, ["host": host, "port": bridge.port, "password": password,
                            "vnc_url": "vnc://\(host):\(bridge.port)", "expires_at": Self.iso(expiresAt), "control": control])
     }
@@ -205,7 +205,7 @@ final class API: HTTPServerDelegate {
     private func mintViewerToken(_ request: HTTPRequest, _ id: String) throws(APIError) -> HTTPResponse {
         let record = try sessions.session(id: id, organizationID: try organization(request))
         let body = try Self.jsonBody(request)
-        let ttl = try Self.int(body, "ttl_seconds", in: 10...86400, default: config.viewerTokenTTLSeconds, unit: "seconds")
+        let ttl = try Self.int(body, "ttl_seconds", in: 10...86400, default: config.viewer.tokenTTLSeconds, unit: "seconds")
         let control = try Self.bool(body, "control", default: false)
         guard record.status.isActive else { throw APIError(409, "browser session \(id) is \(record.status.rawValue)") }
         let expiresAt = Date().addingTimeInterval(Double(ttl))
@@ -321,7 +321,7 @@ final class API: HTTPServerDelegate {
         guard run.webhookURL != nil else { throw APIError(409, "run \(id) has no webhook_url") }
         guard !run.isOpen else { throw APIError(409, "run \(id) is not completed yet") }
         guard webhooks.allowRetry(organizationID: run.organizationID) else {
-            throw APIError(429, "organization \(run.organizationID) retried \(config.limitRetryWebhookPerMinute) webhooks in the last minute, the most it may (config limits.retry_webhook_per_minute)")
+            throw APIError(429, "organization \(run.organizationID) retried \(config.limits.retryWebhookPerMinute) webhooks in the last minute, the most it may (config limits.retry_webhook_per_minute)")
         }
         do {
             guard try webhooks.resend(runID: id) else { throw APIError(409, "run \(id) has no webhook delivery yet") }
@@ -375,7 +375,7 @@ final class API: HTTPServerDelegate {
     private func runJSON(_ run: RunRecord) -> [String: Any] {
         let links = runs.links(run)
         let token = auth.viewerToken(sessionID: run.id,
-                                     expiresAt: Date().addingTimeInterval(Double(config.artifactURLTTLSeconds)))
+                                     expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return [
             "run_id": run.id, "browser_session_id": run.sessionID, "status": run.status,
             "title": run.title ?? NSNull(), "created_at": Self.iso(run.createdAt),
@@ -444,9 +444,9 @@ final class API: HTTPServerDelegate {
             return .accept(WebSocketRelay(bridge: bridge, control: control, loop: loop, logger: logger.with(sessionID: id)),
                            maxMessageBytes: 1 << 20)
         case .found(let owner, let hub) where organization == nil || organization == owner:
-            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewer.queueFrames,
                                   control: control, input: sessions.inputTarget(id: id),
-                                  maxViewers: config.limitViewersPerSession)
+                                  maxViewers: config.limits.viewersPerSession)
         case .found, .notFound:
             return .reject(.json(404, ["detail": "browser session \(id) not found"]))
         }

@@ -5,7 +5,7 @@ import Testing
 @Suite("REST API")
 struct RESTTests {
     @Test func sessionsAreCreatedValidatedAndScopedToTheirOrganization() async throws {
-        let daemon = try await TestDaemon.start { $0.cdpRetrySeconds = 1 }
+        let daemon = try await TestDaemon.start { $0.cdp.retrySeconds = 1 }
         defer { Task { await daemon.stop() } }
         let address = "http://127.0.0.1:9"  // nothing listens: the session stays "created", then fails
 
