@@ -73,7 +73,7 @@ extension ConfigChoice {
     }
     public init?(raw: String) { self.init(rawValue: raw) }
     public var raw: String { rawValue }
-    // These two choose between ConfigValue's and RawRepresentable's equal ones.
+    // Stated again here: without them an enum would get the compiler's Codable (a case as a mapping).
     public init(from decoder: any Decoder) throws {
         guard let raw = try? decoder.singleValueContainer().decode(String.self), let value = Self(rawValue: raw) else {
             throw ConfigError(refusing: decoder, Self.rule)
