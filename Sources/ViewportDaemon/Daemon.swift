@@ -53,9 +53,9 @@ public final class Daemon: Sendable {
         let metrics = DaemonMetrics()
         self.metrics = metrics
         do {
-            var options = EventLoop.Configuration(host: config.listenHost, port: config.listenPort,
+            var options = EventLoop.Configuration(host: config.listen.host, port: config.listen.port,
                                                   customHeaders: ["x-api-key"],
-                                                  maxPendingPerAddress: config.limitUnauthenticatedPerAddress)
+                                                  maxPendingPerAddress: config.limits.unauthenticatedPerAddress)
             let refusalLog = RateLimit(every: 1)
             options.onRefusedConnection = { [logger] address in
                 metrics.stream.peerLimited(.httpUnauthenticated)
@@ -67,9 +67,9 @@ public final class Daemon: Sendable {
         } catch {
             throw DaemonError("\(error)")
         }
-        port = loop.port ?? config.listenPort
+        port = loop.port ?? config.listen.port
         if config.publicURL == nil {
-            let host = config.listenHost == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.listenHost
+            let host = config.listen.host == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.listen.host
             config.publicURL = "http://\(host):\(port)"
         }
         self.config = config
@@ -82,7 +82,7 @@ public final class Daemon: Sendable {
         retention = Retention(store: store, files: files, config: config, logger: logger)
         runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
                     logger: logger)
-        gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewerMaxPendingKB << 10,
+        gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)
         sessions.onEnd { [runs] id in await runs.sessionEnded(id) }
     }
@@ -100,9 +100,9 @@ public final class Daemon: Sendable {
         // Started in this order, shut down in reverse: systemd hears STOPPING=1, viewers are told, runs are
         // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
         var services: [any Service] = [
-            LoopService(loop: loop, api: api, logger: logger, address: "\(config.listenHost):\(port)"),
+            LoopService(loop: loop, api: api, logger: logger, address: "\(config.listen.host):\(port)"),
             WebhookService(webhooks: webhooks),
-            RetentionService(retention: retention, interval: .seconds(config.retentionSweepIntervalSeconds)),
+            RetentionService(retention: retention, interval: .seconds(config.retention.sweepIntervalSeconds)),
             SessionService(sessions: sessions, runs: runs),
             ViewerService(gateway: gateway),
         ]
@@ -134,9 +134,9 @@ public final class Daemon: Sendable {
             return
         }
         auth.setAPIKeys(fresh.apiKeys)
-        webhooks.setSecrets(fresh.webhookSecrets)
+        webhooks.setSecrets(fresh.webhooks.secrets)
         logger.notice("configuration reloaded", metadata: [
-            "api_keys": "\(fresh.apiKeys.count)", "webhook_secrets": "\(fresh.webhookSecrets.count)",
+            "api_keys": "\(fresh.apiKeys.count)", "webhook_secrets": "\(fresh.webhooks.secrets.count)",
         ])
         let needRestart = loadedConfig.changedKeys(to: fresh).filter { !Config.reloadableKeys.contains($0) }
         if !needRestart.isEmpty {

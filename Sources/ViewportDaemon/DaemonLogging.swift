@@ -65,6 +65,6 @@ public func makeDaemonLogger(_ config: Config) -> Logger {
         LoggingSystem.bootstrap { DaemonLogHandler(label: $0, journal: journal) }
     }
     var logger = Logger(label: "viewportd")
-    logger.logLevel = Logger.Level(rawValue: config.logLevel) ?? .info
+    logger.logLevel = Logger.Level(rawValue: config.logLevel.rawValue) ?? .info
     return logger
 }

@@ -26,7 +26,7 @@ public enum Demo {
         var vnc = "(vnc.enabled is off)"
         if let bridge = daemon.sessions.vncBridge(id: id) {
             let password = bridge.passwords.mint(control: true, expiresAt: Date().addingTimeInterval(86_400))
-            vnc = "vncviewer \(config.vncListen)::\(bridge.port)   password \(password) (drives the browser)"
+            vnc = "vncviewer \(config.vnc.listen)::\(bridge.port)   password \(password) (drives the browser)"
         }
         // Unbuffered: print() holds the banner back when stdout is a file or a pipe.
         FileHandle.standardOutput.write(Data("""
@@ -36,7 +36,7 @@ public enum Demo {
           Watch live:  \(daemon.watchURL(sessionID: id, validFor: 86_400))
           API key:     \(apiKey.key)   (organization \(apiKey.organizationID))
           Session:     curl -H 'x-api-key: \(apiKey.key)' \(base)/v1/browser_sessions/\(id)
-          Stream:      ws://\(config.listenHost):\(daemon.port)/stream/browser/\(id)  (header x-api-key)
+          Stream:      ws://\(config.listen.host):\(daemon.port)/stream/browser/\(id)  (header x-api-key)
           VNC:         \(vnc)
 
         Press Ctrl-C to stop.

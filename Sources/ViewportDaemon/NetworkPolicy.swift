@@ -30,8 +30,8 @@ struct NetworkPolicy: Sendable {
                              "2002::/16", "2001::/32", "fec0::/10", "100::/64"].compactMap(CIDR.init)
 
     init(config: Config) {
-        browserAllow = config.networkBrowserAllow.compactMap(CIDR.init)
-        webhookAllow = config.networkWebhookAllow.compactMap(CIDR.init)
+        browserAllow = config.network.browserAllow.compactMap(CIDR.init)
+        webhookAllow = config.network.webhookAllow.compactMap(CIDR.init)
     }
 
     init(browserAllow: [CIDR], webhookAllow: [CIDR]) {

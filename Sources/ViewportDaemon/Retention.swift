@@ -17,8 +17,8 @@ struct Retention: Sendable {
     init(store: Store, files: ArtifactFiles, config: Config, logger: Logger) {
         self.store = store
         self.files = files
-        maxAge = Double(config.retentionMaxAgeDays) * 86400
-        maxBytes = Int(config.retentionMaxDiskGB * 1_000_000_000)
+        maxAge = Double(config.retention.maxAgeDays) * 86400
+        maxBytes = Int(config.retention.maxDiskGB * 1_000_000_000)
         self.logger = logger
     }
 

@@ -152,8 +152,8 @@ actor Runs {
         }
         let existing = segments[sessionID]
         var segment = existing
-        if segment == nil, config.recordingEnabled {
-            let limit = config.limitRecordingsPerOrganization
+        if segment == nil, config.recording.enabled {
+            let limit = config.limits.recordingsPerOrganization
             guard segments.values.count(where: { $0.organizationID == organizationID }) < limit else {
                 throw .tooManyRecordings(organizationID: organizationID, limit: limit)
             }
@@ -347,7 +347,7 @@ actor Runs {
         guard run.webhookURL != nil else { throw .noWebhook(id: runID) }
         guard !run.isOpen else { throw .stillOpen(id: runID) }
         guard webhooks.allowRetry(organizationID: organizationID) else {
-            throw .tooManyRetries(organizationID: organizationID, limit: config.limitRetryWebhookPerMinute)
+            throw .tooManyRetries(organizationID: organizationID, limit: config.limits.retryWebhookPerMinute)
         }
         let queued: Bool
         do { queued = try webhooks.resend(runID: runID) } catch {
@@ -396,7 +396,7 @@ actor Runs {
     /// A signed URL of an artifact's content.
     nonisolated func artifactURL(_ artifact: ArtifactRecord) -> String {
         let (expires, signature) = auth.artifactSignature(
-            artifactID: artifact.id, expiresAt: Date().addingTimeInterval(Double(config.artifactURLTTLSeconds)))
+            artifactID: artifact.id, expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
     }
 
@@ -413,11 +413,11 @@ actor Runs {
                                        originMicros: origin)
             try store.insert(record)
             var settings = EncoderSettings()
-            settings.preset = config.recordingPreset
-            settings.crf = config.recordingCRF
-            settings.threads = config.recordingThreads
-            settings.queueFrames = config.recordingQueueFrames
-            settings.queueBytes = config.recordingQueueMB << 20
+            settings.preset = config.recording.preset.rawValue
+            settings.crf = config.recording.crf
+            settings.threads = config.recording.threads
+            settings.queueFrames = config.recording.queueFrames
+            settings.queueBytes = config.recording.queueMB << 20
             let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
                                                settings: settings, logger: logger.with(sessionID: sessionID))
             return Segment(record: record, organizationID: organizationID, recorder: recorder, runs: [])

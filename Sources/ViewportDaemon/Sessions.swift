@@ -168,7 +168,7 @@ final class Sessions: Sendable {
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
         if (try? store.session(id: record.id)) != nil { throw duplicate }
-        let limit = config.limitSessionsPerOrganization
+        let limit = config.limits.sessionsPerOrganization
         let overLimit = SessionError.tooManySessions(organizationID: organizationID, limit: limit)
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
         let session = makeSession(record)
@@ -231,9 +231,9 @@ final class Sessions: Sendable {
         let (bridge, limited) = state.withLock { ($0.open[id]?.bridge, $0.open[id]?.vncLimited ?? false) }
         if let bridge { return bridge }
         if limited {
-            throw .tooManyVNCScreens(organizationID: record.organizationID, limit: config.limitVNCScreensPerOrganization)
+            throw .tooManyVNCScreens(organizationID: record.organizationID, limit: config.limits.vncScreensPerOrganization)
         }
-        throw config.vncEnabled ? .noFreeVNCPort(id: id) : .vncDisabled
+        throw config.vnc.enabled ? .noFreeVNCPort(id: id) : .vncDisabled
     }
 
     /// Sessions in the store by status (for the metrics).
@@ -347,23 +347,23 @@ final class Sessions: Sendable {
         if record.browserAddress.isEmpty, let vncAddress = record.vncAddress {
             // Only a VNC server: frames and input go through RFB.
             var options = RFBSource.Options()
-            options.maxFPS = config.vncSourceMaxFPS
-            options.quality = config.screencastQuality
-            options.retryWindow = Double(config.cdpRetrySeconds)
-            options.maxWidth = config.vncSourceMaxWidth
-            options.maxHeight = config.vncSourceMaxHeight
-            options.timeout = config.vncSourceTimeoutSeconds
+            options.maxFPS = config.vnc.sourceMaxFPS
+            options.quality = config.screencast.quality
+            options.retryWindow = Double(config.cdp.retrySeconds)
+            options.maxWidth = config.vnc.sourceMaxWidth
+            options.maxHeight = config.vnc.sourceMaxHeight
+            options.timeout = config.vnc.sourceTimeoutSeconds
             options.resolveHost = { [policy] host in try policy.resolve(host, for: .browser) }
             source = RFBSource(address: vncAddress, password: record.vncPassword, hub: hub, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
         } else {
             var options = CDPSource.Options()
-            options.quality = config.screencastQuality
-            options.maxWidth = config.screencastMaxWidth
-            options.maxHeight = config.screencastMaxHeight
-            options.retryWindow = Double(config.cdpRetrySeconds)
-            options.maxMessageBytes = config.cdpMaxMessageMB << 20
-            options.timeout = Double(config.cdpTimeoutSeconds)
+            options.quality = config.screencast.quality
+            options.maxWidth = config.screencast.maxWidth
+            options.maxHeight = config.screencast.maxHeight
+            options.retryWindow = Double(config.cdp.retrySeconds)
+            options.maxMessageBytes = config.cdp.maxMessageMB << 20
+            options.timeout = Double(config.cdp.timeoutSeconds)
             options.resolveHost = { [policy] host in try await policy.resolved(host, for: .browser) }
             source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
@@ -372,13 +372,13 @@ final class Sessions: Sendable {
         let screens = state.withLock { state in
             state.open.values.count { $0.record.organizationID == record.organizationID && $0.bridge != nil }
         }
-        let vncLimited = config.vncEnabled && screens >= config.limitVNCScreensPerOrganization
-        if config.vncEnabled, !vncLimited {
+        let vncLimited = config.vnc.enabled && screens >= config.limits.vncScreensPerOrganization
+        if config.vnc.enabled, !vncLimited {
             var vnc = VNCBridge.Options()
-            vnc.host = config.vncListen
-            vnc.ports = config.vncPorts
-            vnc.handshakeTimeout = Double(config.vncHandshakeTimeoutSeconds)
-            vnc.maxUnauthenticatedPerAddress = config.limitUnauthenticatedPerAddress
+            vnc.host = config.vnc.listen
+            vnc.ports = config.vnc.portRange
+            vnc.handshakeTimeout = Double(config.vnc.handshakeTimeoutSeconds)
+            vnc.maxUnauthenticatedPerAddress = config.limits.unauthenticatedPerAddress
             do {
                 bridge = try VNCBridge(hub: hub, options: vnc, throttle: vncThrottle, input: source, name: "viewportd \(id)",
                                        logger: logger.with(sessionID: id))

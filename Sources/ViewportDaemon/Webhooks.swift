@@ -56,13 +56,13 @@ final class Webhooks: Sendable {
         self.metrics = metrics
         self.loop = loop
         self.logger = logger
-        maxAttempts = config.webhookMaxAttempts
-        timeout = Double(config.webhookTimeoutSeconds)
+        maxAttempts = config.webhooks.maxAttempts
+        timeout = Double(config.webhooks.timeoutSeconds)
         self.backoffBase = backoffBase
         self.maxConcurrent = maxConcurrent
-        secrets = Mutex(config.webhookSecrets)
+        secrets = Mutex(config.webhooks.secrets)
         policy = NetworkPolicy(config: config)
-        retriesPerMinute = config.limitRetryWebhookPerMinute
+        retriesPerMinute = config.limits.retryWebhookPerMinute
     }
 
     /// A slow or dead receiver of one organization holds at most this many of the concurrent deliveries, so the

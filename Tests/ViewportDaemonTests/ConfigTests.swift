@@ -13,12 +13,27 @@ struct ConfigTests {
         #expect(try Config.load(yaml: nil) == Config())
     }
 
-    @Test func theShippedFileListsEveryKey() throws {
-        let text = try String(contentsOfFile: Self.shipped, encoding: .utf8)
-        for key in Config.keys {
-            let leaf = key.split(separator: ".").last.map(String.init) ?? key
-            #expect(text.contains("\n\(leaf):") || text.contains("\n  \(leaf):"), "\(key) is in the shipped file")
+    @Test func theShippedFileSetsExactlyTheKeysTheDecoderReads() throws {
+        let shipped = try #require(try Yams.compose(yaml: String(contentsOfFile: Self.shipped, encoding: .utf8)))
+        func leaves(_ node: Node, _ prefix: String = "") -> [String] {
+            guard let mapping = node.mapping else { return [prefix] }
+            return mapping.flatMap { key, value in leaves(value, (prefix.isEmpty ? "" : prefix + ".") + (key.string ?? "")) }
         }
+        #expect(leaves(shipped) == Config.keys, "the shipped file lists every key once, in the config's order")
+        #expect(Config.reloadableKeys.isSubset(of: Config.keys))
+    }
+
+    @Test func theDocumentationNamesOnlyKeysThatExist() throws {
+        let sections = Set(Config.keys.compactMap { $0.split(separator: ".").dropLast().first.map(String.init) })
+        let root = URL(fileURLWithPath: Self.shipped).deletingLastPathComponent().deletingLastPathComponent()
+        var named: Set<String> = []
+        for file in ["README.md", "docs/protocol.md", "Sources/ViewportDaemon/Config.swift", "Sources/viewportd/main.swift"] {
+            let text = try String(contentsOf: root.appendingPathComponent(file), encoding: .utf8)
+            let keys = text.matches(of: /`([a-z_]+)\.([a-z_]+)`/).map { "\($0.1).\($0.2)" }
+            named.formUnion(keys.filter { sections.contains(String($0.split(separator: ".")[0])) })
+        }
+        #expect(named.count > 10, "the documentation names keys: \(named.sorted())")
+        #expect(named.subtracting(Config.keys).isEmpty, "unknown keys named: \(named.subtracting(Config.keys).sorted())")
     }
 
     @Test func fileValuesAreRead() throws {
@@ -33,12 +48,12 @@ struct ConfigTests {
             viewer: {queue_frames: 4, token_ttl_seconds: 60}
             cdp: {retry_seconds: 5}
             """)
-        #expect(config.listenHost == "0.0.0.0" && config.listenPort == 9000)
+        #expect(config.listen == ListenAddress(host: "0.0.0.0", port: 9000))
         #expect(config.stateDir == "/tmp/vp" && config.publicURL == "https://viewer.example.com")
-        #expect(config.logLevel == "debug")
+        #expect(config.logLevel == .debug)
         #expect(config.apiKeys == [.init(key: "abcdefghijklmnop", organizationID: "org_1")])
-        #expect(config.screencastQuality == 60 && config.screencastMaxWidth == 800 && config.screencastMaxHeight == 600)
-        #expect(config.viewerQueueFrames == 4 && config.viewerTokenTTLSeconds == 60 && config.cdpRetrySeconds == 5)
+        #expect(config.screencast.quality == 60 && config.screencast.maxWidth == 800 && config.screencast.maxHeight == 600)
+        #expect(config.viewer.queueFrames == 4 && config.viewer.tokenTTLSeconds == 60 && config.cdp.retrySeconds == 5)
     }
 
     @Test func theEnvironmentOverridesTheFile() throws {
@@ -47,8 +62,8 @@ struct ConfigTests {
             "VIEWPORTD_SCREENCAST_QUALITY": "90", "VIEWPORTD_CDP_RETRY_SECONDS": "7",
             "VIEWPORTD_API_KEY": "env-key-0123456789", "VIEWPORTD_ORGANIZATION_ID": "org_env",
         ])
-        #expect(config.listenPort == 8300 && config.stateDir == "/srv/vp")
-        #expect(config.screencastQuality == 90 && config.cdpRetrySeconds == 7)
+        #expect(config.listen.port == 8300 && config.stateDir == "/srv/vp")
+        #expect(config.screencast.quality == 90 && config.cdp.retrySeconds == 7)
         #expect(config.apiKeys == [.init(key: "env-key-0123456789", organizationID: "org_env")])
     }
 
@@ -63,6 +78,7 @@ struct ConfigTests {
         ("api_keys: [{key: short, organization_id: a}]", "api_keys[0].key"),
         ("api_keys: [{key: abcdefghijklmnop, organization_id: 'bad id'}]", "api_keys[0].organization_id"),
         ("api_keys: [{key: abcdefghijklmnop, organization_id: a, extra: 1}]", "api_keys[0].extra"),
+        ("api_keys: [{key: abcdefghijklmnop}]", "api_keys[0].organization_id"),
         ("api_keys: [{key: abcdefghijklmnop, organization_id: a}, {key: abcdefghijklmnop, organization_id: b}]",
          "api_keys[1].key"),
         ("viewer_token_secret: tooshort", "viewer_token_secret"),
@@ -83,6 +99,9 @@ struct ConfigTests {
         ("screenshot_format: gif", "screenshot_format"),
         ("artifacts: {url_ttl_seconds: 30}", "artifacts.url_ttl_seconds"),
         ("webhooks: {secrets: [{organization_id: a, secret: short}]}", "webhooks.secrets[0].secret"),
+        ("webhooks: {secrets: [{secret: abcdefghijklmnop}]}", "webhooks.secrets[0].organization_id"),
+        ("webhooks: {secrets: [{organization_id: a, secret: abcdefghijklmnop}, {organization_id: a, secret: abcdefghijklmnopq}]}",
+         "webhooks.secrets[1].organization_id"),
         ("webhooks: {max_attempts: 0}", "webhooks.max_attempts"),
         ("webhooks: {timeout_seconds: 121}", "webhooks.timeout_seconds"),
         ("retention: {max_age_days: 0}", "retention.max_age_days"),
@@ -98,6 +117,7 @@ struct ConfigTests {
         ("vnc: {source_max_fps: 0}", "vnc.source_max_fps"),
         ("cdp: {max_message_mb: 0}", "cdp.max_message_mb"),
         ("vnc: {source_max_width: 70000}", "vnc.source_max_width"),
+        ("vnc: {sourceMaxFPS: 10}", "vnc.sourceMaxFPS"),
         ("limits: {viewers_per_session: 0}", "limits.viewers_per_session"),
         ("limits: {unknown: 1}", "limits.unknown"),
         ("network: {browser_allow: [10.0.0.0/33]}", "network.browser_allow[0]"),
@@ -119,28 +139,28 @@ struct ConfigTests {
     /// A config with every key off its default, as YAML: the environment test sets each key from it.
     static let everyKeyChanged: Config = {
         var config = Config()
-        (config.listenHost, config.listenPort, config.stateDir) = ("0.0.0.0", 9100, "/srv/viewportd")
-        (config.publicURL, config.logLevel) = ("https://live.example.com", "debug")
+        (config.listen, config.stateDir) = (ListenAddress(host: "0.0.0.0", port: 9100), "/srv/viewportd")
+        (config.publicURL, config.logLevel) = ("https://live.example.com", .debug)
         config.apiKeys = [.init(key: "env-key-0123456789", organizationID: "org_env")]
         config.viewerTokenSecret = String(repeating: "s", count: 40)
-        (config.screencastQuality, config.screencastMaxWidth, config.screencastMaxHeight) = (55, 1024, 600)
-        (config.viewerQueueFrames, config.viewerTokenTTLSeconds, config.cdpRetrySeconds) = (3, 90, 12)
-        (config.recordingEnabled, config.recordingPreset, config.recordingCRF) = (false, "faster", 30)
-        (config.recordingThreads, config.recordingQueueFrames) = (2, 120)
-        (config.screenshotFormat, config.artifactURLTTLSeconds) = (.png, 7200)
-        config.webhookSecrets = ["org_env": "webhook-secret-0123456789"]
-        (config.webhookMaxAttempts, config.webhookTimeoutSeconds) = (3, 20)
-        (config.retentionMaxAgeDays, config.retentionMaxDiskGB, config.retentionSweepIntervalSeconds) = (7, 2.5, 60)
-        (config.vncEnabled, config.vncListen, config.vncPorts, config.vncPasswordTTLSeconds) = (false, "0.0.0.0", 6000...6010, 60)
-        config.vncSourceMaxFPS = 10
-        (config.viewerMaxPendingKB, config.cdpMaxMessageMB, config.cdpTimeoutSeconds, config.recordingQueueMB) = (64, 8, 5, 32)
-        (config.vncSourceMaxWidth, config.vncSourceMaxHeight) = (1920, 1080)
-        (config.vncSourceTimeoutSeconds, config.vncHandshakeTimeoutSeconds) = (4, 6)
-        (config.limitSessionsPerOrganization, config.limitRecordingsPerOrganization) = (3, 2)
-        (config.limitViewersPerSession, config.limitVNCScreensPerOrganization) = (7, 1)
-        (config.limitRetryWebhookPerMinute, config.limitUnauthenticatedPerAddress) = (2, 4)
-        config.networkBrowserAllow = ["10.1.0.0/16"]
-        config.networkWebhookAllow = ["192.168.7.0/24", "fd00::/8"]
+        (config.screencast.quality, config.screencast.maxWidth, config.screencast.maxHeight) = (55, 1024, 600)
+        (config.viewer.queueFrames, config.viewer.tokenTTLSeconds, config.viewer.maxPendingKB) = (3, 90, 64)
+        (config.cdp.retrySeconds, config.cdp.maxMessageMB, config.cdp.timeoutSeconds) = (12, 8, 5)
+        (config.recording.enabled, config.recording.preset, config.recording.crf) = (false, .faster, 30)
+        (config.recording.threads, config.recording.queueFrames, config.recording.queueMB) = (2, 120, 32)
+        (config.screenshotFormat, config.artifacts.urlTTLSeconds) = (.png, 7200)
+        config.webhooks.secrets = ["org_env": "webhook-secret-0123456789"]
+        (config.webhooks.maxAttempts, config.webhooks.timeoutSeconds) = (3, 20)
+        (config.retention.maxAgeDays, config.retention.maxDiskGB, config.retention.sweepIntervalSeconds) = (7, 2.5, 60)
+        (config.vnc.enabled, config.vnc.listen, config.vnc.portRange) = (false, "0.0.0.0", 6000...6010)
+        (config.vnc.passwordTTLSeconds, config.vnc.sourceMaxFPS) = (60, 10)
+        (config.vnc.sourceMaxWidth, config.vnc.sourceMaxHeight) = (1920, 1080)
+        (config.vnc.sourceTimeoutSeconds, config.vnc.handshakeTimeoutSeconds) = (4, 6)
+        (config.limits.sessionsPerOrganization, config.limits.recordingsPerOrganization) = (3, 2)
+        (config.limits.viewersPerSession, config.limits.vncScreensPerOrganization) = (7, 1)
+        (config.limits.retryWebhookPerMinute, config.limits.unauthenticatedPerAddress) = (2, 4)
+        config.network.browserAllow = ["10.1.0.0/16"]
+        config.network.webhookAllow = ["192.168.7.0/24", "fd00::/8"]
         return config
     }()
 
@@ -173,7 +193,7 @@ struct ConfigTests {
     @Test func thePrintedConfigMasksSecretsAndLoadsBackWithThemRevealed() throws {
         let config = Self.everyKeyChanged
         let masked = config.yaml()
-        for secret in ["env-key-0123456789", config.viewerTokenSecret!, "webhook-secret-0123456789"] {
+        for secret in ["env-key-0123456789", try #require(config.viewerTokenSecret), "webhook-secret-0123456789"] {
             #expect(!masked.contains(secret))
         }
         #expect(masked.contains("organization_id: \"org_env\""))

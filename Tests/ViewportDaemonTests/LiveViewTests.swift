@@ -111,7 +111,7 @@ struct LiveViewTests {
     }
 
     @Test func killingChromiumTellsViewersTheSessionFailedWithinTheRetryWindow() async throws {
-        try await withLiveSession({ $0.cdpRetrySeconds = 2 }) { daemon, browser, id in
+        try await withLiveSession({ $0.cdp.retrySeconds = 2 }) { daemon, browser, id in
             async let watched = Client.watch(daemon.streamURL(id), key: keyA, seconds: 15)
             try await Task.sleep(for: .seconds(1.5))
             browser.kill()

@@ -26,7 +26,7 @@ struct NetworkPolicyTests {
             #expect(!allowed(host, .webhook), "\(host)")
         }
         var config = Config()
-        config.networkWebhookAllow = ["10.9.0.0/16"]
+        config.network.webhookAllow = ["10.9.0.0/16"]
         let listed = NetworkPolicy(config: config)
         #expect((try? listed.resolve("10.9.1.1", for: .webhook)) != nil)
         #expect((try? listed.resolve("10.8.1.1", for: .webhook)) == nil)

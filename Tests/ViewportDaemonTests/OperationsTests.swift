@@ -61,7 +61,7 @@ struct OperationsTests {
     // the real timer: run it with VIEWPORTD_SLOW_TESTS=1.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["VIEWPORTD_SLOW_TESTS"] != nil, "waits 5 minutes"))
     func theSessionTimerClosesASessionAtItsTimeout() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
                                                         json: ["browser_address": "http://127.0.0.1:9", "timeout": 5])
             let id = try #require(created["browser_session_id"].string)

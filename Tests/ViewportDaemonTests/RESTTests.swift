@@ -97,7 +97,7 @@ struct RESTTests {
     }
 
     @Test func aSessionWhoseBrowserNeverAnswersFailsAfterTheRetryWindow() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 1 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 1 }) { daemon in
             let (status, _) = try await daemon.request(
                 "POST", "/v1/browser_sessions", json: ["browser_address": Self.unreachable, "browser_session_id": "pbs_rest_1"])
             try #require(status == 201)

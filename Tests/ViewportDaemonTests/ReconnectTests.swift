@@ -40,7 +40,7 @@ struct ReconnectTests {
         defer { browser.terminate() }
         let proxy = try DevToolsProxy(to: browser)
         defer { proxy.stop() }
-        try await withDaemon({ $0.cdpRetrySeconds = 60 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 60 }) { daemon in
             let (status, created) = try await daemon.request("POST", "/v1/browser_sessions",
                                                             json: ["browser_address": "http://127.0.0.1:\(proxy.port)"])
             try #require(status == 201, "\(created)")

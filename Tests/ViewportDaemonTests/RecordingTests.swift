@@ -10,7 +10,7 @@ struct RecordingTests {
     @Test func aRunWithStepsPublishesASeekableRecordingScreenshotsAndASignedWebhook() async throws {
         let receiver = try Receiver(statuses: [500, 200])
         defer { receiver.stop() }
-        try await withLiveSession(page: "anim.html", { $0.webhookSecrets = ["org_a": webhookTestSecret] }) { daemon, _, id in
+        try await withLiveSession(page: "anim.html", { $0.webhooks.secrets = ["org_a": webhookTestSecret] }) { daemon, _, id in
             let (status, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs",
                                                          json: ["run_id": "wr_rec1", "webhook_url": receiver.url, "title": "demo"])
             try #require(status == 201, "\(run)")

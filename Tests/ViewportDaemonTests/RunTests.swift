@@ -16,7 +16,7 @@ struct RunTests {
     }
 
     @Test func aStepWaits2SecondsForAFirstFrameThenIs409() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let id = try await Self.frameless(daemon)
             let (started, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_noframe"])
             try #require(started == 201, "\(run)")
@@ -31,7 +31,7 @@ struct RunTests {
 
     @Test(arguments: ["failed", "timed_out", "canceled"])
     func completingARunWithAFinalStatusKeepsItAndItsReason(_ final: String) async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let id = try await Self.frameless(daemon)
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_final"]).0 == 201)
             let (status, completed) = try await daemon.request("POST", "/v1/runs/wr_final/complete",
@@ -48,7 +48,7 @@ struct RunTests {
     }
 
     @Test func completingWithAnUnknownStatusIs422ListingTheStatuses() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let id = try await Self.frameless(daemon)
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_bad"]).0 == 201)
             let (status, body) = try await daemon.request("POST", "/v1/runs/wr_bad/complete", json: ["status": "done"])
@@ -59,9 +59,9 @@ struct RunTests {
 
     @Test func retryWebhookQueuesACompletedRunsWebhookAndRefusesOtherwise() async throws {
         try await withDaemon({
-            $0.cdpRetrySeconds = 3600
-            $0.webhookSecrets = ["org_a": webhookTestSecret]
-            $0.limitRetryWebhookPerMinute = 2
+            $0.cdp.retrySeconds = 3600
+            $0.webhooks.secrets = ["org_a": webhookTestSecret]
+            $0.limits.retryWebhookPerMinute = 2
         }) { daemon in
             let id = try await Self.frameless(daemon)
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_nohook"]).0 == 201)
@@ -104,8 +104,8 @@ struct RunTests {
 
     @Test func retentionSweepsOnItsOwnTimer() async throws {
         try await withLiveSession({
-            $0.retentionSweepIntervalSeconds = 1
-            $0.retentionMaxDiskGB = 1e-9  // nothing fits: a closed session's artifacts go at the next sweep
+            $0.retention.sweepIntervalSeconds = 1
+            $0.retention.maxDiskGB = 1e-9  // nothing fits: a closed session's artifacts go at the next sweep
         }) { daemon, _, id in
             #expect(try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_swept"]).0 == 201)
             let (status, step) = try await daemon.request("POST", "/v1/runs/wr_swept/steps", json: ["label": "one"])

@@ -168,7 +168,7 @@ struct ServiceTests {
     }
 
     @Test func sessionsCanBeRenewedUntilTheyEndAndTimeOutOtherwise() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             // Nothing listens there: the session stays created (open) and retries.
             let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
                                                        json: ["browser_address": "http://127.0.0.1:9", "timeout": 5])
@@ -229,7 +229,7 @@ struct RetentionTests {
 
             // 3000 bytes against a 2500-byte budget: the session closed longest ago goes, whole.
             var config = daemon.daemon.config
-            config.retentionMaxDiskGB = 2500e-9
+            config.retention.maxDiskGB = 2500e-9
             let sweep = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(sweep.expired) == Set(ids["pbs_old"]!) && sweep.bytesLeft == 2000)
             let (expiredStatus, expired) = try await content(ids["pbs_old"]![0])
@@ -239,7 +239,7 @@ struct RetentionTests {
                     "its files and directories are gone")
 
             // A budget nothing fits: the other closed session goes, the open one stays.
-            config.retentionMaxDiskGB = 1e-9
+            config.retention.maxDiskGB = 1e-9
             let second = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(second.expired) == Set(ids["pbs_recent"]!) && second.bytesLeft == 1000)
             for id in ids["pbs_open"]! { #expect(try await content(id).0 == 200, "an open session's artifact stays") }
@@ -248,8 +248,8 @@ struct RetentionTests {
             var open = try #require(try store.session(id: "pbs_open"))
             (open.status, open.completedAt) = (.closed, now)
             try store.update(open)
-            config.retentionMaxDiskGB = 50
-            config.retentionMaxAgeDays = 3
+            config.retention.maxDiskGB = 50
+            config.retention.maxAgeDays = 3
             let third = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(third.expired) == Set(ids["pbs_open"]!) && third.bytesLeft == 0)
         }

@@ -28,12 +28,12 @@ final class TestDaemon: Sendable {
 
     static func start(stateDir: String? = nil, _ configure: (inout Config) -> Void = { _ in }) async throws -> TestDaemon {
         var config = Config()
-        config.listenPort = 0
+        config.listen.port = 0
         config.stateDir = stateDir ?? FileManager.default.temporaryDirectory
             .appendingPathComponent("viewportd-test-\(UUID().uuidString)").path
         config.apiKeys = [.init(key: keyA, organizationID: "org_a"), .init(key: keyB, organizationID: "org_b")]
         // The tests' webhook receivers listen on loopback, which webhooks reach only when the operator lists it.
-        config.networkWebhookAllow = ["127.0.0.0/8"]
+        config.network.webhookAllow = ["127.0.0.0/8"]
         configure(&config)
         var logger = Logger(label: "viewportd-test")
         logger.logLevel = .warning

@@ -109,7 +109,7 @@ struct ViewerHandshakeTests {
     static let unreachable = "http://127.0.0.1:9"
 
     @Test func aFormatOtherThanBinaryOrJSONIs400() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let (_, created) = try await daemon.request("POST", "/v1/browser_sessions", json: ["browser_address": Self.unreachable])
             let id = try #require(created["browser_session_id"].string)
             let viewer = try #require(try await Client.watch(daemon.streamURL(id, query: "format=png"), key: keyA, seconds: 1).first)
@@ -122,7 +122,7 @@ struct ViewerHandshakeTests {
     // docs/protocol.md lists 503 only for a daemon shutting down; before its source attaches, a session's viewers are
     // accepted and told there is no frame yet (hello with width and height 0).
     @Test func aViewerJoiningBeforeTheSourceAttachesIsAcceptedAndToldThereIsNoFrameYet() async throws {
-        try await withDaemon({ $0.cdpRetrySeconds = 3600 }) { daemon in
+        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
             let (_, created) = try await daemon.request("POST", "/v1/browser_sessions", json: ["browser_address": Self.unreachable])
             let id = try #require(created["browser_session_id"].string)
             let viewer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 1.5).first)

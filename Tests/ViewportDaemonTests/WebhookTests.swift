@@ -84,7 +84,7 @@ struct WebhookTests {
     @Test func givingUpAfterMaxAttemptsMarksTheDeliveryFailed() async throws {
         let receiver = try Receiver(statuses: [500])
         defer { receiver.stop() }
-        try await withSender(backoff: 0.05, { $0.webhookMaxAttempts = 3 }) { webhooks, store in
+        try await withSender(backoff: 0.05, { $0.webhooks.maxAttempts = 3 }) { webhooks, store in
             try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
             try await eventually("failed") { try store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
             try await Task.sleep(for: .milliseconds(500))
@@ -98,7 +98,7 @@ struct WebhookTests {
     }
 
     @Test func anUnreachableReceiverCountsAsAFailedAttempt() async throws {
-        try await withSender(backoff: 0.05, { $0.webhookMaxAttempts = 2 }) { webhooks, store in
+        try await withSender(backoff: 0.05, { $0.webhooks.maxAttempts = 2 }) { webhooks, store in
             try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: "http://127.0.0.1:1/hook", payload: payload)
             try await eventually("failed") { try store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
             let delivery = try #require(try store.latestWebhookDelivery(runID: "run_1"))
@@ -159,7 +159,7 @@ extension WebhookTests {
     @Test func aWebhookToALoopbackAddressIsNotSentUnlessTheOperatorListsIt() async throws {
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
-        try await withSender({ $0.networkWebhookAllow = [] }) { webhooks, store in
+        try await withSender({ $0.network.webhookAllow = [] }) { webhooks, store in
             await #expect(throws: WebhookError.self) { try await webhooks.checkReachable(url: receiver.url) }
             try webhooks.enqueue(runID: "run_ssrf", organizationID: "org_a", url: receiver.url, payload: payload)
             try await eventually("the attempt is refused") {
@@ -176,7 +176,7 @@ extension WebhookTests {
         listen(tarpit, 64)
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
-        try await withSender({ $0.webhookSecrets["org_b"] = webhookTestSecret; $0.webhookTimeoutSeconds = 3 }) { webhooks, store in
+        try await withSender({ $0.webhooks.secrets["org_b"] = webhookTestSecret; $0.webhooks.timeoutSeconds = 3 }) { webhooks, store in
             for index in 0..<8 {
                 try webhooks.enqueue(runID: "run_slow_\(index)", organizationID: "org_a",
                                      url: "http://127.0.0.1:\(tarpitPort)/hook", payload: payload)
@@ -199,9 +199,9 @@ private func withSender(database: String = temporaryDatabase(), start: Bool = tr
                         _ body: (Webhooks, Store) async throws -> Void) async throws
 {
     var config = Config()
-    config.webhookSecrets = ["org_a": webhookTestSecret]
-    config.networkWebhookAllow = ["127.0.0.0/8"]
-    config.webhookTimeoutSeconds = 2
+    config.webhooks.secrets = ["org_a": webhookTestSecret]
+    config.network.webhookAllow = ["127.0.0.0/8"]
+    config.webhooks.timeoutSeconds = 2
     configure(&config)
     let store = try Store(path: database)
     let loop = try EventLoop(.init(port: nil))

@@ -69,7 +69,7 @@ struct RunRoutes {
     func view(_ run: RunRecord) -> RunView {
         let links = runs.links(run)
         let token = auth.viewerToken(sessionID: run.id,
-                                     expiresAt: Date().addingTimeInterval(Double(config.artifactURLTTLSeconds)))
+                                     expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return RunView(
             runID: run.id, browserSessionID: run.sessionID, status: run.status, title: run.title,
             createdAt: run.createdAt, startedAt: run.startedAt, finishedAt: run.finishedAt, stepCount: run.stepCount,

@@ -64,7 +64,7 @@ struct SessionRoutes {
         let body = try request.body(MintViewerToken.self)
         _ = try sessions.openSession(id: id, organizationID: request.organizationID)
         let control = body.control?.value ?? false
-        let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.viewerTokenTTLSeconds))
+        let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.viewer.tokenTTLSeconds))
         let token = auth.viewerToken(sessionID: id, expiresAt: expiresAt, control: control)
         return .json(201, encoding: ViewerTokenView(
             token: token, expiresAt: expiresAt, watchURL: "\(config.effectivePublicURL)/watch/\(id)?token=\(token)",
@@ -76,9 +76,9 @@ struct SessionRoutes {
         let body = try request.body(MintVNCPassword.self)
         let bridge = try sessions.screen(id: request.ids[0], organizationID: request.organizationID)
         let control = body.control?.value ?? false
-        let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.vncPasswordTTLSeconds))
+        let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.vnc.passwordTTLSeconds))
         let password = bridge.passwords.mint(control: control, expiresAt: expiresAt)
-        let host = config.vncListen == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.vncListen
+        let host = config.vnc.listen == "0.0.0.0" ? ProcessInfo.processInfo.hostName : config.vnc.listen
         return .json(201, encoding: VNCPasswordView(host: host, port: bridge.port, password: password,
                                                      vncURL: "vnc://\(host):\(bridge.port)", expiresAt: expiresAt,
                                                      control: control))

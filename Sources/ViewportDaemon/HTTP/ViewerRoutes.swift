@@ -63,9 +63,9 @@ struct ViewerRoutes {
             return .accept(WebSocketRelay(bridge: bridge, control: control, loop: loop, logger: logger.with(sessionID: id)),
                            maxMessageBytes: 1 << 20)
         case .found(let owner, let hub) where organization == nil || organization == owner:
-            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewerQueueFrames,
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewer.queueFrames,
                                   control: control, input: sessions.inputTarget(id: id),
-                                  maxViewers: config.limitViewersPerSession)
+                                  maxViewers: config.limits.viewersPerSession)
         case .found, .notFound:
             throw HTTPFailure(status: 404, detail: "browser session \(id) not found")
         }

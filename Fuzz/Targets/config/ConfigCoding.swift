@@ -1,0 +1,1 @@
+../../../Sources/ViewportDaemon/ConfigCoding.swift
