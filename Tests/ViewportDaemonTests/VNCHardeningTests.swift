@@ -233,6 +233,37 @@ struct VNCScreenAdmissionTests {
         }
     }
 
+    @Test func threeWrongPasswordsFromAnAddressBlockEvenTheRightOneUntilTheBackoffEnds() async throws {
+        let (bridge, hub) = try bridge()
+        defer { bridge.close() }
+        let pixels = FrameBytes(count: 64 * 48 * 4)
+        pixels.payload.initializeMemory(as: UInt8.self, repeating: 0x80, count: pixels.count)
+        hub.publish(jpeg: FrameBytes(count: 0), width: 64, height: 48, captureTime: 1, url: nil, pixels: pixels)
+        let password = bridge.passwords.mint(control: false, expiresAt: Date().addingTimeInterval(60))
+        /// Whether a libvncclient client with `password` gets in.
+        func connects(_ password: String) async throws -> Bool {
+            let outcome = Mutex<Bool?>(nil)
+            let client = RFBSource(address: "127.0.0.1:\(bridge.port)", password: password, hub: FrameHub(),
+                                   options: .init(), logger: Logger(label: "test")) { state in
+                switch state {
+                case .connected: outcome.withLock { $0 = $0 ?? true }
+                case .failed: outcome.withLock { $0 = $0 ?? false }
+                default: break
+                }
+            }
+            client.start()
+            defer { client.stop() }
+            try await eventually("the client gets in or is refused", timeout: 10) { outcome.withLock { $0 } != nil }
+            return outcome.withLock { $0 } == true
+        }
+        for wrong in ["wrongpw1", "wrongpw2", "wrongpw3"] { #expect(try await !connects(wrong)) }
+        let blockedAt = Date()
+        #expect(try await !connects(password), "the right password is refused while the address is blocked")
+        try #require(Date().timeIntervalSince(blockedAt) < 1, "the attempt came within the 1 s block")
+        try await Task.sleep(for: .seconds(1.2))
+        #expect(try await connects(password), "and let in after the backoff")
+    }
+
     @Test func aClientThatNeverFinishesTheHandshakeIsDisconnectedAfterTheTimeout() async throws {
         let (bridge, _) = try bridge { $0.handshakeTimeout = 1 }
         defer { bridge.close() }
