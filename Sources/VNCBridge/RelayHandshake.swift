@@ -100,8 +100,9 @@ public struct RelayHandshake {
     }
 
     /// Entry point for fuzzers: plays `script` as chunks, each a header byte (bit 7 set: from the screen, else from
-    /// the client; bits 0-6: the length) and that many bytes (fewer at the end). Traps when an invariant breaks: at most one failure, nothing after it, never
-    /// more than `maxBuffered` bytes waiting, and once relaying, bytes pass through unchanged.
+    /// the client; bits 0-6: the length) and that many bytes (fewer at the end). Traps when an invariant breaks:
+    /// at most one failure, nothing after it, never more than `maxBuffered` bytes waiting, and once relaying, bytes
+    /// pass through unchanged.
     public static func fuzz(_ script: UnsafeRawBufferPointer) {
         var handshake = RelayHandshake()
         var index = 0

@@ -24,8 +24,8 @@ public struct VNCError: Error, CustomStringConvertible {
 /// select) and hands libvncserver only descriptors below FD_SETSIZE; it caps the clients that have not finished the
 /// handshake per address and per screen, and disconnects any that has not finished it within `handshakeTimeout`.
 ///
-/// noVNC viewers come through ``WebSocketRelay``, which hands the screen its connection directly (``attach(_:control:)``):
-/// no TCP connection, no password, since viewportd authenticated the viewer already.
+/// noVNC viewers come through ``WebSocketRelay``, which hands the screen its connection directly
+/// (`attach(_:control:)`): no TCP connection, no password, since viewportd authenticated the viewer already.
 public final class VNCBridge: Sendable {
     public struct Options: Sendable {
         /// Address to listen on (IPv4).
@@ -394,7 +394,9 @@ private final class Worker: @unchecked Sendable {
             defer { if handed != nil { handed = [] } }
             return handed ?? []
         }
-        for (fd, control) in taken { enqueue(Pending(fd: fd, address: Self.relayAddress, since: Date(), control: control)) }
+        for (fd, control) in taken {
+            enqueue(Pending(fd: fd, address: Self.relayAddress, since: Date(), control: control))
+        }
     }
 
     private func enqueue(_ pending: Pending) {

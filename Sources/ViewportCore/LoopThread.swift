@@ -4,10 +4,10 @@ import Synchronization
 /// A blocking loop (a C library's, usually) on a thread of its own: started once, woken, asked to stop, joined.
 ///
 /// The body runs on the thread until it returns. Between turns it checks ``isStopping``; when it has nothing to do
-/// it parks in ``wait(until:)``. ``wake()`` ends such a wait early and calls the `interrupt` given to ``start(interrupt:_:)``,
-/// which is how a wait inside the C library ends (shutting its socket down, for example). ``stop()`` asks the body
-/// to return and wakes it; ``join()`` waits until it has returned: after `join`, nothing the body calls runs any
-/// more.
+/// it parks in ``wait(until:)``. ``wake()`` ends such a wait early and calls the `interrupt` given to
+/// ``start(interrupt:_:)``, which is how a wait inside the C library ends (shutting its socket down, for example).
+/// ``stop()`` asks the body to return and wakes it; ``join()`` waits until it has returned: after `join`, nothing
+/// the body calls runs any more.
 public final class LoopThread: Sendable {
     private let name: String
     private let stopping = Atomic(false)
