@@ -29,6 +29,16 @@ static inline void vpd_rfb_init_server(rfbScreenInfoPtr screen) { rfbInitServer(
 /// True when the client finished the handshake (version, security, authentication, ClientInit).
 static inline int vpd_rfb_client_is_normal(rfbClientPtr cl) { return cl->state == RFB_NORMAL; }
 
+/// For a client whose viewer viewportd authenticated itself (the noVNC relay's): RFB 3.8 with the version and
+/// security handshake done, so the next message the screen reads is ClientInit. Offering that client security type
+/// None instead would offer it to every client: libvncserver's list of security handlers is process-wide and
+/// rfbSendSecurityTypeList rewrites it for each client, while rfbProcessClientSecurityType accepts any type on it.
+static inline void vpd_rfb_client_skip_security(rfbClientPtr cl) {
+    cl->protocolMajorVersion = 3;
+    cl->protocolMinorVersion = 8;
+    cl->state = RFB_INITIALISATION;
+}
+
 /// A non-blocking, close-on-exec IPv4 TCP socket listening on `host`:`port`, or -1. The bridge accepts on it
 /// itself (with poll), so libvncserver never FD_SETs a descriptor it did not get from the bridge.
 static inline int vpd_listen_tcp4(in_addr_t host, int port) {
@@ -49,16 +59,15 @@ static inline int vpd_listen_tcp4(in_addr_t host, int port) {
     return fd;
 }
 
-/// Accepts one connection of `listener` (non-blocking): its descriptor (close-on-exec), its numeric address in
-/// `host` (at least 16 bytes) and its port; -1 when none is waiting (or on error, see errno).
-static inline int vpd_accept4(int listener, char *host, int *port) {
+/// Accepts one connection of `listener` (non-blocking): its descriptor (close-on-exec) and its numeric address in
+/// `host` (at least 16 bytes); -1 when none is waiting (or on error, see errno).
+static inline int vpd_accept4(int listener, char *host) {
     struct sockaddr_in address;
     socklen_t length = sizeof(address);
     int fd = accept(listener, (struct sockaddr *)&address, &length);
     if (fd < 0) return -1;
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     if (address.sin_family != AF_INET || !inet_ntop(AF_INET, &address.sin_addr, host, 16)) strcpy(host, "?");
-    *port = ntohs(address.sin_port);
     return fd;
 }
 

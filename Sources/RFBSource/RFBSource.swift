@@ -55,16 +55,11 @@ public final class RFBSource: FrameSource, Sendable {
 
     public func start() {
         let worker = worker
-        let thread = Thread { worker.run() }
-        thread.name = "rfb-source"
-        thread.start()
+        worker.loop.start(interrupt: { worker.interrupt() }) { worker.run() }
     }
 
     /// Stops the source; its thread ends promptly, even in the middle of a read (its socket is shut down).
-    public func stop() {
-        worker.stopping.store(true, ordering: .releasing)
-        worker.interrupt()
-    }
+    public func stop() { worker.loop.stop() }
 
     public func deliver(_ input: RemoteInput) { worker.inbox.withLock { $0.append(input) } }
 }
@@ -80,8 +75,8 @@ public struct RFBError: Error, CustomStringConvertible {
     }
 }
 
-/// The client thread's state. `@unchecked Sendable`: everything but `stopping` and `inbox` (both synchronised)
-/// is used only on the client thread.
+/// The client thread's state. `@unchecked Sendable`: everything but `loop`, `inbox` and `interruptible` (all
+/// synchronised) is used only on the client thread.
 private final class Worker: @unchecked Sendable {
     let address: String
     let password: String?
@@ -89,7 +84,7 @@ private final class Worker: @unchecked Sendable {
     let options: RFBSource.Options
     let logger: Logger
     let onStateChange: @Sendable (SourceState) -> Void
-    let stopping = Atomic(false)
+    let loop = LoopThread(name: "rfb-source")
     let inbox = Mutex<[RemoteInput]>([])
     /// A second descriptor of the connection's socket, so another thread can shut the socket down (which ends any
     /// read or wait on it) without racing libvncclient closing its own descriptor. -1 while not connected.
@@ -122,7 +117,7 @@ private final class Worker: @unchecked Sendable {
         vpd_rfbclient_quiet()
         var lostSince: Date?
         var attempt = 0
-        while !stopping.load(ordering: .acquiring) {
+        while !loop.isStopping {
             switch connect() {
             case .success:
                 lostSince = nil
@@ -130,7 +125,7 @@ private final class Worker: @unchecked Sendable {
                 report(.connected)
                 serve()
                 disconnect()
-                guard !stopping.load(ordering: .acquiring) else { return }
+                guard !loop.isStopping else { return }
                 lostSince = Date()
                 hub.setStatus(.reconnecting)
                 report(.reconnecting(reason: "connection to the VNC server lost"))
@@ -148,13 +143,13 @@ private final class Worker: @unchecked Sendable {
             }
             attempt += 1
             let delay = min(5, 0.25 * pow(2, Double(min(attempt, 5))))
-            let deadline = Date().addingTimeInterval(delay)
-            while Date() < deadline, !stopping.load(ordering: .acquiring) { usleep(50_000) }
+            let deadline = DispatchTime.now() + delay
+            while DispatchTime.now() < deadline, !loop.isStopping { loop.wait(until: deadline) }
         }
     }
 
     private func report(_ new: SourceState) {
-        guard new != state, !stopping.load(ordering: .acquiring) else { return }
+        guard new != state, !loop.isStopping else { return }
         state = new
         if new == .connected { hub.setStatus(.live) }
         onStateChange(new)
@@ -316,7 +311,7 @@ private final class Worker: @unchecked Sendable {
     private func serve() {
         guard let client else { return }
         let interval = UInt64(1_000_000_000 / max(1, options.maxFPS))
-        while !stopping.load(ordering: .acquiring) {
+        while !loop.isStopping {
             let waiting = WaitForMessage(client, 20_000)
             if waiting < 0 { return }
             if waiting > 0, HandleRFBServerMessage(client) == 0 { return }

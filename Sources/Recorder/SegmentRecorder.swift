@@ -24,13 +24,11 @@ public final class SegmentRecorder: Sendable {
         let mailbox = Mailbox()
         self.mailbox = mailbox
         subscription = hub.subscribe(kind: .recorder, capacity: settings.queueFrames, maxBytes: settings.queueBytes) {
-            mailbox.wake()
+            mailbox.loop.wake()
         }
         let worker = Worker(mailbox: mailbox, subscription: subscription, writer: writer, path: path, origin: origin,
                             settings: settings, metrics: hub.metrics, logger: logger)
-        let thread = Thread { worker.run() }
-        thread.name = "recorder"
-        thread.start()
+        mailbox.loop.start { worker.run() }
     }
 
     deinit { mailbox.post { $0.finishing = true } }
@@ -117,23 +115,19 @@ private final class Mailbox: Sendable {
     }
 
     let state = Mutex(State())
-    private let semaphore = DispatchSemaphore(value: 0)
+    /// The encoder thread, which ends by itself once finishing (or failed).
+    let loop = LoopThread(name: "recorder")
 
     /// Changes the state, then wakes the encoder thread.
     func post(_ change: (inout State) -> Void) {
         state.withLock { change(&$0) }
-        wake()
+        loop.wake()
     }
-
-    func wake() { semaphore.signal() }
 
     /// The time of the earliest keyframe waiting, if any.
     var earliestKeyframe: UInt64? { state.withLock { $0.commands.compactMap(\.keyframeTime).min() } }
 
     var hasCommands: Bool { state.withLock { !$0.commands.isEmpty } }
-
-    /// Waits for a wake-up or until `deadline`.
-    func wait(until deadline: DispatchTime) { _ = semaphore.wait(timeout: deadline) }
 }
 
 /// The encoder thread's state.
@@ -190,7 +184,7 @@ private final class Worker: @unchecked Sendable {
             do { decoder = try JPEGDecoder() } catch { throw RecorderError("\(error)") }
             var finishing = false
             while true {
-                if !finishing { mailbox.wait(until: nextDeadline()) }
+                if !finishing { mailbox.loop.wait(until: nextDeadline()) }
                 let taken: [Mailbox.Command]
                 (taken, finishing) = mailbox.state.withLock { s in
                     defer { s.commands.removeAll() }

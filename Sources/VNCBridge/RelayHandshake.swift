@@ -1,17 +1,15 @@
-/// The RFB 3.8 handshake the noVNC relay performs between its WebSocket client and the session's VNC screen,
-/// without sockets: bytes in from either side, steps out. The client is offered security type None; the screen's
-/// VncAuth challenge is answered by `respond` (the relay's minted password).
-///
-/// Versions pass through (both must be RFB 003.008), the screen's security types (which must include VncAuth, 2)
-/// become [None] for the client, the client's choice (which must be None, 1) becomes VncAuth, the challenge is
-/// answered here and the security result passes through. Then ``isRelaying`` is true and whatever either side sent
-/// ahead comes out as the last steps; later bytes pass through unchanged.
+/// The RFB 3.8 handshake the noVNC relay performs with its WebSocket client, without sockets: bytes in from either
+/// side, steps out. The session's screen takes the relay's connection as authenticated already (viewportd checked
+/// the viewer's credential, see `VNCBridge.attach`): it sends its version and then waits for ClientInit. So the
+/// screen's version passes to the client, while the client's version and its choice of security type (None, the
+/// only one offered) are answered here and never reach the screen. Then ``isRelaying`` is true and whatever either
+/// side sent ahead comes out as the last steps; later bytes pass through unchanged.
 ///
 /// Every input is hostile: each side may have at most ``maxBuffered`` bytes waiting for the handshake to move on,
 /// and any violation ends in one ``Step/fail(_:)``, after which all input is ignored.
 public struct RelayHandshake {
     public enum Stage: Equatable, Sendable {
-        case serverVersion, clientVersion, securityTypes, clientChoice, challenge, result, relaying, failed
+        case serverVersion, clientVersion, clientChoice, relaying, failed
     }
 
     public enum Step: Equatable, Sendable {
@@ -23,7 +21,7 @@ public struct RelayHandshake {
         case fail(String)
     }
 
-    /// Most bytes a side may send ahead of the handshake (the real handshake needs 12 + 256 + 16 + 4 at most).
+    /// Most bytes a side may send ahead of the handshake (the real handshake needs 12 + 1 at most).
     public static let maxBuffered = 4096
     static let version = Array("RFB 003.008\n".utf8)
 
@@ -31,10 +29,8 @@ public struct RelayHandshake {
     public var isRelaying: Bool { stage == .relaying }
     private var fromServer: [UInt8] = []
     private var fromClient: [UInt8] = []
-    /// The VncAuth response to a 16-byte challenge, or nil when it cannot be computed.
-    private let respond: ([UInt8]) -> [UInt8]?
 
-    public init(respond: @escaping (_ challenge: [UInt8]) -> [UInt8]?) { self.respond = respond }
+    public init() {}
 
     /// Bytes the VNC screen sent.
     public mutating func serverSent(_ bytes: some Collection<UInt8>) -> [Step] {
@@ -79,31 +75,12 @@ public struct RelayHandshake {
             case .clientVersion:
                 guard let version = take(12, from: &fromClient) else { return steps }
                 guard version == Self.version else { return fail("the client must speak RFB 3.8") }
-                steps.append(.toServer(version))
-                stage = .securityTypes
-            case .securityTypes:
-                guard let count = fromServer.first else { return steps }
-                guard count > 0 else { return fail("the VNC screen refused the connection") }
-                guard let types = take(1 + Int(count), from: &fromServer) else { return steps }
-                guard types.dropFirst().contains(2) else { return fail("the VNC screen does not offer VNC authentication") }
-                steps.append(.toClient([1, 1]))  // one type: None
+                steps.append(.toClient([1, 1]))  // one security type: None
                 stage = .clientChoice
             case .clientChoice:
                 guard let choice = take(1, from: &fromClient) else { return steps }
                 guard choice == [1] else { return fail("the client must choose security type None") }
-                steps.append(.toServer([2]))  // VncAuth
-                stage = .challenge
-            case .challenge:
-                guard let challenge = take(16, from: &fromServer) else { return steps }
-                guard let response = respond(challenge), response.count == 16, response != challenge else {
-                    return fail("DES is not available (libgcrypt FIPS mode?)")
-                }
-                steps.append(.toServer(response))
-                stage = .result
-            case .result:
-                guard let result = take(4, from: &fromServer) else { return steps }
-                steps.append(.toClient(result))
-                guard result == [0, 0, 0, 0] else { return fail("the VNC screen refused the relay's password") }
+                steps.append(.toClient([0, 0, 0, 0]))  // SecurityResult: OK
                 stage = .relaying
                 if !fromServer.isEmpty { steps.append(.toClient(fromServer)) }
                 if !fromClient.isEmpty { steps.append(.toServer(fromClient)) }
@@ -123,11 +100,11 @@ public struct RelayHandshake {
     }
 
     /// Entry point for fuzzers: plays `script` as chunks, each a header byte (bit 7 set: from the screen, else from
-    /// the client; bits 0-6: the length) and that many bytes (fewer at the end), against a handshake whose
-    /// challenge response is fixed. Traps when an invariant breaks: at most one failure, nothing after it, never
-    /// more than `maxBuffered` bytes waiting, and once relaying, bytes pass through unchanged.
+    /// the client; bits 0-6: the length) and that many bytes (fewer at the end). Traps when an invariant breaks:
+    /// at most one failure, nothing after it, never more than `maxBuffered` bytes waiting, and once relaying, bytes
+    /// pass through unchanged.
     public static func fuzz(_ script: UnsafeRawBufferPointer) {
-        var handshake = RelayHandshake { challenge in challenge.map { $0 ^ 0x5A } }
+        var handshake = RelayHandshake()
         var index = 0
         var failed = false
         while index < script.count {

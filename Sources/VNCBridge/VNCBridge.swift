@@ -23,6 +23,9 @@ public struct VNCError: Error, CustomStringConvertible {
 /// Every byte a client sends is hostile until it authenticated. The bridge accepts connections itself (poll, not
 /// select) and hands libvncserver only descriptors below FD_SETSIZE; it caps the clients that have not finished the
 /// handshake per address and per screen, and disconnects any that has not finished it within `handshakeTimeout`.
+///
+/// noVNC viewers come through ``WebSocketRelay``, which hands the screen its connection directly
+/// (`attach(_:control:)`): no TCP connection, no password, since viewportd authenticated the viewer already.
 public final class VNCBridge: Sendable {
     public struct Options: Sendable {
         /// Address to listen on (IPv4).
@@ -70,18 +73,19 @@ public final class VNCBridge: Sendable {
         port = try worker.open(options: options, name: name)
         self.passwords = passwords
         self.worker = worker
-        let thread = Thread { worker.run() }
-        thread.name = "vnc-bridge"
-        thread.start()
+        worker.loop.start { worker.run() }
     }
 
-    deinit { worker.stop(wait: false) }
+    deinit { worker.loop.stop() }
 
     /// Where the screen's peers are counted.
     var metrics: StreamMetrics { worker.hub.metrics }
 
     /// Disconnects every client, closes the port and waits for the screen's thread to end. Idempotent.
-    public func close() { worker.stop(wait: true) }
+    public func close() {
+        worker.loop.stop()
+        worker.loop.join()
+    }
 
     /// Authenticated clients connected now.
     public var clientCount: Int { worker.clients.load(ordering: .relaxed) }
@@ -92,12 +96,21 @@ public final class VNCBridge: Sendable {
     /// True while the screen is subscribed to the session's frames (only with an authenticated client).
     public var isSubscribed: Bool { worker.subscribed.load(ordering: .relaxed) }
 
-    /// Tells the screen that the relay will connect from 127.0.0.1:`port`: that connection is not counted against
-    /// the per-address cap of unauthenticated clients (every relay connects from 127.0.0.1).
-    func expectRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.insert(port) } }
-
-    /// A relay announced with ``expectRelay(fromPort:)`` did not connect after all.
-    func forgetRelay(fromPort port: Int) { worker.relayPorts.withLock { _ = $0.remove(port) } }
+    /// Hands the screen a connection whose viewer viewportd authenticated (the noVNC relay's end of a socket pair):
+    /// the screen sends it its RFB version and then reads its ClientInit, with no security handshake in between;
+    /// its input reaches the browser when `control`. False when the screen is closed or `fd` is past select()'s
+    /// limit; the caller keeps `fd` then, else the screen owns it.
+    func attach(_ fd: Int32, control: Bool) -> Bool {
+        guard fd < Worker.selectLimit else {
+            worker.refusedDescriptor(Worker.relayAddress)
+            return false
+        }
+        return worker.handed.withLock { handed in
+            guard handed != nil else { return false }
+            handed?.append((fd, control))
+            return true
+        }
+    }
 }
 
 private let quietVNC: Void = {
@@ -111,7 +124,6 @@ public final class VNCPasswords: Sendable {
         var password: [CChar]
         var expiresAt: Date
         var control: Bool
-        var `internal` = false
     }
 
     private let entries = Mutex<[Entry]>([])
@@ -128,18 +140,8 @@ public final class VNCPasswords: Sendable {
         return password
     }
 
-    /// A password for viewportd's own noVNC relay, which authenticated its client already: it is not
-    /// throttled and does not count for the address (every relay connects from 127.0.0.1).
-    func mintInternal(control: Bool) -> String {
-        let password = mint(control: control, expiresAt: Date().addingTimeInterval(30))
-        entries.withLock { entries in
-            if let index = entries.lastIndex(where: { String(cString: $0.password) == password }) { entries[index].internal = true }
-        }
-        return password
-    }
-
-    /// The grant of the valid password that answers `challenge` with `response`, if any.
-    func check(challenge: [UInt8], response: [UInt8], now: Date = Date()) -> (control: Bool, internal: Bool)? {
+    /// Whether the valid password that answers `challenge` with `response` grants control; nil when none does.
+    func check(challenge: [UInt8], response: [UInt8], now: Date = Date()) -> Bool? {
         let valid = entries.withLock { entries in
             entries.removeAll { $0.expiresAt <= now }
             return entries
@@ -150,7 +152,7 @@ public final class VNCPasswords: Sendable {
             vpd_rfb_encrypt(&expected, &password)
             // DES refused (libgcrypt in FIPS mode leaves the bytes as they were): never accept an echo.
             guard expected != challenge else { return nil }
-            if expected == response { return (entry.control, entry.internal) }
+            if expected == response { return entry.control }
         }
         return nil
     }
@@ -191,7 +193,7 @@ public final class VNCAuthThrottle: Sendable {
 
 /// The screen and everything that touches it. `@unchecked Sendable`: after `open` the screen, the framebuffer
 /// and the client states are used only on the bridge's thread (libvncserver calls the hooks from
-/// `rfbProcessEvents` there); other threads only set `stopping` and read `clients`.
+/// `rfbProcessEvents` there); other threads only use `loop` and `handed` and read the counts.
 private final class Worker: @unchecked Sendable {
     let hub: FrameHub
     let passwords: VNCPasswords
@@ -204,20 +206,28 @@ private final class Worker: @unchecked Sendable {
     /// Clients not authenticated yet: in libvncserver's handshake, or accepted and queued.
     let unauthenticated = Atomic(0)
     let subscribed = Atomic(false)
-    /// Local ports the relay announced it connects from (see `VNCBridge.expectRelay`).
-    let relayPorts = Mutex<Set<Int>>([])
+    /// The screen's thread.
+    let loop = LoopThread(name: "vnc-bridge")
+    /// Connections of the relay handed over by `VNCBridge.attach`, for the screen's thread; nil once it closed.
+    let handed = Mutex<[(fd: Int32, control: Bool)]?>([])
     private var listener: Int32 = -1
-    /// Accepted connections waiting to be handed to libvncserver, one per turn of the loop (each costs up to
-    /// 100 ms there: libvncserver peeks for a WebSocket handshake before it greets a client).
-    private var queue: [(fd: Int32, address: String, since: Date)] = []
+    /// A connection waiting to be handed to libvncserver. `control` is set for one of the relay, whose viewer is
+    /// authenticated already.
+    private struct Pending {
+        let fd: Int32
+        let address: String
+        let since: Date
+        var control: Bool?
+    }
+    /// Connections waiting to be handed to libvncserver, one per turn of the loop (each costs up to 100 ms there:
+    /// libvncserver peeks for a WebSocket handshake before it greets a client).
+    private var queue: [Pending] = []
     /// Unauthenticated clients (queued or in libvncserver) per address.
     private var pendingByAddress: [String: Int] = [:]
     /// The connection being handed to libvncserver, for `clientArrived`.
-    private var admitting: (address: String, since: Date)?
+    private var admitting: Pending?
     private var nextSweep = Date.distantPast
     private let refusalLog = RateLimit(every: 1)
-    private let stopping = Atomic(false)
-    private let finished = DispatchSemaphore(value: 0)
     private var screen: rfbScreenInfoPtr?
     private var framebuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var scratch = UnsafeMutableRawBufferPointer(start: nil, count: 0)
@@ -235,6 +245,8 @@ private final class Worker: @unchecked Sendable {
     static let firstHandshake = Mutex(())
     /// FD_SETSIZE of glibc.
     static let selectLimit: Int32 = 1024
+    /// The address of the relay's clients, in the logs and the counts.
+    static let relayAddress = "noVNC relay"
 
     init(hub: FrameHub, passwords: VNCPasswords, throttle: VNCAuthThrottle, input: (any InputTarget)?,
          options: VNCBridge.Options, logger: Logger)
@@ -312,8 +324,9 @@ private final class Worker: @unchecked Sendable {
     }
 
     func run() {
-        while !stopping.load(ordering: .acquiring), let screen {
+        while !loop.isStopping, let screen {
             acceptClients()
+            takeHanded()
             admitOne(screen)
             if Self.securityListSettled.load(ordering: .acquiring) {
                 rfbProcessEvents(screen, 10_000)
@@ -330,6 +343,11 @@ private final class Worker: @unchecked Sendable {
         subscription?.cancel()
         subscription = nil
         subscribed.store(false, ordering: .relaxed)
+        let handedLast = handed.withLock { handed in
+            defer { handed = nil }
+            return handed ?? []
+        }
+        for entry in handedLast { Foundation.close(entry.fd) }
         for entry in queue { Foundation.close(entry.fd) }
         queue = []
         if listener >= 0 { Foundation.close(listener) }
@@ -340,14 +358,6 @@ private final class Worker: @unchecked Sendable {
             rfbScreenCleanup(screen)
         }
         screen = nil
-        finished.signal()
-    }
-
-    func stop(wait: Bool) {
-        guard stopping.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else {
-            return
-        }
-        if wait { finished.wait() }
     }
 
     // MARK: - Clients
@@ -357,33 +367,49 @@ private final class Worker: @unchecked Sendable {
     private func acceptClients() {
         var host = [CChar](repeating: 0, count: 64)
         for _ in 0..<256 {
-            var peerPort: Int32 = 0
-            let fd = vpd_accept4(listener, &host, &peerPort)
+            let fd = vpd_accept4(listener, &host)
             guard fd >= 0 else { return }
             let address = String(cString: host)
             guard fd < Self.selectLimit else {
                 Foundation.close(fd)
-                VNCBridge.Counters.refusedDescriptorCount.add(1, ordering: .relaxed)
-                hub.metrics.peerLimited(.vncClientDescriptors)
-                logRefusal("VNC client refused: descriptor past select()'s limit of \(Self.selectLimit)", address)
+                refusedDescriptor(address)
                 continue
             }
-            let relay = address == "127.0.0.1" && relayPorts.withLock { $0.remove(Int(peerPort)) != nil }
-            if !relay {
-                guard pendingByAddress[address, default: 0] < options.maxUnauthenticatedPerAddress,
-                      unauthenticated.load(ordering: .relaxed) < options.maxUnauthenticated
-                else {
-                    Foundation.close(fd)
-                    VNCBridge.Counters.refusedUnauthenticatedCount.add(1, ordering: .relaxed)
-                    hub.metrics.peerLimited(.vncClientUnauthenticated)
-                    logRefusal("VNC client refused: too many unauthenticated clients from its address or on the screen", address)
-                    continue
-                }
+            guard pendingByAddress[address, default: 0] < options.maxUnauthenticatedPerAddress,
+                  unauthenticated.load(ordering: .relaxed) < options.maxUnauthenticated
+            else {
+                Foundation.close(fd)
+                VNCBridge.Counters.refusedUnauthenticatedCount.add(1, ordering: .relaxed)
+                hub.metrics.peerLimited(.vncClientUnauthenticated)
+                logRefusal("VNC client refused: too many unauthenticated clients from its address or on the screen", address)
+                continue
             }
-            pendingByAddress[address, default: 0] += 1
-            unauthenticated.add(1, ordering: .relaxed)
-            queue.append((fd, address, Date()))
+            enqueue(Pending(fd: fd, address: address, since: Date()))
         }
+    }
+
+    /// Queues the relay's connections (they are not capped: their viewers are authenticated).
+    private func takeHanded() {
+        let taken = handed.withLock { handed in
+            defer { if handed != nil { handed = [] } }
+            return handed ?? []
+        }
+        for (fd, control) in taken {
+            enqueue(Pending(fd: fd, address: Self.relayAddress, since: Date(), control: control))
+        }
+    }
+
+    private func enqueue(_ pending: Pending) {
+        pendingByAddress[pending.address, default: 0] += 1
+        unauthenticated.add(1, ordering: .relaxed)
+        queue.append(pending)
+    }
+
+    /// Counts (and logs, rate-limited) a client refused for a descriptor past FD_SETSIZE. Any thread.
+    func refusedDescriptor(_ address: String) {
+        VNCBridge.Counters.refusedDescriptorCount.add(1, ordering: .relaxed)
+        hub.metrics.peerLimited(.vncClientDescriptors)
+        logRefusal("VNC client refused: descriptor past select()'s limit of \(Self.selectLimit)", address)
     }
 
     /// At most one warning a second: a flood of refusals must not flood the log.
@@ -396,12 +422,18 @@ private final class Worker: @unchecked Sendable {
     private func admitOne(_ screen: rfbScreenInfoPtr) {
         guard !queue.isEmpty else { return }
         let entry = queue.removeFirst()
-        admitting = (entry.address, entry.since)
-        _ = rfbNewClient(screen, entry.fd)
+        admitting = entry
+        let cl = rfbNewClient(screen, entry.fd)
         if admitting != nil {
             // libvncserver gave up on it before calling newClientHook (it closed the descriptor).
             admitting = nil
             unauthenticatedLeft(entry.address)
+        } else if let control = entry.control, let cl, let state = ClientState.of(cl) {
+            // The relay answers its viewer's security handshake itself (see `vpd_rfb_client_skip_security`).
+            vpd_rfb_client_skip_security(cl)
+            cl.pointee.viewOnly = control ? vpd_rfb_false() : vpd_rfb_true()
+            clientAuthenticated(cl, state)
+            logger.info("noVNC client connected", metadata: ["control": "\(control)"])
         }
     }
 
@@ -501,23 +533,23 @@ private final class Worker: @unchecked Sendable {
     }
 
     /// Checks the client's challenge response. While its address is blocked for wrong passwords, every minted
-    /// password fails too (the guess is wasted); the relay's own passwords are never throttled nor counted.
+    /// password fails too (the guess is wasted).
     private func checkPassword(_ cl: rfbClientPtr, _ response: UnsafeRawBufferPointer) -> rfbBool {
         Self.securityListSettled.store(true, ordering: .releasing)
         guard let state = ClientState.of(cl), !state.authenticated else { return vpd_rfb_false() }
         let address = state.address
         let challenge = withUnsafeBytes(of: cl.pointee.authChallenge) { Array($0) }
-        let grant = response.count == challenge.count ? passwords.check(challenge: challenge, response: Array(response)) : nil
-        guard let grant, grant.internal || throttle.allows(address) else {
-            if grant == nil { throttle.record(address, success: false) }
+        let control = response.count == challenge.count ? passwords.check(challenge: challenge, response: Array(response)) : nil
+        guard let control, throttle.allows(address) else {
+            if control == nil { throttle.record(address, success: false) }
             logger.notice("VNC client refused: wrong or expired password, or too many wrong ones",
                           metadata: ["address": "\(address)"])
             return vpd_rfb_false()
         }
-        if !grant.internal { throttle.record(address, success: true) }
-        cl.pointee.viewOnly = grant.control ? vpd_rfb_false() : vpd_rfb_true()
+        throttle.record(address, success: true)
+        cl.pointee.viewOnly = control ? vpd_rfb_false() : vpd_rfb_true()
         clientAuthenticated(cl, state)
-        logger.info("VNC client connected", metadata: ["address": "\(address)", "control": "\(grant.control)"])
+        logger.info("VNC client connected", metadata: ["address": "\(address)", "control": "\(control)"])
         return vpd_rfb_true()
     }
 

@@ -1,5 +1,5 @@
-import CVNC
 import Foundation
+import Glibc
 public import Logging
 import Synchronization
 import ViewportCore
@@ -7,19 +7,20 @@ public import WebSocketIO
 
 /// RFB over WebSocket for noVNC: relays one authenticated WebSocket to its session's VNC screen.
 ///
-/// The WebSocket was authenticated by viewportd (API key or viewer token), so the VNC-level password is answered
-/// here, with a password minted for this connection alone: noVNC is offered the "None" security type and never
-/// prompts (see ``RelayHandshake``). From then on bytes flow unchanged both ways.
+/// The WebSocket was authenticated by viewportd (API key or viewer token), so the screen takes the relay's
+/// connection as authenticated too: the relay makes a socket pair, hands one end to the screen
+/// (`VNCBridge.attach`), and answers the client's security handshake itself, offering None, so noVNC never prompts
+/// (see ``RelayHandshake``). From then on bytes flow unchanged both ways.
 ///
 /// Both directions are bounded in bytes, and the event loop's service thread never blocks:
 /// - screen → client: what the reader thread read and the WebSocket has not taken yet (in flight to the service
 ///   thread or queued) is at most ``Limits/toClientBytes``; beyond, the client is not reading and is closed with
 ///   1008 "client is not reading".
-/// - client → screen: writes to the TCP socket never block (MSG_DONTWAIT); what the screen has not taken waits in
+/// - client → screen: writes to the socket never block (MSG_DONTWAIT); what the screen has not taken waits in
 ///   a buffer of at most ``Limits/toServerBytes`` and is retried every 10 ms; beyond, the client is closed with 1008.
 ///
 /// `@unchecked Sendable`: its state is confined to the event loop's service thread; the reader thread only
-/// reads the TCP socket, counts what it read in `budget` and hands it to that thread.
+/// reads the relay's end of the socket pair, counts what it read in `budget` and hands it to that thread.
 public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     public struct Limits: Sendable {
         /// Bytes from the screen not yet taken by the WebSocket, at most.
@@ -48,8 +49,10 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     private let logger: Logger
     private let limits: Limits
     private let budget = Budget()
+    /// The relay's end of the socket pair (-1 before and after).
     private var fd: Int32 = -1
-    private var handshake: RelayHandshake
+    private let reading = LoopThread(name: "vnc-relay")
+    private var handshake = RelayHandshake()
     /// Bytes for the client; `outboxStart` is the first not yet taken.
     private var outbox: [UInt8] = []
     private var outboxStart = 0
@@ -57,7 +60,6 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     private var toServer: [UInt8] = []
     private var flushScheduled = false
     private weak var socket: WebSocket?
-    private let password = Box()
     private var closed = false
 
     /// A relay to `bridge`; the client may drive the browser when `control`.
@@ -67,25 +69,26 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
         self.loop = loop
         self.logger = logger
         self.limits = limits
-        handshake = RelayHandshake { [password] challenge in
-            var response = challenge
-            var key = Array(password.value.utf8CString)
-            vpd_rfb_encrypt(&response, &key)
-            return response
-        }
     }
 
     public func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket
-        password.value = bridge.passwords.mintInternal(control: control)
-        fd = Self.connectLoopback(port: bridge.port, announce: { bridge.expectRelay(fromPort: $0) },
-                                  withdraw: { bridge.forgetRelay(fromPort: $0) })
-        guard fd >= 0 else {
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
             socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
             return
         }
+        // The screen selects on its end (libvncserver, FD_SETSIZE): it gets the lower descriptor.
+        let (screenEnd, ownEnd) = (min(ends[0], ends[1]), max(ends[0], ends[1]))
+        guard bridge.attach(screenEnd, control: control) else {
+            close(screenEnd)
+            close(ownEnd)
+            socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
+            return
+        }
+        fd = ownEnd
         let reader = Reader(fd: fd, budget: budget, limit: limits.toClientBytes)
-        let thread = Thread { [loop, fd] in
+        reading.start(interrupt: { [fd] in _ = shutdown(fd, Int32(SHUT_RDWR)) }) { [loop, fd] in
             reader.run { event in
                 loop.execute { [weak self] in
                     guard let self else {
@@ -106,8 +109,6 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
                 }
             }
         }
-        thread.name = "vnc-relay"
-        thread.start()
     }
 
     public func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
@@ -139,9 +140,8 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     public func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
         closed = true
         toServer = []
-        if fd >= 0 {
-            shutdown(fd, Int32(SHUT_RDWR))  // the reader sees end of file and closes the descriptor
-        }
+        // The reader's socket is shut down: it reports the end, and `serverClosed` closes the descriptor.
+        if fd >= 0 { reading.stop() }
     }
 
     private func serverSent(_ bytes: [UInt8]) {
@@ -217,48 +217,6 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
         flushScheduled = true
         loop.schedule(after: 0.01) { [weak self] in self?.flush() }
     }
-
-    /// A TCP connection to the screen on 127.0.0.1 from a port announced with `announce` before connecting (and
-    /// withdrawn if the connection fails). Runs on the service thread: the connect waits 200 ms at most (a screen
-    /// whose backlog is full would otherwise hold the thread through SYN retries).
-    private static func connectLoopback(port: Int, announce: (Int) -> Void, withdraw: (Int) -> Void) -> Int32 {
-        let fd = Foundation.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-            | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else {
-            close(fd)
-            return -1
-        }
-        let localPort = Int(UInt16(bigEndian: address.sin_port))
-        announce(localPort)
-        address.sin_port = UInt16(port).bigEndian
-        var connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-        if !connected, errno == EINPROGRESS { connected = finishConnect(fd, within: 200) }
-        guard connected else {
-            withdraw(localPort)
-            close(fd)
-            return -1
-        }
-        // The reader thread reads with blocking calls; the writes use MSG_DONTWAIT.
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        return fd
-    }
-}
-
-/// The minted password, set on the service thread before the first challenge can arrive.
-private final class Box: @unchecked Sendable {
-    var value = ""
 }
 
 /// Bytes the reader read from the screen that the WebSocket has not taken yet.
@@ -266,8 +224,8 @@ private final class Budget: Sendable {
     let bytes = Atomic(0)
 }
 
-/// Reads the TCP side on a thread of its own until end of file or until the client falls too far behind (the
-/// relay owns and closes the descriptor).
+/// Reads the relay's end of the socket pair on a thread of its own until end of file or until the client falls too
+/// far behind (the relay owns and closes the descriptor).
 private final class Reader: Sendable {
     enum Event: Sendable {
         case bytes([UInt8])

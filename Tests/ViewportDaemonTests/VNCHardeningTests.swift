@@ -2,7 +2,8 @@ import Foundation
 import Logging
 import Testing
 import RFBSource
-import VNCBridge
+import Synchronization
+@testable import VNCBridge
 @testable import ViewportDaemon
 import ViewportCore
 
@@ -113,103 +114,70 @@ func mintVNC(_ base: String, _ id: String) async throws -> (port: Int, password:
 @Suite("noVNC relay handshake as a pure state machine")
 struct RelayHandshakeTests {
     static let version = Array("RFB 003.008\n".utf8)
-    static let challenge = Array(0..<16 as Range<UInt8>)
-
-    private func handshake() -> RelayHandshake { RelayHandshake { challenge in challenge.map { $0 ^ 0xFF } } }
 
     private func failures(_ steps: [RelayHandshake.Step]) -> [String] {
         steps.compactMap { if case .fail(let reason) = $0 { reason } else { nil } }
     }
 
-    @Test func aWellBehavedHandshakeOffersNoneAnswersTheChallengeAndThenPassesBytesThrough() {
-        var h = handshake()
+    @Test func aWellBehavedHandshakeOffersNoneAnswersItHereAndThenPassesBytesThrough() {
+        var h = RelayHandshake()
         #expect(h.serverSent(Self.version) == [.toClient(Self.version)])
-        #expect(h.clientSent(Self.version) == [.toServer(Self.version)])
-        #expect(h.serverSent([2, 16, 2]) == [.toClient([1, 1])], "the screen's types become [None]")
-        #expect(h.clientSent([1]) == [.toServer([2])], "None becomes VncAuth")
-        #expect(h.serverSent(Self.challenge) == [.toServer(Self.challenge.map { $0 ^ 0xFF })])
-        #expect(h.serverSent([0, 0, 0, 0, 9, 9]) == [.toClient([0, 0, 0, 0]), .toClient([9, 9])], "bytes sent ahead follow")
+        #expect(h.clientSent(Self.version) == [.toClient([1, 1])], "the client's version stays here; None offered")
+        #expect(h.clientSent([1, 1, 9]) == [.toClient([0, 0, 0, 0]), .toServer([1, 9])],
+                "None accepted here; ClientInit and what follows go to the screen")
         #expect(h.isRelaying)
         #expect(h.clientSent([1]) == [.toServer([1])])
         #expect(h.serverSent([7, 8]) == [.toClient([7, 8])])
     }
 
     @Test func bytesArrivingOneAtATimeGiveTheSameSteps() {
-        var h = handshake()
+        var h = RelayHandshake()
         var steps: [RelayHandshake.Step] = []
         for byte in Self.version { steps += h.serverSent([byte]) }
-        for byte in Self.version { steps += h.clientSent([byte]) }
-        for byte in [1, 2] as [UInt8] { steps += h.serverSent([byte]) }
-        steps += h.clientSent([1])
-        for byte in Self.challenge + [0, 0, 0, 0] { steps += h.serverSent([byte]) }
-        #expect(steps == [.toClient(Self.version), .toServer(Self.version), .toClient([1, 1]), .toServer([2]),
-                          .toServer(Self.challenge.map { $0 ^ 0xFF }), .toClient([0, 0, 0, 0])])
+        for byte in Self.version + [1] { steps += h.clientSent([byte]) }
+        #expect(steps == [.toClient(Self.version), .toClient([1, 1]), .toClient([0, 0, 0, 0])])
+        #expect(h.isRelaying)
+    }
+
+    @Test func theClientWaitsForTheScreensVersionAndWhatTheScreenSendsAheadFollowsTheResult() {
+        var h = RelayHandshake()
+        #expect(h.clientSent(Self.version + [1]).isEmpty, "nothing before the screen spoke")
+        #expect(h.serverSent(Self.version + [5]) == [.toClient(Self.version), .toClient([1, 1]), .toClient([0, 0, 0, 0]),
+                                                     .toClient([5])])
         #expect(h.isRelaying)
     }
 
     @Test func truncatedInputsWaitWithoutFailing() {
-        var h = handshake()
+        var h = RelayHandshake()
         #expect(h.serverSent(Self.version.prefix(11)).isEmpty)
         #expect(h.serverSent(Self.version.suffix(1)) == [.toClient(Self.version)])
-        #expect(h.clientSent(Self.version) == [.toServer(Self.version)])
-        #expect(h.serverSent([255] + [UInt8](repeating: 16, count: 200)).isEmpty, "255 types announced, 200 arrived")
-        #expect(h.stage == .securityTypes)
+        #expect(h.clientSent(Self.version.prefix(5)).isEmpty)
+        #expect(h.stage == .clientVersion)
     }
 
-    @Test func wrongVersionsRefusedTypesAndWrongChoicesFailOnce() {
-        var h = handshake()
+    @Test func wrongVersionsAndWrongChoicesFailOnce() {
+        var h = RelayHandshake()
         #expect(failures(h.serverSent(Array("RFB 003.003\n".utf8))) == ["the VNC screen does not speak RFB 3.8"])
         #expect(h.serverSent(Self.version).isEmpty && h.clientSent(Self.version).isEmpty, "nothing after a failure")
 
-        h = handshake()
+        h = RelayHandshake()
         _ = h.serverSent(Self.version)
         #expect(failures(h.clientSent(Array("RFB 004.000\n".utf8))) == ["the client must speak RFB 3.8"])
 
-        h = handshake()
+        h = RelayHandshake()
         _ = h.serverSent(Self.version)
         _ = h.clientSent(Self.version)
-        #expect(failures(h.serverSent([0, 0, 0, 0, 5] + Array("nope!".utf8))) == ["the VNC screen refused the connection"],
-                "security-type count 0")
-
-        h = handshake()
-        _ = h.serverSent(Self.version)
-        _ = h.clientSent(Self.version)
-        #expect(failures(h.serverSent([255] + [UInt8](repeating: 16, count: 255))) == ["the VNC screen does not offer VNC authentication"])
-
-        h = handshake()
-        _ = h.serverSent(Self.version)
-        _ = h.clientSent(Self.version)
-        #expect(h.serverSent([255] + [UInt8](repeating: 16, count: 254) + [2]) == [.toClient([1, 1])], "255 types with VncAuth last")
-        #expect(failures(h.clientSent([2])) == ["the client must choose security type None"])
-
-        h = handshake()
-        _ = h.serverSent(Self.version)
-        _ = h.clientSent(Self.version)
-        _ = h.serverSent([1, 2])
-        _ = h.clientSent([1])
-        _ = h.serverSent(Self.challenge)
-        let refused = h.serverSent([0, 0, 0, 1])
-        #expect(refused.first == .toClient([0, 0, 0, 1]) && failures(refused) == ["the VNC screen refused the relay's password"])
+        #expect(failures(h.clientSent([2])) == ["the client must choose security type None"], "VncAuth is not offered")
         #expect(h.stage == .failed)
     }
 
-    @Test func aChallengeThatCannotBeAnsweredFails() {
-        var h = RelayHandshake { $0 }  // DES unavailable leaves the bytes as they were
-        _ = h.serverSent(Self.version)
-        _ = h.clientSent(Self.version)
-        _ = h.serverSent([1, 2])
-        _ = h.clientSent([1])
-        #expect(failures(h.serverSent(Self.challenge)) == ["DES is not available (libgcrypt FIPS mode?)"])
-    }
-
     @Test func eitherSideSendingTooMuchAheadFailsInsteadOfBuffering() {
-        var h = handshake()
+        var h = RelayHandshake()
         #expect(failures(h.clientSent([UInt8](repeating: 0x41, count: RelayHandshake.maxBuffered + 1)))
                 == ["the client sent too much during the handshake"])
-        h = handshake()
+        h = RelayHandshake()
         _ = h.serverSent(Self.version)
-        #expect(failures(h.serverSent([UInt8](repeating: 0, count: 10 << 20))) == ["the VNC screen sent too much during the handshake"],
-                "a huge count")
+        #expect(failures(h.serverSent([UInt8](repeating: 0, count: 10 << 20))) == ["the VNC screen sent too much during the handshake"])
     }
 
     @Test func theFuzzEntryPointSurvivesRandomAndHandshakeShapedScripts() {
@@ -217,9 +185,8 @@ struct RelayHandshakeTests {
         for round in 0..<3000 {
             var script = (0..<Int.random(in: 0...600, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
             if round % 2 == 0 {
-                // A valid prefix, so the later stages are reached too.
-                script = [0x8C] + Self.version + [0x0C] + Self.version + [0x82, 1, 2, 0x01, 1, 0x90] + Self.challenge
-                    + [0x84, 0, 0, 0, 0] + script
+                // A valid prefix, so relaying is reached too.
+                script = [0x8C] + Self.version + [0x0C] + Self.version + [0x01, 1] + script
             }
             script.withUnsafeBytes { RelayHandshake.fuzz($0) }
         }
@@ -266,6 +233,37 @@ struct VNCScreenAdmissionTests {
         }
     }
 
+    @Test func threeWrongPasswordsFromAnAddressBlockEvenTheRightOneUntilTheBackoffEnds() async throws {
+        let (bridge, hub) = try bridge()
+        defer { bridge.close() }
+        let pixels = FrameBytes(count: 64 * 48 * 4)
+        pixels.payload.initializeMemory(as: UInt8.self, repeating: 0x80, count: pixels.count)
+        hub.publish(jpeg: FrameBytes(count: 0), width: 64, height: 48, captureTime: 1, url: nil, pixels: pixels)
+        let password = bridge.passwords.mint(control: false, expiresAt: Date().addingTimeInterval(60))
+        /// Whether a libvncclient client with `password` gets in.
+        func connects(_ password: String) async throws -> Bool {
+            let outcome = Mutex<Bool?>(nil)
+            let client = RFBSource(address: "127.0.0.1:\(bridge.port)", password: password, hub: FrameHub(),
+                                   options: .init(), logger: Logger(label: "test")) { state in
+                switch state {
+                case .connected: outcome.withLock { $0 = $0 ?? true }
+                case .failed: outcome.withLock { $0 = $0 ?? false }
+                default: break
+                }
+            }
+            client.start()
+            defer { client.stop() }
+            try await eventually("the client gets in or is refused", timeout: 10) { outcome.withLock { $0 } != nil }
+            return outcome.withLock { $0 } == true
+        }
+        for wrong in ["wrongpw1", "wrongpw2", "wrongpw3"] { #expect(try await !connects(wrong)) }
+        let blockedAt = Date()
+        #expect(try await !connects(password), "the right password is refused while the address is blocked")
+        try #require(Date().timeIntervalSince(blockedAt) < 1, "the attempt came within the 1 s block")
+        try await Task.sleep(for: .seconds(1.2))
+        #expect(try await connects(password), "and let in after the backoff")
+    }
+
     @Test func aClientThatNeverFinishesTheHandshakeIsDisconnectedAfterTheTimeout() async throws {
         let (bridge, _) = try bridge { $0.handshakeTimeout = 1 }
         defer { bridge.close() }
@@ -309,6 +307,73 @@ struct VNCScreenAdmissionTests {
         let again = tcpConnect(port: bridge.port, from: "127.0.0.4")
         defer { close(again) }
         #expect(greeted(again))
+    }
+}
+
+// MARK: - The relay's door to the screen, in process
+
+@Suite("noVNC relay's connection to the VNC screen", .serialized)
+struct VNCScreenHandoffTests {
+    /// Input the screen forwarded.
+    private final class InputLog: InputTarget {
+        let events = Mutex<[RemoteInput]>([])
+        func deliver(_ input: RemoteInput) { events.withLock { $0.append(input) } }
+    }
+
+    @Test func aHandedConnectionSkipsTheSecurityHandshakeAndItsInputFollowsTheViewersGrant() async throws {
+        let hub = FrameHub()
+        let pixels = FrameBytes(count: 64 * 48 * 4)
+        pixels.payload.initializeMemory(as: UInt8.self, repeating: 0x80, count: pixels.count)
+        hub.publish(jpeg: FrameBytes(count: 0), width: 64, height: 48, captureTime: 1, url: nil, pixels: pixels)
+        let input = InputLog()
+        var options = VNCBridge.Options()
+        options.ports = 5950...5999
+        let bridge = try VNCBridge(hub: hub, options: options, throttle: VNCAuthThrottle(), input: input, name: "test",
+                                   logger: Logger(label: "test"))
+        defer { bridge.close() }
+        let press = [5, 1, 0, 10, 0, 10] as [UInt8], release = [5, 0, 0, 10, 0, 10] as [UInt8]
+
+        for control in [false, true] {
+            var ends: [Int32] = [-1, -1]
+            try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+            let viewer = ends[1]
+            defer { close(viewer) }
+            #expect(bridge.attach(ends[0], control: control))
+            #expect(readAvailable(viewer, within: 2, until: 12).bytes == Array("RFB 003.008\n".utf8))
+            sendAll(viewer, [1])  // ClientInit (shared) at once: no version, no security type, no password
+            let serverInit = readAvailable(viewer, within: 2, until: 24 + 4).bytes
+            try #require(serverInit.count == 28, "ServerInit: \(serverInit)")
+            #expect(Array(serverInit[0..<4]) == [0, 64, 0, 48], "the screen at the frame's size")
+            #expect(bridge.clientCount == 1 && bridge.unauthenticatedCount == 0 && bridge.isSubscribed)
+            sendAll(viewer, press + release)
+            if control {
+                try await eventually("the press and release reach the browser") { input.events.withLock { $0.count } >= 3 }
+            } else {
+                try await Task.sleep(for: .milliseconds(300))
+                #expect(input.events.withLock { $0.isEmpty }, "a view-only viewer's input is ignored")
+            }
+            close(ends[1])
+            try await eventually("the screen lets it go") { bridge.clientCount == 0 }
+        }
+    }
+
+    @Test func aHandedDescriptorPastSelectsLimitIsRefusedAndLeftToTheCaller() throws {
+        try raiseDescriptorLimit(to: 2048)
+        let hub = FrameHub()
+        var options = VNCBridge.Options()
+        options.ports = 5950...5999
+        let bridge = try VNCBridge(hub: hub, options: options, throttle: VNCAuthThrottle(), input: nil, name: "test",
+                                   logger: Logger(label: "test"))
+        defer { bridge.close() }
+        var ends: [Int32] = [-1, -1]
+        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        let high = fcntl(ends[0], F_DUPFD, 1100)
+        defer { close(ends[0]); close(ends[1]); close(high) }
+        try #require(high >= 1024)
+        let before = VNCBridge.Counters.refusedDescriptors
+        #expect(!bridge.attach(high, control: false))
+        #expect(VNCBridge.Counters.refusedDescriptors - before == 1)
+        #expect(fcntl(high, F_GETFD) >= 0, "still open: the caller closes it")
     }
 }
 

@@ -25,6 +25,17 @@ func scratchPNG() -> String {
     FileManager.default.temporaryDirectory.appendingPathComponent("vnc-\(UUID().uuidString).png").path
 }
 
+/// Established TCP connections whose local end is 127.0.0.1:`port` (from /proc/net/tcp, whichever process holds
+/// them): the connections a server on that port accepted.
+func acceptedConnections(onLoopbackPort port: Int) throws -> Int {
+    let table = try String(contentsOfFile: "/proc/net/tcp", encoding: .utf8)
+    let local = "0100007F:" + String(format: "%04X", port)
+    return table.split(separator: "\n").dropFirst().filter { line in
+        let fields = line.split(separator: " ")
+        return fields.count > 3 && fields[1] == local && fields[3] == "01"
+    }.count
+}
+
 @Suite("VNC bridge with a real Chromium and vncdotool", .serialized)
 struct VNCTests {
     private func mint(_ daemon: TestDaemon, _ id: String, control: Bool, ttl: Int = 60) async throws
@@ -112,7 +123,7 @@ struct VNCTests {
 
 @Suite("noVNC through /stream/vnc/browser/{id}", .serialized)
 struct NoVNCTests {
-    @Test func debiansNoVNCRendersTheSessionThroughTheRelayAndNeedsCredentials() async throws {
+    @Test func debiansNoVNCRendersTheSessionThroughTheRelayWithoutALoopbackConnectionAndNeedsCredentials() async throws {
         let novnc = "/usr/share/novnc/vnc_lite.html"
         try #require(FileManager.default.fileExists(atPath: novnc), "install Debian's novnc package")
         try await withLiveSession(page: "vnc.html") { daemon, _, id in
@@ -153,6 +164,10 @@ struct NoVNCTests {
                 zip(pixel.array.compactMap(\.int), expected).allSatisfy { abs($0 - $1) <= 24 }
             }
             #expect(near(pixels[0], [255, 0, 0]) && near(pixels[1], [0, 255, 0]) && near(pixels[2], [0, 0, 255]), "\(seen)")
+            let bridge = try #require(daemon.daemon.sessions.vncBridge(id: id))
+            #expect(bridge.clientCount == 1, "noVNC is the screen's client")
+            #expect(try acceptedConnections(onLoopbackPort: bridge.port) == 0,
+                    "without a TCP connection to the screen's port: the relay handed its own to the screen")
         }
     }
 }
