@@ -18,6 +18,39 @@ extension Store {
         migrator.registerMigration("v6-recording-error") { db in
             try db.alter(table: "run") { t in t.add(column: "recordingError", .text) }
         }
+        migrator.registerMigration("v7-session-files") { db in
+            try db.alter(table: "session") { t in
+                t.add(column: "browserType", .text)
+                t.add(column: "extensions", .text)
+                t.add(column: "downloadPath", .text)
+                t.add(column: "deletedAt", .datetime)
+            }
+            // A download belongs to its session, with or without a run: runID becomes optional (SQLite changes a
+            // column's constraint only by copying the table).
+            let columns = "id, kind, runID, sessionID, organizationID, step, path, filename, fileSize, checksum, "
+                + "contentType, createdAt, modifiedAt, expiredAt"
+            try db.create(table: "artifact_v7") { t in
+                t.primaryKey("id", .text)
+                t.column("kind", .text).notNull()
+                t.column("runID", .text)
+                t.column("sessionID", .text).notNull()
+                t.column("organizationID", .text).notNull()
+                t.column("step", .integer)
+                t.column("path", .text).notNull()
+                t.column("filename", .text).notNull()
+                t.column("fileSize", .integer).notNull()
+                t.column("checksum", .text).notNull()
+                t.column("contentType", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.column("modifiedAt", .datetime).notNull()
+                t.column("expiredAt", .datetime)
+            }
+            try db.execute(sql: "INSERT INTO artifact_v7 (\(columns)) SELECT \(columns) FROM artifact")
+            try db.drop(table: "artifact")
+            try db.rename(table: "artifact_v7", to: "artifact")
+            try db.create(index: "artifact_on_runID", on: "artifact", columns: ["runID"])
+            try db.create(index: "artifact_on_sessionID", on: "artifact", columns: ["sessionID"])
+        }
     }
 
     /// Bytes of artifact files not expired yet (open sessions' included).
@@ -46,13 +79,19 @@ extension Store {
         }
     }
 
-    /// Marks artifacts as expired (their files are about to be deleted).
+    /// Marks artifacts deleted at `date`, and their sessions deleted once none of their files is left.
     public func markExpired(artifactIDs: [String], at date: Date) throws {
         guard !artifactIDs.isEmpty else { return }
         try database.write { db in
             for id in artifactIDs {
                 try db.execute(sql: "UPDATE artifact SET expiredAt = ? WHERE id = ?", arguments: [date, id])
             }
+            // A session whose files are all gone was deleted (its record stays, saying when).
+            try db.execute(sql: """
+                UPDATE session SET deletedAt = ? WHERE deletedAt IS NULL
+                AND id IN (SELECT sessionID FROM artifact WHERE id IN (SELECT value FROM json_each(?)))
+                AND NOT EXISTS (SELECT 1 FROM artifact WHERE artifact.sessionID = session.id AND expiredAt IS NULL)
+                """, arguments: [date, String(decoding: try JSONEncoder().encode(artifactIDs), as: UTF8.self)])
         }
     }
 }

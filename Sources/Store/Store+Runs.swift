@@ -73,12 +73,13 @@ public struct StepRecord: Sendable, Equatable, Codable, FetchableRecord, Persist
 
 /// A published file: a run's recording or a step's screenshot.
 public struct ArtifactRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
-    public enum Kind: String, Sendable, Codable, DatabaseValueConvertible { case recording, screenshot }
+    public enum Kind: String, Sendable, Codable, DatabaseValueConvertible { case recording, screenshot, download }
     public static let databaseTableName = "artifact"
 
     public var id: String
     public var kind: Kind
-    public var runID: String
+    /// The run it belongs to; nil for a download made while no run was open.
+    public var runID: String?
     public var sessionID: String
     public var organizationID: String
     /// The step a screenshot belongs to (nil for recordings and for the final screenshot).
@@ -95,7 +96,7 @@ public struct ArtifactRecord: Sendable, Equatable, Codable, FetchableRecord, Per
     /// When retention deleted the file; the record stays so the API can say so.
     public var expiredAt: Date?
 
-    public init(id: String, kind: Kind, runID: String, sessionID: String, organizationID: String, step: Int?,
+    public init(id: String, kind: Kind, runID: String?, sessionID: String, organizationID: String, step: Int?,
                 path: String, filename: String, fileSize: Int, checksum: String, contentType: String, createdAt: Date,
                 modifiedAt: Date)
     {
@@ -246,19 +247,16 @@ extension Store {
         }
     }
 
-    /// Recordings of a session's runs that retention has not deleted, oldest first.
-    public func recordings(sessionID: String) throws -> [ArtifactRecord] {
-        try recordings(sessionIDs: [sessionID])[sessionID] ?? []
-    }
-
-    /// ``recordings(sessionID:)`` of several sessions in one query, by session id (sessions without any are absent).
-    public func recordings(sessionIDs: some Sequence<String>) throws -> [String: [ArtifactRecord]] {
+    /// The files sessions list (their runs' recordings and their downloads) that retention has not deleted,
+    /// oldest first, by session id (sessions without any are absent): one query for all.
+    public func sessionFiles(sessionIDs: some Sequence<String>) throws -> [String: [ArtifactRecord]] {
         // One JSON array bound for all ids: SQLite binds at most 32766 values in a statement.
         let ids = String(decoding: try JSONEncoder().encode(Array(sessionIDs)), as: UTF8.self)
+        let kinds = [ArtifactRecord.Kind.recording, .download]
         return try database.read { db in
             Dictionary(grouping: try ArtifactRecord
                 .filter(sql: "sessionID IN (SELECT value FROM json_each(?))", arguments: [ids])
-                .filter(Column("kind") == ArtifactRecord.Kind.recording && Column("expiredAt") == nil)
+                .filter(kinds.contains(Column("kind")) && Column("expiredAt") == nil)
                 .order(Column("createdAt")).fetchAll(db), by: \.sessionID)
         }
     }

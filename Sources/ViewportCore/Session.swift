@@ -34,6 +34,14 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     /// A VNC server showing the browser (`host:port`), and its password.
     public var vncAddress: String?
     public var vncPassword: String?
+    /// As given at creation (`msedge`, `chrome`); viewportd does not start the browser.
+    public var browserType: String?
+    /// As given at creation (`ad-blocker`, `captcha-solver`).
+    public var extensions: [String]?
+    /// Where the browser saves downloads (a DevTools session's folder under the artifacts).
+    public var downloadPath: String?
+    /// When retention deleted the session's files.
+    public var deletedAt: Date?
 
     public init(id: String, organizationID: String, status: SessionStatus, createdAt: Date, modifiedAt: Date,
                 startedAt: Date? = nil, completedAt: Date? = nil, timeoutMinutes: Int, browserAddress: String,

@@ -372,9 +372,9 @@ actor Runs {
     /// An artifact by id, whoever owns it (the caller checks).
     func artifact(id: String) -> ArtifactRecord? { (try? store.artifact(id: id)) ?? nil }
 
-    /// The published files (recordings) of each session, oldest first.
+    /// The files each session lists (its runs' recordings, its downloads), oldest first.
     func sessionFiles(sessionIDs: [String]) -> [String: [ArtifactRecord]] {
-        Dictionary(uniqueKeysWithValues: sessionIDs.map { ($0, (try? store.recordings(sessionID: $0)) ?? []) })
+        (try? store.sessionFiles(sessionIDs: sessionIDs)) ?? [:]
     }
 
     /// The run open in each session that has one (the newest when several are).

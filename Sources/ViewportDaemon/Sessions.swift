@@ -158,13 +158,15 @@ final class Sessions: Sendable {
 
     /// Registers a session and starts attaching to its browser.
     func create(organizationID: String, browserAddress: String, timeoutMinutes: Int, id: String?,
-                vncAddress: String? = nil, vncPassword: String? = nil) async throws(SessionError) -> SessionRecord
+                vncAddress: String? = nil, vncPassword: String? = nil, browserType: String? = nil,
+                extensions: [String]? = nil) async throws(SessionError) -> SessionRecord
     {
         let now = Date()
         var draft = SessionRecord(id: id ?? Self.newID(), organizationID: organizationID, status: .created,
                                   createdAt: now, modifiedAt: now, timeoutMinutes: timeoutMinutes,
                                   browserAddress: browserAddress)
         (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
+        (draft.browserType, draft.extensions) = (browserType, extensions)
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
         if (try? store.session(id: record.id)) != nil { throw duplicate }

@@ -62,6 +62,37 @@ struct RESTTests {
         }
     }
 
+    /// The platform's session object field for field: what the caller gave is kept, what it did not is null.
+    @Test func aSessionKeepsItsBrowserTypeAndExtensionsAndShowsEveryPlatformField() async throws {
+        try await withDaemon { daemon in
+            let (status, session) = try await daemon.request(
+                "POST", "/v1/browser_sessions",
+                json: ["browser_address": Self.unreachable, "browser_type": "msedge", "extensions": ["captcha-solver", "ad-blocker"]])
+            #expect(status == 201, "\(session)")
+            #expect(session["browser_type"].string == "msedge")
+            #expect(session["extensions"].array.compactMap(\.string) == ["captcha-solver", "ad-blocker"])
+            let id = try #require(session["browser_session_id"].string)
+            let (_, read) = try await daemon.request("GET", "/v1/browser_sessions/\(id)")
+            #expect(read["browser_type"].string == "msedge", "stored, not only echoed")
+            for field in ["runnable_type", "runnable_id", "deleted_at", "started_at", "completed_at"] {
+                #expect(read[field].isNull, "\(field) is present and null: \(read)")
+            }
+            #expect(read["downloaded_files"].array.isEmpty)
+
+            let (plain, plainBody) = try await daemon.request("POST", "/v1/browser_sessions", json: ["browser_address": Self.unreachable])
+            #expect(plain == 201 && plainBody["browser_type"].isNull && plainBody["extensions"].isNull, "\(plainBody)")
+            for (json, detail) in [
+                (["browser_type": "firefox"], "browser_type must be msedge or chrome"),
+                (["extensions": ["ad-blocker", "ad-blocker"]], "extensions must be a list of distinct ad-blocker, captcha-solver"),
+                (["extensions": "ad-blocker"], "extensions must be a list of distinct ad-blocker, captcha-solver"),
+            ] as [([String: Any], String)] {
+                let (refused, body) = try await daemon.request(
+                    "POST", "/v1/browser_sessions", json: json.merging(["browser_address": Self.unreachable]) { a, _ in a })
+                #expect(refused == 422 && body["detail"].string == detail, "\(json): \(body)")
+            }
+        }
+    }
+
     @Test func aSessionIsVisibleOnlyToItsOrganization() async throws {
         try await withDaemon { daemon in
             #expect(try await daemon.request("POST", "/v1/browser_sessions",

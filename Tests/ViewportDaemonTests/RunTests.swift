@@ -122,6 +122,9 @@ struct RunTests {
                 return answer.0 == 404
             }
             #expect(answer.1["detail"].string == "artifact expired")
+            let (_, session) = try await daemon.request("GET", "/v1/browser_sessions/\(id)")
+            #expect(session["deleted_at"].string != nil, "its files gone, the session says when: \(session)")
+            #expect(session["recordings"].array.isEmpty)
         }
     }
 }

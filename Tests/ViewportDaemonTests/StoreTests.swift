@@ -69,7 +69,7 @@ import ViewportCore
             let recording = Self.artifact("art_2", .recording, session: "bs_1", at: Self.t0 + 10)
             try store.insert(recording)
             #expect(try store.artifacts(runID: "tsk_1") == [screenshot, recording])
-            #expect(try store.recordings(sessionID: "bs_1") == [recording])
+            #expect(try store.sessionFiles(sessionIDs: ["bs_1"])["bs_1"] == [recording])
         }
     }
 
@@ -138,7 +138,7 @@ import ViewportCore
                                            filename: "recording.mp4", fileSize: 1_000_000,
                                            checksum: String(repeating: "cd", count: 32), contentType: "video/mp4",
                                            createdAt: Self.t0 + 501, modifiedAt: Self.t0 + 501)
-            #expect(try store.recordings(sessionID: "bs_closed") == [recording])
+            #expect(try store.sessionFiles(sessionIDs: ["bs_closed"])["bs_closed"] == [recording])
             let artifacts = try store.artifacts(runID: "tsk_done")
             #expect(artifacts.map(\.id) == ["art_shot", "art_old", "art_rec"])
             #expect(artifacts.first?.kind == .screenshot && artifacts.first?.step == 1)
@@ -167,10 +167,10 @@ import ViewportCore
         }
     }
 
-    @Test func recordingsOfManySessionsComeFromOneQueryWithoutExpiredOnes() throws {
+    @Test func theFilesOfManySessionsComeFromOneQueryWithoutScreenshotsOrExpiredOnes() throws {
         try withTemporaryStore { store in
             let a1 = Self.artifact("rec_a1", .recording, session: "bs_a", at: Self.t0 + 1)
-            let a2 = Self.artifact("rec_a2", .recording, session: "bs_a", at: Self.t0 + 2)
+            let a2 = Self.artifact("dl_a2", .download, session: "bs_a", at: Self.t0 + 2)
             let b1 = Self.artifact("rec_b1", .recording, session: "bs_b", at: Self.t0 + 1)
             let expired = Self.artifact("rec_c1", .recording, session: "bs_c", at: Self.t0)
             for artifact in [a2, b1, a1, expired, Self.artifact("shot_c", .screenshot, session: "bs_c", at: Self.t0)] {
@@ -180,12 +180,9 @@ import ViewportCore
 
             // More ids than SQLite binds parameters in one statement (32766).
             let unknown = (0..<40_000).map { "bs_unknown_\($0)" }
-            let recordings = try store.recordings(sessionIDs: ["bs_a", "bs_b", "bs_c"] + unknown)
-            #expect(recordings == ["bs_a": [a1, a2], "bs_b": [b1]])
-            #expect(try store.recordings(sessionIDs: []).isEmpty)
-            for id in ["bs_a", "bs_b", "bs_c"] {
-                #expect(try store.recordings(sessionID: id) == recordings[id] ?? [])
-            }
+            let files = try store.sessionFiles(sessionIDs: ["bs_a", "bs_b", "bs_c"] + unknown)
+            #expect(files == ["bs_a": [a1, a2], "bs_b": [b1]])
+            #expect(try store.sessionFiles(sessionIDs: []).isEmpty)
         }
     }
 

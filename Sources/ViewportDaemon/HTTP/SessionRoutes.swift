@@ -55,7 +55,8 @@ struct SessionRoutes {
         let record = try await sessions.create(
             organizationID: request.organizationID, browserAddress: address ?? "",
             timeoutMinutes: body.timeout?.value ?? 60, id: body.browserSessionID?.value, vncAddress: vncAddress,
-            vncPassword: body.vncPassword?.value)
+            vncPassword: body.vncPassword?.value, browserType: body.browserType?.value,
+            extensions: body.extensions?.value)
         return .json(201, encoding: try await sessionViews([record])[0])
     }
 
@@ -108,8 +109,10 @@ struct SessionRoutes {
                 vncAddress: record.vncAddress, appURL: "\(config.effectivePublicURL)/watch/\(record.id)",
                 vncStreamingSupported: sessions.vncBridge(id: record.id) != nil,
                 runnableType: runnable.map { $0.hasPrefix("wr_") ? "workflow_run" : "task" }, runnableID: runnable,
+                extensions: record.extensions, browserType: record.browserType, downloadPath: record.downloadPath,
+                downloadedFiles: (files[record.id] ?? []).filter { $0.kind == .download }.map(fileInfo),
                 recordings: (files[record.id] ?? []).filter { $0.kind == .recording }.map(fileInfo),
-                failureReason: record.failureReason)
+                deletedAt: record.deletedAt, failureReason: record.failureReason)
         }
     }
 
@@ -144,10 +147,24 @@ struct CreateSession: Decodable {
     let vncPassword: Checked<VNCPassword>?
     let timeout: Checked<SessionTimeout>?
     let browserSessionID: Checked<SessionID>?
+    let browserType: Checked<BrowserType>?
+    let extensions: Checked<Extensions>?
 
     enum CodingKeys: String, CodingKey {
         case browserAddress = "browser_address", vncAddress = "vnc_address", vncPassword = "vnc_password", timeout
-        case browserSessionID = "browser_session_id"
+        case browserSessionID = "browser_session_id", browserType = "browser_type", extensions
+    }
+
+    /// The platform's browser types; kept as given (viewportd attaches to a browser, it does not start one).
+    enum BrowserType: FieldRule {
+        static let rule = "msedge or chrome"
+        static func accepts(_ value: String) -> Bool { ["msedge", "chrome"].contains(value) }
+    }
+    enum Extensions: FieldRule {
+        static let rule = "a list of distinct ad-blocker, captcha-solver"
+        static func accepts(_ value: [String]) -> Bool {
+            Set(value).count == value.count && value.allSatisfy(["ad-blocker", "captcha-solver"].contains)
+        }
     }
 }
 
@@ -215,7 +232,12 @@ struct SessionView: Encodable {
     let vncStreamingSupported: Bool
     @Nullable var runnableType: String?
     @Nullable var runnableID: String?
+    @Nullable var extensions: [String]?
+    @Nullable var browserType: String?
+    @Nullable var downloadPath: String?
+    let downloadedFiles: [FileInfo]
     let recordings: [FileInfo]
+    @Nullable var deletedAt: Date?
     @Nullable var failureReason: String?
 }
 
