@@ -56,7 +56,7 @@ final class CDPClient: WebSocketDelegate, @unchecked Sendable {
         }
         if let reply {
             replies[id] = { json, frame in
-                reply((try? JSONDecoder().decode(CDPReply<Command.Result>.self, from: json))?.result, frame)
+                reply((try? CDPInbound.decoder.decode(CDPReply<Command.Result>.self, from: json))?.result, frame)
             }
         }
         outboxBytes += data.count

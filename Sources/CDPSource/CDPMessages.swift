@@ -73,7 +73,10 @@ enum CDPInbound: Decodable {
     }
 
     /// Decodes a message whose frame `data` (if any) was cut out by ``FrameMessage/split(_:)``.
-    static func decode(_ json: Data) throws -> CDPInbound { try JSONDecoder().decode(CDPInbound.self, from: json) }
+    static func decode(_ json: Data) throws -> CDPInbound { try decoder.decode(CDPInbound.self, from: json) }
+
+    /// One decoder for every message (making one per message costs as much as decoding a small event).
+    static let decoder = JSONDecoder()
 
     private struct TargetInfoParams: Decodable { var targetInfo: TargetInfo }
     private struct SessionParams: Decodable { var sessionId: String }
