@@ -12,6 +12,11 @@ import Foundation
 ///
 /// The screencast runs only while the hub has consumers. Each frame is acknowledged as soon as its bytes are
 /// taken. A lost connection is retried with backoff for ``Options/retryWindow`` seconds, then the source fails.
+/// With ``Options/downloadPath`` set, the browser saves downloads there and each completed one is reported to
+/// ``Options/onDownload``.
+///
+/// Inside: ``CDPClient`` speaks the protocol, ``TabTracker`` decides which page is active, ``ScreencastController``
+/// which screencast runs, ``DownloadTracker`` which downloads completed; `Connection` wires them to one socket.
 ///
 /// `@unchecked Sendable`: all state is confined to the event loop's service thread; public methods hop onto it.
 public final class CDPSource: FrameSource, @unchecked Sendable {
@@ -32,21 +37,17 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         /// Maps the host of the browser's address to the address to connect to, or throws when the host may not
         /// be reached (the daemon's network policy). Called off the service thread before each connection.
         public var resolveHost: @Sendable (String) async throws -> String = { $0 }
+        /// Where the browser saves downloads (a directory on the browser's host), each file named by its guid; nil
+        /// leaves the browser's own download behaviour and reports no download.
+        public var downloadPath: String?
+        /// Called on the service thread for each download that completed into ``downloadPath``.
+        public var onDownload: @Sendable (CDPDownload) -> Void = { _ in }
 
         public init() {}
     }
 
     /// What the source is doing, as reported to its owner.
     public typealias State = SourceState
-
-    private struct Tab {
-        var active: Bool
-        var activatedAt: Int
-        var order: Int
-        var session: String?
-        var pageSession: String?
-        var attaching = false
-    }
 
     private let address: String
     private let hub: FrameHub
@@ -137,8 +138,8 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         let (status, body) = try await loop.httpRequest("GET", base + "/json/version", connectingTo: resolved,
                                                         timeout: options.timeout)
         guard status == 200, body.count <= 1 << 20,
-              let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
-              let url = object["webSocketDebuggerUrl"] as? String, let reported = try? Endpoint(url)
+              let version = try? JSONDecoder().decode(BrowserVersion.self, from: body),
+              let reported = try? Endpoint(version.webSocketDebuggerUrl)
         else { throw NetworkError("\(base)/json/version gave no webSocketDebuggerUrl") }
         return ("ws://\(given.hostHeader)\(reported.path)", resolved)
     }
@@ -148,10 +149,10 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         do {
             let connection = Connection(source: self, pageEndpoint: url.contains("/devtools/page/"))
             self.connection = connection
-            let socket = try loop.connectWebSocket(to: url, connectingTo: address, delegate: connection,
+            let socket = try loop.connectWebSocket(to: url, connectingTo: address, delegate: connection.client,
                                                    maxMessageBytes: options.maxMessageBytes,
                                                    handshakeTimeout: options.timeout)
-            connection.socket = socket
+            connection.client.socket = socket
             self.socket = socket
         } catch {
             connectionLost("\(error)")
@@ -226,274 +227,180 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         loop.execute { [self] in
             guard !stopped, let connection else { return }
             let scale = cssPerFramePixel
-            let (method, params): (String, [String: Any])
+            hub.inputSent()
             switch input {
             case .mouse(let m):
                 let buttons = m.kind == .released ? 0 : ["left": 1, "right": 2, "middle": 4][m.button.rawValue] ?? 0
-                (method, params) = ("Input.dispatchMouseEvent", [
-                    "type": m.kind.rawValue, "x": m.x * scale, "y": m.y * scale, "button": m.button.rawValue,
-                    "buttons": buttons, "clickCount": m.clickCount, "modifiers": m.modifiers,
-                ])
+                connection.sendToShownPage(DispatchMouseEvent(
+                    type: m.kind.rawValue, x: m.x * scale, y: m.y * scale, button: m.button.rawValue, buttons: buttons,
+                    clickCount: m.clickCount, modifiers: m.modifiers))
             case .wheel(let x, let y, let dx, let dy):
-                (method, params) = ("Input.dispatchMouseEvent", [
-                    "type": "mouseWheel", "x": x * scale, "y": y * scale, "deltaX": dx, "deltaY": dy,
-                ])
+                connection.sendToShownPage(DispatchMouseEvent(type: "mouseWheel", x: x * scale, y: y * scale,
+                                                              deltaX: dx, deltaY: dy))
             case .key(let k):
-                var p: [String: Any] = ["type": k.kind.rawValue, "key": k.key, "code": k.code, "modifiers": k.modifiers,
-                                        "windowsVirtualKeyCode": k.virtualKeyCode,
-                                        "nativeVirtualKeyCode": k.virtualKeyCode]
-                if !k.text.isEmpty, k.kind != .up { p["text"] = k.text; p["unmodifiedText"] = k.text }
-                (method, params) = ("Input.dispatchKeyEvent", p)
+                let text = !k.text.isEmpty && k.kind != .up ? k.text : nil
+                connection.sendToShownPage(DispatchKeyEvent(
+                    type: k.kind.rawValue, key: k.key, code: k.code, modifiers: k.modifiers,
+                    windowsVirtualKeyCode: k.virtualKeyCode, nativeVirtualKeyCode: k.virtualKeyCode, text: text,
+                    unmodifiedText: text))
             case .navigate(let url):
-                (method, params) = ("Page.navigate", ["url": url])
+                connection.sendToShownPage(Navigate(url: url))
             case .paste(let text):
-                (method, params) = ("Input.insertText", ["text": text])
+                connection.sendToShownPage(InsertText(text: text))
             }
-            hub.inputSent()
-            connection.sendToActiveTab(method, params)
         }
     }
 
     // MARK: - One DevTools connection
 
-    /// The protocol state of one WebSocket connection to the browser; replaced on reconnect.
+    /// One WebSocket connection to the browser, replaced on reconnect: wires its client's events to the tab
+    /// tracker, the screencast controller and the downloads, and carries out what they decide.
     ///
     /// Holds its source strongly until the socket closes (the source forgets it then), so a stopped source lives
     /// until its connection has said goodbye.
     ///
     /// `@unchecked Sendable`: used only on the service thread (timers hop back onto it before touching it).
-    private final class Connection: WebSocketDelegate, @unchecked Sendable {
+    private final class Connection: CDPClientDelegate, @unchecked Sendable {
         let source: CDPSource
         let pageEndpoint: Bool
-        weak var socket: WebSocket?
-        /// Set when the socket closed: timers of a replaced connection then do nothing.
-        private var closed = false
-        private var outbox: [OutboundMessage] = []
-        private var outboxBytes = 0
-        private var nextID = 1
-        /// Reply handlers: the result, and the decoded `data` when the reply carried an image.
-        private var replies: [Int: ([String: Any]?, FrameBytes?) -> Void] = [:]
-        private var tabs: [String: Tab] = [:]
-        private var tabOfSession: [String: String] = [:]
-        private var pageTarget: [String: String] = [:]  // page session -> page target id
-        private var urls: [String: String] = [:]  // page target id -> url
-        private var order = 0
-        private var activations = 0
-        private var streaming: String?
-        private var switchingTo: String?
-        private var demand = false
+        private(set) lazy var client = CDPClient(delegate: self, metrics: source.hub.metrics, logger: source.logger)
+        private var tabs: TabTracker
+        private var screencast = ScreencastController()
+        private var downloads: DownloadTracker?
         private var polling = false
         private var published = 0
-
-        /// Bytes of commands waiting for the browser to read them.
-        static let maxOutboxBytes = 1 << 20
-        /// Tabs and page URLs followed at most: an endpoint announcing targets without end stays bounded.
-        static let maxTargets = 1000
 
         init(source: CDPSource, pageEndpoint: Bool) {
             self.source = source
             self.pageEndpoint = pageEndpoint
+            tabs = TabTracker(pageEndpoint: pageEndpoint)
+            downloads = source.options.downloadPath.map(DownloadTracker.init(directory:))
         }
 
-        // MARK: WebSocketDelegate
+        // MARK: CDPClientDelegate
 
-        func webSocketDidOpen(_ socket: WebSocket) {
+        func clientDidOpen(_ client: CDPClient) {
             guard !source.stopped else {
-                socket.close(code: 1000, reason: "viewportd session ended")
+                client.socket?.close(code: 1000, reason: "viewportd session ended")
                 return
             }
-            if pageEndpoint {
-                pageTarget[""] = ""
-            } else {
-                send("Target.setDiscoverTargets", ["discover": true, "filter": [["type": "tab"], ["type": "page"]]])
-            }
+            if let downloads { client.send(SetDownloadBehavior(downloadPath: downloads.directory)) }
+            if !pageEndpoint { client.send(SetDiscoverTargets()) }
             source.connected()
         }
 
-        func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
-            guard let (object, frame) = FrameMessage.parse(message.data) else { return }
-            if let id = object["id"] as? Int {
-                replies.removeValue(forKey: id)?(object["result"] as? [String: Any], frame)
-                return
-            }
-            guard let method = object["method"] as? String else { return }
-            handleEvent(method, object["params"] as? [String: Any] ?? [:], frame: frame,
-                        session: object["sessionId"] as? String ?? "")
-        }
-
-        func nextMessage(for socket: WebSocket) -> OutboundMessage? {
-            guard !outbox.isEmpty else { return nil }
-            let message = outbox.removeFirst()
-            outboxBytes -= message.count
-            return message
-        }
-
-        func hasMessages(for socket: WebSocket) -> Bool { !outbox.isEmpty }
-
-        func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
-            if code == 1009, !closed {
-                source.hub.metrics.peerLimited(.browserMessageTooBig)
-                source.logger.warning("browser sent a message over cdp.max_message_mb; reconnecting")
-            }
-            closed = true
-            replies.removeAll()
-            source.connectionLost(reason.isEmpty ? "connection closed (code \(code.map(String.init) ?? "none"))" : reason)
-        }
-
-        // MARK: Commands
-
-        private func send(_ method: String, _ params: [String: Any] = [:], session: String = "",
-                          reply: (([String: Any]?, FrameBytes?) -> Void)? = nil)
-        {
-            guard !closed, let socket else { return }
-            let id = nextID
-            nextID += 1
-            var message: [String: Any] = ["id": id, "method": method, "params": params]
-            if !session.isEmpty { message["sessionId"] = session }
-            if let reply { replies[id] = reply }
-            guard let data = try? JSONSerialization.data(withJSONObject: message) else { return }
-            // A browser that sends frames and never reads our acknowledgements must not grow the daemon.
-            guard outboxBytes + data.count <= Self.maxOutboxBytes else {
-                closed = true
-                source.hub.metrics.peerLimited(.browserNotReading)
-                socket.close(code: 1008, reason: "browser does not read its messages")
-                return
-            }
-            outboxBytes += data.count
-            outbox.append(.text(Payload(copying: data)))
-            socket.requestWrite()
-        }
-
-        /// Sends a command to the tab being shown (the page endpoint's own session when connected to one).
-        func sendToActiveTab(_ method: String, _ params: [String: Any]) {
-            guard let session = streaming ?? (pageEndpoint ? "" : nil) else { return }
-            send(method, params, session: session)
-        }
-
-        func stopScreencasts() {
-            for session in [streaming, switchingTo].compactMap({ $0 }) { send("Page.stopScreencast", session: session) }
-            streaming = nil
-            switchingTo = nil
-        }
-
-        func demandChanged(_ wanted: Bool) {
-            demand = wanted
-            if wanted {
-                poll()
-            } else {
-                stopScreencasts()
-            }
-        }
-
-        // MARK: Events
-
-        private func handleEvent(_ method: String, _ params: [String: Any], frame: FrameBytes?, session: String) {
-            switch method {
-            case "Page.screencastFrame":
-                guard session == streaming || session == switchingTo else {
-                    // A screencast nobody wants any more (a late frame of a stopped one): make sure it stops.
-                    send("Page.stopScreencast", session: session)
-                    return
+        func client(_ client: CDPClient, received event: CDPEvent, session: CDPSession, frame: FrameBytes?) {
+            switch event {
+            case .screencastFrame(let params):
+                for action in screencast.frameArrived(from: session) {
+                    switch action {
+                    case .ack(let session):
+                        if let number = params.sessionId { client.send(ScreencastFrameAck(sessionId: number), to: session) }
+                    case .publish(let session):
+                        guard let frame else { continue }
+                        let time = params.timestamp.flatMap(wallClockMicros(fromSeconds:))
+                        if source.publish(frame, captureTime: time, url: tabs.url(of: session),
+                                          deviceWidth: params.deviceWidth) { published += 1 }
+                    default:
+                        run(action)
+                    }
                 }
-                // Acknowledge at once: Chrome sends the next frame only after the ack.
-                if let frameSession = params["sessionId"] { send("Page.screencastFrameAck", ["sessionId": frameSession], session: session) }
-                if let frame { frameArrived(frame, params, session: session) }
-            case "Target.targetCreated", "Target.targetInfoChanged":
-                guard let info = params["targetInfo"] as? [String: Any] else { return }
-                targetInfo(info)
-            case "Target.attachedToTarget":
-                guard let info = params["targetInfo"] as? [String: Any], info["type"] as? String == "page",
-                      let pageSession = params["sessionId"] as? String, let targetID = info["targetId"] as? String,
-                      let tabID = tabOfSession[session], pageTarget.count < Self.maxTargets
-                else { return }
-                pageTarget[pageSession] = targetID
-                if let url = info["url"] as? String { urls[targetID] = String(url.prefix(8192)) }
-                tabs[tabID]?.pageSession = pageSession
-                followActiveTab()
-            case "Target.detachedFromTarget":
-                guard let detached = params["sessionId"] as? String else { return }
-                detach(detached)
-            case "Target.targetDestroyed":
-                guard let targetID = params["targetId"] as? String else { return }
-                urls[targetID] = nil
-                if let tab = tabs.removeValue(forKey: targetID) {
-                    if let session = tab.session { tabOfSession[session] = nil }
-                    if let page = tab.pageSession { detach(page) }
-                }
+            case .targetInfo(let info):
+                track(.targetInfo(info))
+            case .attachedToTarget(let attached):
+                track(.pageAttached(parent: session, session: attached.sessionId, page: attached.targetInfo))
+            case .detachedFromTarget(let detached):
+                track(.detached(session: detached))
+            case .targetDestroyed(let target):
+                track(.destroyed(target: target))
                 poll()
-            case "Page.screencastVisibilityChanged":
+            case .screencastVisibilityChanged:
                 poll()
-            default:
+            case .downloadWillBegin(let download):
+                downloads?.willBegin(download)
+            case .downloadProgress(let progress):
+                if let done = downloads?.progress(progress) { source.options.onDownload(done) }
+            case .other:
                 break
             }
         }
 
-        private func targetInfo(_ info: [String: Any]) {
-            guard let targetID = info["targetId"] as? String, let type = info["type"] as? String else { return }
-            if type == "page" {
-                if let url = info["url"] as? String, urls[targetID] != nil || urls.count < Self.maxTargets {
-                    urls[targetID] = String(url.prefix(8192))
+        func clientDidClose(_ client: CDPClient, code: UInt16?, reason: String) {
+            source.connectionLost(reason.isEmpty ? "connection closed (code \(code.map(String.init) ?? "none"))" : reason)
+        }
+
+        // MARK: Carrying out decisions
+
+        /// Feeds the tab tracker, then shows the active page.
+        private func track(_ event: TabTracker.Event) {
+            for action in tabs.handle(event) {
+                switch action {
+                case .attach(let tab):
+                    client.send(AttachToTarget(targetId: tab)) { [weak self] result, _ in
+                        self?.track(.attachReplied(tab: tab, session: result?.sessionId))
+                    }
+                case .autoAttach(let session):
+                    client.send(SetAutoAttach(), to: .attached(session))
+                case .pageGone(let page):
+                    run(screencast.pageGone(page, active: tabs.activePage))
                 }
-                return
             }
-            guard type == "tab", let embedder = info["embedderData"] as? [String: Any] else { return }
-            let active = embedder["tabActive"] as? Bool ?? false
-            if tabs[targetID] == nil {
-                guard tabs.count < Self.maxTargets else { return }
-                order += 1
-                tabs[targetID] = Tab(active: false, activatedAt: 0, order: order)
-            }
-            if let tab = tabs[targetID], tab.session == nil, !tab.attaching { attach(tab: targetID) }
-            setActive(targetID, active)
+            run(screencast.follow(tabs.activePage))
         }
 
-        /// Attaches to a tab and auto-attaches to its page; a failed attempt is retried on the next poll.
-        private func attach(tab targetID: String) {
-            tabs[targetID]?.attaching = true
-            send("Target.attachToTarget", ["targetId": targetID, "flatten": true]) { [weak self] result, _ in
-                guard let self, tabs[targetID] != nil else { return }
-                tabs[targetID]?.attaching = false
-                guard let session = result?["sessionId"] as? String else { return }
-                tabs[targetID]?.session = session
-                tabOfSession[session] = targetID
-                send("Target.setAutoAttach", ["autoAttach": true, "waitForDebuggerOnStart": false, "flatten": true],
-                     session: session)
+        private func run(_ actions: [ScreencastController.Action]) {
+            for action in actions { run(action) }
+        }
+
+        private func run(_ action: ScreencastController.Action) {
+            let options = source.options
+            switch action {
+            case .start(let page):
+                client.send(StartScreencast(quality: options.quality, maxWidth: options.maxWidth,
+                                            maxHeight: options.maxHeight), to: page)
+            case .stop(let page):
+                client.send(StopScreencast(), to: page)
+            case .captureFirstFrame(let page):
+                let before = published
+                client.send(CaptureScreenshot(quality: options.quality), to: page) { [weak self] _, image in
+                    guard let self, published == before, screencast.shown == page, let image else { return }
+                    if source.publish(image, captureTime: nil, url: tabs.url(of: page)) { published += 1 }
+                }
+            case .finishSwitchLater(let page):
+                source.loop.schedule(after: ScreencastController.switchTimeout) { [weak self] in
+                    guard let self else { return }
+                    run(screencast.switchTimedOut(to: page))
+                }
+            case .ack, .publish:
+                break  // only for the frame at hand
             }
         }
 
-        private func setActive(_ tabID: String, _ active: Bool) {
-            guard let tab = tabs[tabID], tab.active != active else { return }
-            if active {
-                activations += 1
-                tabs[tabID]?.activatedAt = activations
-            }
-            tabs[tabID]?.active = active
+        /// Sends a command to the page being shown.
+        func sendToShownPage<Command: CDPCommand>(_ command: Command) {
+            guard let page = screencast.shown ?? (pageEndpoint ? .root : nil) else { return }
+            client.send(command, to: page)
         }
 
-        private func detach(_ session: String) {
-            pageTarget[session] = nil
-            if let tabID = tabOfSession.removeValue(forKey: session) { tabs[tabID]?.session = nil }
-            for (id, tab) in tabs where tab.pageSession == session { tabs[id]?.pageSession = nil }
-            if switchingTo == session { switchingTo = nil }
-            if streaming == session {
-                streaming = nil
-                followActiveTab()
-            }
+        func demandChanged(_ wanted: Bool) {
+            run(screencast.demandChanged(wanted))
+            if wanted { poll() }
         }
 
         // MARK: Following the active tab
 
         /// Polls which tab is active while frames are wanted (Chrome does not push tab activation).
         private func poll() {
-            guard demand, !closed else { return }
+            guard screencast.demand, !client.closed else { return }
             if pageEndpoint {
-                refreshPageURL()
-                followActiveTab()
+                client.send(GetTargetInfo()) { [weak self] result, _ in
+                    if let url = result?.targetInfo.url { self?.track(.endpointURL(url)) }
+                }
+                run(screencast.follow(tabs.activePage))
             } else {
-                send("Target.getTargets", ["filter": [["type": "tab"]]]) { [weak self] result, _ in
+                client.send(GetTargets()) { [weak self] result, _ in
                     guard let self else { return }
-                    for info in result?["targetInfos"] as? [[String: Any]] ?? [] { targetInfo(info) }
-                    followActiveTab()
+                    track(.polled(result?.targetInfos ?? []))
                 }
             }
             guard !polling else { return }
@@ -502,74 +409,6 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
                 guard let self else { return }
                 polling = false
                 poll()
-            }
-        }
-
-        /// The page session of the tab that became active last, among the active ones.
-        private var activePageSession: String? {
-            if pageEndpoint { return "" }
-            return tabs.values.filter { $0.active && $0.pageSession != nil }
-                .max { ($0.activatedAt, $0.order) < ($1.activatedAt, $1.order) }?.pageSession
-        }
-
-        /// Starts the screencast on the active tab before stopping the old one, so viewers see no gap.
-        private func followActiveTab() {
-            guard demand, let target = activePageSession, target != switchingTo else { return }
-            // A switch that the active tab has since moved away from (A→B→C, or back A→B→A) is abandoned.
-            if let abandoned = switchingTo {
-                send("Page.stopScreencast", session: abandoned)
-                switchingTo = nil
-            }
-            if streaming == nil {
-                streaming = target
-                startScreencast(target)
-                captureFirstFrame(target)
-            } else if target != streaming {
-                switchingTo = target
-                startScreencast(target)
-                source.loop.schedule(after: 1) { [weak self] in self?.finishSwitch(to: target) }
-            }
-        }
-
-        private func finishSwitch(to session: String) {
-            guard switchingTo == session else { return }
-            if let old = streaming { send("Page.stopScreencast", session: old) }
-            streaming = session
-            switchingTo = nil
-        }
-
-        private func startScreencast(_ session: String) {
-            let options = source.options
-            send("Page.startScreencast", ["format": "jpeg", "quality": options.quality, "maxWidth": options.maxWidth,
-                                          "maxHeight": options.maxHeight, "everyNthFrame": 1], session: session)
-        }
-
-        /// A static page sends no screencast frame until it changes: take a screenshot so viewers see it at once.
-        private func captureFirstFrame(_ session: String) {
-            let before = published
-            send("Page.captureScreenshot", ["format": "jpeg", "quality": source.options.quality], session: session) {
-                [weak self] _, image in
-                guard let self, published == before, streaming == session, let image else { return }
-                if source.publish(image, captureTime: nil, url: url(of: session)) { published += 1 }
-            }
-        }
-
-        private func frameArrived(_ frame: FrameBytes, _ params: [String: Any], session: String) {
-            if session == switchingTo { finishSwitch(to: session) }
-            guard session == streaming else { return }
-            let metadata = params["metadata"] as? [String: Any]
-            let time = (metadata?["timestamp"] as? Double).flatMap(wallClockMicros(fromSeconds:))
-            if source.publish(frame, captureTime: time, url: url(of: session),
-                              deviceWidth: metadata?["deviceWidth"] as? Double) { published += 1 }
-        }
-
-        private func url(of session: String) -> String? { pageTarget[session].flatMap { urls[$0] } }
-
-        private func refreshPageURL() {
-            send("Target.getTargetInfo") { [weak self] result, _ in
-                guard let self, let info = result?["targetInfo"] as? [String: Any],
-                      let url = info["url"] as? String else { return }
-                urls[""] = url
             }
         }
     }

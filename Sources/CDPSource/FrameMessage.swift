@@ -2,28 +2,37 @@ import Foundation
 import ViewportCore
 
 /// Fast handling of the CDP messages that carry a frame (`Page.screencastFrame`, `Page.captureScreenshot`
-/// replies): their `data` is a base64 JPEG of up to hundreds of kB, which a general JSON parser would turn into a
-/// string and then decode again. Here the value is cut out of the raw bytes and decoded once, straight into the
-/// frame's buffer; only the small rest of the message goes through the JSON parser.
+/// replies): their `data` is a base64 JPEG of up to hundreds of kB, which a JSON decoder would turn into a string
+/// and then decode again. Here the value is cut out of the raw bytes and decoded once, straight into the frame's
+/// buffer; only the small rest of the message goes to the JSON decoder (``CDPInbound``).
 enum FrameMessage {
-    /// Largest JSON parsed besides a frame's `data`: the service thread must not spend long on one message, and
+    /// Largest JSON decoded besides a frame's `data`: the service thread must not spend long on one message, and
     /// nothing viewportd asks a browser for answers with more.
     static let maxJSONBytes = 1 << 20
 
-    /// The message as JSON (with `data` emptied when it was cut out) and the decoded `data`, if any. Nil for a
-    /// message that is no JSON object or whose JSON besides `data` is over ``maxJSONBytes``.
-    static func parse(_ message: Data) -> (object: [String: Any], frame: FrameBytes?)? {
+    /// A browser's message: decoded, its JSON (for a reply's waiter to decode the result), and its image.
+    struct Parsed {
+        var message: CDPInbound
+        /// The message with `data` emptied when it was cut out.
+        var json: Data
+        /// The decoded `data`, if the message had one.
+        var frame: FrameBytes?
+    }
+
+    /// Nil for a message that is no CDP message viewportd reads, or whose JSON besides `data` is over
+    /// ``maxJSONBytes``. The image is decoded only once the rest decoded.
+    static func parse(_ message: Data) -> Parsed? {
         guard let (start, end) = dataValueRange(message) else {
-            guard message.count <= maxJSONBytes else { return nil }
-            return (try? JSONSerialization.jsonObject(with: message) as? [String: Any]).map { ($0, nil) }
+            guard message.count <= maxJSONBytes, let decoded = try? CDPInbound.decode(message) else { return nil }
+            return Parsed(message: decoded, json: message)
         }
         guard message.count - (end - start) <= maxJSONBytes else { return nil }
         var rest = Data(capacity: message.count - (end - start))
         rest.append(message[message.startIndex..<message.startIndex + start])
         rest.append(message[message.startIndex + end..<message.endIndex])
-        guard let object = try? JSONSerialization.jsonObject(with: rest) as? [String: Any] else { return nil }
+        guard let decoded = try? CDPInbound.decode(rest) else { return nil }
         let frame = message.withUnsafeBytes { Base64.decode(UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
-        return (object, frame)
+        return Parsed(message: decoded, json: rest, frame: frame)
     }
 
     /// Offsets of the characters between the quotes of the first `"data":"..."` value.
