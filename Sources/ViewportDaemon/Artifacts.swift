@@ -52,6 +52,14 @@ struct ArtifactFiles: Sendable {
         return (data.count, Digest.sha256(data).hex)
     }
 
+    /// A new artifact id.
+    static func newID() -> String { "art_\(Digest.randomBytes(12).hex)" }
+
+    /// Where the browser of a session saves its downloads.
+    static func downloadsDirectory(organizationID: String, sessionID: String) -> String {
+        "\(organizationID)/\(sessionID)/downloads"
+    }
+
     /// Removes a file, ignoring one already gone.
     func remove(_ relative: String) { unlink(url(relative).path) }
 

@@ -77,7 +77,7 @@ public final class Daemon: Sendable {
             throw DaemonError("cannot create the artifacts directory in \(config.stateDir): \(error.localizedDescription)")
         }
         self.store = store
-        sessions = Sessions(store: store, loop: loop, config: config, metrics: metrics.stream, logger: logger)
+        sessions = Sessions(store: store, files: files, loop: loop, config: config, metrics: metrics.stream, logger: logger)
         webhooks = Webhooks(store: store, loop: loop, config: config, metrics: metrics, logger: logger)
         retention = Retention(store: store, files: files, config: config, logger: logger)
         runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,

@@ -304,7 +304,7 @@ actor Runs {
         try files.publish(temporary, as: relative)
         let (size, checksum) = try files.measure(relative)
         let now = Date()
-        try store.insert(ArtifactRecord(id: Self.newArtifactID(), kind: .recording, runID: run.id,
+        try store.insert(ArtifactRecord(id: ArtifactFiles.newID(), kind: .recording, runID: run.id,
                                         sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
                                         path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
                                         contentType: "video/mp4", createdAt: now, modifiedAt: now))
@@ -518,7 +518,7 @@ actor Runs {
             let relative = "\(directory)/\(name).\(png ? "png" : "jpg")"
             try files.write(data, to: relative)
             let now = Date()
-            return ArtifactRecord(id: Self.newArtifactID(), kind: .screenshot, runID: run.id,
+            return ArtifactRecord(id: ArtifactFiles.newID(), kind: .screenshot, runID: run.id,
                                   sessionID: run.sessionID, organizationID: run.organizationID, step: step,
                                   path: relative, filename: "\(run.id)-\(name).\(png ? "png" : "jpg")",
                                   fileSize: data.count, checksum: Digest.sha256(data).hex,
@@ -570,7 +570,6 @@ actor Runs {
         if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
     }
 
-    private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
 
     /// Runs blocking file work on a thread outside the cooperative pool.
     private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {

@@ -109,6 +109,7 @@ final class Sessions: Sendable {
 
     private let state = Mutex(State())
     private let store: Store
+    private let files: ArtifactFiles
     private let loop: EventLoop
     private let config: Config
     private let metrics: StreamMetrics
@@ -123,8 +124,9 @@ final class Sessions: Sendable {
     /// Called after a session ended (runs complete then).
     private let endHandler = Mutex<(@Sendable (String) async -> Void)?>(nil)
 
-    init(store: Store, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
+    init(store: Store, files: ArtifactFiles, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
         self.store = store
+        self.files = files
         self.loop = loop
         self.config = config
         self.metrics = metrics
@@ -167,6 +169,13 @@ final class Sessions: Sendable {
                                   browserAddress: browserAddress)
         (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
         (draft.browserType, draft.extensions) = (browserType, extensions)
+        if !browserAddress.isEmpty {
+            // The browser saves downloads under the session's artifacts (it runs on this host to reach them).
+            let directory = files.url(ArtifactFiles.downloadsDirectory(organizationID: organizationID, sessionID: draft.id))
+            if (try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)) != nil {
+                draft.downloadPath = directory.path
+            }
+        }
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
         if (try? store.session(id: record.id)) != nil { throw duplicate }
@@ -367,6 +376,8 @@ final class Sessions: Sendable {
             options.maxMessageBytes = config.cdp.maxMessageMB << 20
             options.timeout = Double(config.cdp.timeoutSeconds)
             options.resolveHost = { [policy] host in try await policy.resolved(host, for: .browser) }
+            options.downloadPath = record.downloadPath
+            options.onDownload = { [weak self] download in self?.downloaded(download, by: record) }
             source = CDPSource(address: record.browserAddress, hub: hub, loop: loop, options: options,
                                logger: logger.with(sessionID: id), onStateChange: changed)
         }
@@ -389,6 +400,27 @@ final class Sessions: Sendable {
             }
         }
         return Open(record: record, hub: hub, source: source, bridge: bridge, vncLimited: vncLimited)
+    }
+
+    /// Lists a file the session's browser downloaded among the session's files. Called on the service thread:
+    /// hashing the file and the insert run on the store's write queue.
+    private func downloaded(_ download: CDPDownload, by session: SessionRecord) {
+        let relative = ArtifactFiles.downloadsDirectory(organizationID: session.organizationID, sessionID: session.id)
+            + "/" + download.guid
+        writes.async { [store, files, logger] in
+            do {
+                let (size, checksum) = try files.measure(relative)
+                let now = Date()
+                try store.insert(ArtifactRecord(
+                    id: ArtifactFiles.newID(), kind: .download, runID: nil, sessionID: session.id,
+                    organizationID: session.organizationID, step: nil, path: relative,
+                    filename: download.suggestedFilename, fileSize: size, checksum: checksum,
+                    contentType: "application/octet-stream", createdAt: now, modifiedAt: now))
+                logger.info("download saved", metadata: ["browser_session_id": "\(session.id)", "bytes": "\(size)"])
+            } catch {
+                logger.warning("download not saved", metadata: ["browser_session_id": "\(session.id)", "error": "\(error)"])
+            }
+        }
     }
 
     private func sourceChanged(id: String, _ change: SourceState) {

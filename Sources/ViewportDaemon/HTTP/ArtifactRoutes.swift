@@ -43,7 +43,9 @@ struct ArtifactRoutes {
         let etag = "\"\(artifact.checksum.prefix(32))\""
         var headers: [(name: String, value: String)] = [
             ("etag", etag), ("accept-ranges", "bytes"), ("cache-control", "private, max-age=3600"),
-            ("content-disposition", "inline; filename=\"\(artifact.filename)\""),
+            // A download is whatever a page sent: never shown inline on this origin.
+            ("content-disposition", "\(artifact.kind == .download ? "attachment" : "inline"); filename=\""
+                + artifact.filename.replacingOccurrences(of: "\"", with: "_") + "\""),
             ("x-content-type-options", "nosniff"),
         ]
         if let match = request.headers["if-none-match"], match.split(separator: ",").contains(where: {
