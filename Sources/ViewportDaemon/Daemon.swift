@@ -109,7 +109,7 @@ public final class Daemon: Sendable {
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
         await runs.recover()  // runs a crash left open: terminated, with their recordings published
-        try sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
+        try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
         self.group.withLock { $0 = group }
         if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }

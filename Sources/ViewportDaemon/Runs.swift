@@ -70,9 +70,10 @@ enum RunError: DomainError, Equatable {
 /// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
 /// artifacts and the completion webhook.
 ///
-/// An actor: what a call decides before its first `await` happens atomically. Runs are open only in the
-/// process that started them; a run found open at start-up was cut short by a crash and is terminated with
-/// what its recording holds.
+/// An actor: what a call decides between two `await`s happens atomically, so each call decides in memory first
+/// (which recording a run joins, a step's index) and then writes to the store and the disk, undoing its decision
+/// when that fails. Runs are open only in the process that started them; a run found open at start-up was cut
+/// short by a crash and is terminated with what its recording holds.
 actor Runs {
     /// A session's recording in progress and the runs it serves.
     private struct Segment {
@@ -107,6 +108,8 @@ actor Runs {
     /// still cut from what they hold, while the session's next run gets a fresh recording.
     private var failed: [String: Segment] = [:]
     private var open: [String: OpenRun] = [:]
+    /// Ids of runs being started (stored next), so that a second start of the same id is refused.
+    private var starting: Set<String> = []
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
          logger: Logger)
@@ -136,14 +139,15 @@ actor Runs {
             }
         }
         let session: SessionRecord
-        do { session = try sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
+        do { session = try await sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
             throw .session(error)
         }
         guard let hub = sessions.hub(id: sessionID) else {
             throw .session(.notOpen(id: sessionID, status: session.status))
         }
         let id = runID ?? "wr_\(Digest.randomBytes(12).hex)"
-        guard open[id] == nil, (try? store.run(id: id)) == nil else { throw .alreadyExists(id: id) }
+        let stored = (try? await store.run(id: id)) ?? nil
+        guard open[id] == nil, !starting.contains(id), stored == nil else { throw .alreadyExists(id: id) }
         let now = Date()
         let start = wallClockMicros()
         if let broken = segments[sessionID], broken.recorder.failure != nil {
@@ -163,40 +167,53 @@ actor Runs {
         let record = RunRecord(id: id, sessionID: sessionID, organizationID: organizationID, status: "running",
                                title: title, webhookURL: webhookURL, createdAt: now, startMicros: start,
                                segmentID: segment?.record.id)
-        do { try store.insert(record) } catch {
-            if existing == nil, let segment { Task { await self.retire(segment) } }
-            if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
-            throw .storageFailed(what: "store the run", error: "\(error)")
-        }
         if var segment {
             segment.runs.insert(id)
             segments[sessionID] = segment
         }
+        starting.insert(id)
+        defer { starting.remove(id) }
+        do {
+            if existing == nil, let segment { try await store.insert(segment.record) }
+            try await store.insert(record)
+        } catch {
+            release(id, from: record)
+            if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
+            throw .storageFailed(what: "store the run", error: "\(error)")
+        }
         open[id] = OpenRun(record: record, hub: hub, droppedAtStart: segment?.recorder.stats.framesDropped ?? 0)
         logger.info("run started", metadata: ["run_id": "\(id)", "browser_session_id": "\(sessionID)"])
+        // A session that ended while the run was being stored did not see it: the run ends with it here.
+        if sessions.hub(id: sessionID) !== hub { await terminate([id], reason: "the browser session ended") }
         return record
     }
 
     /// Marks a step: takes the newest frame as its screenshot (waiting up to 2 s for a first one).
     func step(runID: String, organizationID: String, label: String) async throws(RunError) -> (StepRecord, ArtifactRecord) {
-        let run = try openRun(runID, organizationID: organizationID)
+        let run = try await openRun(runID, organizationID: organizationID)
         let time = wallClockMicros()
         guard let frame = await Self.currentFrame(run.hub) else {
             throw .noFrameYet(sessionID: run.record.sessionID)
         }
         // The run may have been completed while this step waited for a frame.
         guard var current = open[runID], !current.completing else { throw .notOpen(id: runID, status: "completed") }
-        let index = current.steps.count + 1
-        let artifact = try saveScreenshot(frame, run: current.record, step: index, name: String(format: "step-%03d", index))
+        let index = (current.steps.last?.index ?? 0) + 1
+        let artifactID = Self.newArtifactID()
         let step = StepRecord(runID: runID, index: index, label: label, createdAt: Date(), timeMicros: time,
-                              artifactID: artifact.id)
-        do { try store.insert(step, artifact: artifact) } catch {
-            throw .storageFailed(what: "store the step", error: "\(error)")
-        }
+                              artifactID: artifactID)
         current.steps.append(step)
-        current.record.stepCount = index
+        current.record.stepCount = current.steps.count
         open[runID] = current
-        return (step, artifact)
+        do {
+            let artifact = try await saveScreenshot(frame, id: artifactID, run: current.record, step: index,
+                                                    name: String(format: "step-%03d", index))
+            try await store.insert(step, artifact: artifact)
+            return (step, artifact)
+        } catch {
+            open[runID]?.steps.removeAll { $0.index == index }
+            open[runID]?.record.stepCount = open[runID]?.steps.count ?? 0
+            throw .storageFailed(what: "save the step", error: "\(error)")
+        }
     }
 
     /// Completes a run: final screenshot, the recording cut and published, the webhook queued. Completing a
@@ -205,7 +222,7 @@ actor Runs {
         -> RunRecord
     {
         guard var run = open[runID] else {
-            let record = try stored(runID, organizationID: organizationID)
+            let record = try await stored(runID, organizationID: organizationID)
             guard record.isOpen else { return record }
             throw .startedByEarlierProcess(id: runID)
         }
@@ -217,9 +234,9 @@ actor Runs {
     }
 
     /// The run if it exists and belongs to `organizationID`.
-    func run(id: String, organizationID: String) throws(RunError) -> RunRecord {
+    func run(id: String, organizationID: String) async throws(RunError) -> RunRecord {
         if let run = open[id], run.record.organizationID == organizationID { return run.record }
-        return try stored(id, organizationID: organizationID)
+        return try await stored(id, organizationID: organizationID)
     }
 
     /// Completes every open run of a session that ended, as `terminated`.
@@ -251,7 +268,10 @@ actor Runs {
         let end = wallClockMicros()
         let id = record.id
         if let frame = await Self.currentFrame(run.hub) {
-            do { try store.insert(try saveScreenshot(frame, run: record, step: nil, name: "final")) } catch {
+            do {
+                try await store.insert(try await saveScreenshot(frame, id: Self.newArtifactID(), run: record, step: nil,
+                                                                name: "final"))
+            } catch {
                 logger.error("cannot save the final screenshot", metadata: ["run_id": "\(id)", "error": "\(error)"])
             }
         }
@@ -263,7 +283,8 @@ actor Runs {
             }
             do {
                 let stats = segment.recorder.stats
-                let summary = try await publishRecording(record, steps: run.steps, segment: segment.record, end: end)
+                let steps = open[id]?.steps ?? run.steps
+                let summary = try await publishRecording(record, steps: steps, segment: segment.record, end: end)
                 record.framesRecorded = summary.frames
                 record.framesDropped = Int(clamping: Int64(stats.framesDropped) - Int64(run.droppedAtStart))
             } catch {
@@ -277,14 +298,14 @@ actor Runs {
         // Finished when completion was asked for, which is also where the recording ends.
         record.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
         record.failureReason = failureReason
-        record.stepCount = run.steps.count
-        do { try store.update(record) } catch {
+        record.stepCount = open[id]?.steps.count ?? run.steps.count
+        do { try await store.update(record) } catch {
             logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
         }
         open[id] = nil
         logger.info("run completed", metadata: ["run_id": "\(id)", "status": "\(status)", "steps": "\(record.stepCount)",
                                                  "frames": "\(record.framesRecorded)", "dropped": "\(record.framesDropped)"])
-        notify(record)
+        await notify(record)
         return record
     }
 
@@ -298,32 +319,34 @@ actor Runs {
         let temporary = files.temporaryPath(for: relative)
         let chapters = steps.map { MP4Cut.Chapter(time: $0.timeMicros, title: "Step \($0.index): \($0.label)") }
         let source = files.url(segment.path).path
-        let summary = try await Self.offThread {
-            try MP4Cut.cut(fragmented: source, output: temporary, from: run.startMicros, to: end, chapters: chapters)
+        let (summary, size, checksum) = try await offThread { [files] in
+            let summary = try MP4Cut.cut(fragmented: source, output: temporary, from: run.startMicros, to: end,
+                                         chapters: chapters)
+            try files.publish(temporary, as: relative)
+            let (size, checksum) = try files.measure(relative)
+            return (summary, size, checksum)
         }
-        try files.publish(temporary, as: relative)
-        let (size, checksum) = try files.measure(relative)
         let now = Date()
-        try store.insert(ArtifactRecord(id: Self.newArtifactID(), kind: .recording, runID: run.id,
+        try await store.insert(ArtifactRecord(id: Self.newArtifactID(), kind: .recording, runID: run.id,
                                         sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
                                         path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
                                         contentType: "video/mp4", createdAt: now, modifiedAt: now))
         return summary
     }
 
-    private func notify(_ run: RunRecord) {
+    private func notify(_ run: RunRecord) async {
         guard let url = run.webhookURL else { return }
         do {
-            try webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
-                                 payload: webhookPayload(run))
+            try await webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
+                                       payload: webhookPayload(run))
         } catch {
             logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
         }
     }
 
     /// The body of the run's webhook.
-    nonisolated func webhookPayload(_ run: RunRecord) -> WebhookPayload {
-        let links = links(run)
+    nonisolated func webhookPayload(_ run: RunRecord) async -> WebhookPayload {
+        let links = await links(run)
         return WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
                               failureReason: run.failureReason, recordingURL: links.recording,
                               screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
@@ -331,8 +354,8 @@ actor Runs {
     }
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
-    nonisolated func links(_ run: RunRecord) -> (recording: String?, screenshots: [String]) {
-        links((try? store.artifacts(runID: run.id)) ?? [])
+    nonisolated func links(_ run: RunRecord) async -> (recording: String?, screenshots: [String]) {
+        links((try? await store.artifacts(runID: run.id)) ?? [])
     }
 
     /// The same, from a run's artifacts already read (oldest first).
@@ -342,15 +365,15 @@ actor Runs {
     }
 
     /// Queues the completed run's webhook again (at most `limits.retry_webhook_per_minute` a minute).
-    func retryWebhook(runID: String, organizationID: String) throws(RunError) {
-        let run = try run(id: runID, organizationID: organizationID)
+    func retryWebhook(runID: String, organizationID: String) async throws(RunError) {
+        let run = try await run(id: runID, organizationID: organizationID)
         guard run.webhookURL != nil else { throw .noWebhook(id: runID) }
         guard !run.isOpen else { throw .stillOpen(id: runID) }
         guard webhooks.allowRetry(organizationID: organizationID) else {
             throw .tooManyRetries(organizationID: organizationID, limit: config.limits.retryWebhookPerMinute)
         }
         let queued: Bool
-        do { queued = try webhooks.resend(runID: runID) } catch {
+        do { queued = try await webhooks.resend(runID: runID) } catch {
             throw .storageFailed(what: "queue the webhook", error: "\(error)")
         }
         guard queued else { throw .noDelivery(id: runID) }
@@ -363,18 +386,19 @@ actor Runs {
         let steps: [StepRecord]
     }
 
-    func replay(runID: String) -> Replay? {
-        guard let run = open[runID]?.record ?? (try? store.run(id: runID)) ?? nil else { return nil }
-        return Replay(run: run, artifacts: (try? store.artifacts(runID: runID)) ?? [],
-                      steps: (try? store.steps(runID: runID)) ?? [])
+    func replay(runID: String) async -> Replay? {
+        let run: RunRecord? = if let open = open[runID]?.record { open } else { (try? await store.run(id: runID)) ?? nil }
+        guard let run else { return nil }
+        return Replay(run: run, artifacts: (try? await store.artifacts(runID: runID)) ?? [],
+                      steps: (try? await store.steps(runID: runID)) ?? [])
     }
 
     /// An artifact by id, whoever owns it (the caller checks).
-    func artifact(id: String) -> ArtifactRecord? { (try? store.artifact(id: id)) ?? nil }
+    func artifact(id: String) async -> ArtifactRecord? { (try? await store.artifact(id: id)) ?? nil }
 
     /// The published files (recordings) of each session, oldest first.
-    func sessionFiles(sessionIDs: [String]) -> [String: [ArtifactRecord]] {
-        Dictionary(uniqueKeysWithValues: sessionIDs.map { ($0, (try? store.recordings(sessionID: $0)) ?? []) })
+    func sessionFiles(sessionIDs: [String]) async -> [String: [ArtifactRecord]] {
+        (try? await store.recordings(sessionIDs: sessionIDs)) ?? [:]
     }
 
     /// The run open in each session that has one (the newest when several are).
@@ -388,9 +412,9 @@ actor Runs {
     }
 
     /// Artifacts of a run, oldest first.
-    func artifacts(runID: String, organizationID: String) throws(RunError) -> [ArtifactRecord] {
-        _ = try run(id: runID, organizationID: organizationID)
-        return (try? store.artifacts(runID: runID)) ?? []
+    func artifacts(runID: String, organizationID: String) async throws(RunError) -> [ArtifactRecord] {
+        _ = try await run(id: runID, organizationID: organizationID)
+        return (try? await store.artifacts(runID: runID)) ?? []
     }
 
     /// A signed URL of an artifact's content.
@@ -402,6 +426,7 @@ actor Runs {
 
     // MARK: - Segments
 
+    /// A new recording of the session; its record is not stored yet.
     private func startSegment(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64)
         throws(RunError) -> Segment
     {
@@ -411,7 +436,6 @@ actor Runs {
                                                     withIntermediateDirectories: true)
             let record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
                                        originMicros: origin)
-            try store.insert(record)
             var settings = EncoderSettings()
             settings.preset = config.recording.preset.rawValue
             settings.crf = config.recording.crf
@@ -453,8 +477,8 @@ actor Runs {
 
     private func retire(_ segment: Segment) async {
         await segment.recorder.finish()
-        try? store.markFinished(segmentID: segment.record.id)
-        files.remove(segment.record.path)
+        try? await store.markFinished(segmentID: segment.record.id)
+        await offThread { [files] in files.remove(segment.record.path) }
     }
 
     // MARK: - Recovery
@@ -462,13 +486,13 @@ actor Runs {
     /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.
     func recover() async {
         let runs: [RunRecord]
-        do { runs = try store.openRuns() } catch {
+        do { runs = try await store.openRuns() } catch {
             logger.error("cannot read open runs", metadata: ["error": "\(error)"])
             return
         }
         for var run in runs {
-            let steps = (try? store.steps(runID: run.id)) ?? []
-            if let segmentID = run.segmentID, let segment = try? store.segment(id: segmentID) {
+            let steps = (try? await store.steps(runID: run.id)) ?? []
+            if let segmentID = run.segmentID, let segment = try? await store.segment(id: segmentID) {
                 do {
                     let summary = try await publishRecording(run, steps: steps, segment: segment, end: nil)
                     run.framesRecorded = summary.frames
@@ -480,52 +504,33 @@ actor Runs {
             run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
             run.finishedAt = Date()
             run.stepCount = steps.count
-            do { try store.update(run) } catch {
+            do { try await store.update(run) } catch {
                 logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
             }
             logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])
-            notify(run)
+            await notify(run)
         }
-        for segment in (try? store.unfinishedSegments()) ?? [] {
-            try? store.markFinished(segmentID: segment.id)
-            files.remove(segment.path)
+        for segment in (try? await store.unfinishedSegments()) ?? [] {
+            try? await store.markFinished(segmentID: segment.id)
+            await offThread { [files] in files.remove(segment.path) }
         }
     }
 
     // MARK: - Helpers
 
-    private func openRun(_ id: String, organizationID: String) throws(RunError) -> OpenRun {
+    private func openRun(_ id: String, organizationID: String) async throws(RunError) -> OpenRun {
         guard let run = open[id], run.record.organizationID == organizationID else {
-            throw .notOpen(id: id, status: try stored(id, organizationID: organizationID).status)
+            throw .notOpen(id: id, status: try await stored(id, organizationID: organizationID).status)
         }
         guard !run.completing else { throw .beingCompleted(id: id) }
         return run
     }
 
-    private func stored(_ id: String, organizationID: String) throws(RunError) -> RunRecord {
-        guard let record = try? store.run(id: id), record.organizationID == organizationID else { throw .notFound(id: id) }
-        return record
-    }
-
-    private func saveScreenshot(_ frame: Frame, run: RunRecord, step: Int?, name: String) throws(RunError)
-        -> ArtifactRecord
-    {
-        do {
-            let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
-                                                   runID: run.id)
-            let png = config.screenshotFormat == .png
-            let data = png ? try ImageConversion.png(fromJPEG: frame.jpeg.data) : frame.jpeg.data
-            let relative = "\(directory)/\(name).\(png ? "png" : "jpg")"
-            try files.write(data, to: relative)
-            let now = Date()
-            return ArtifactRecord(id: Self.newArtifactID(), kind: .screenshot, runID: run.id,
-                                  sessionID: run.sessionID, organizationID: run.organizationID, step: step,
-                                  path: relative, filename: "\(run.id)-\(name).\(png ? "png" : "jpg")",
-                                  fileSize: data.count, checksum: Digest.sha256(data).hex,
-                                  contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
-        } catch {
-            throw .storageFailed(what: "save the screenshot", error: "\(error)")
+    private func stored(_ id: String, organizationID: String) async throws(RunError) -> RunRecord {
+        guard let record = (try? await store.run(id: id)) ?? nil, record.organizationID == organizationID else {
+            throw .notFound(id: id)
         }
+        return record
     }
 
     /// The newest frame of a session as it is now: the hub's latest while somebody consumes (the screencast
@@ -570,14 +575,27 @@ actor Runs {
         if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
     }
 
-    private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
-
-    /// Runs blocking file work on a thread outside the cooperative pool.
-    private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async { continuation.resume(with: Result { try work() }) }
+    /// Writes a frame as a run's screenshot (converted to PNG if so configured), off the cooperative pool.
+    private func saveScreenshot(_ frame: Frame, id: String, run: RunRecord, step: Int?, name: String) async throws
+        -> ArtifactRecord
+    {
+        let png = config.screenshotFormat == .png
+        let filename = "\(name).\(png ? "png" : "jpg")"
+        let (relative, size, checksum) = try await offThread { [files] in
+            let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
+                                                   runID: run.id)
+            let data = png ? try ImageConversion.png(fromJPEG: frame.jpeg.data) : frame.jpeg.data
+            try files.write(data, to: "\(directory)/\(filename)")
+            return ("\(directory)/\(filename)", data.count, Digest.sha256(data).hex)
         }
+        let now = Date()
+        return ArtifactRecord(id: id, kind: .screenshot, runID: run.id, sessionID: run.sessionID,
+                              organizationID: run.organizationID, step: step, path: relative,
+                              filename: "\(run.id)-\(filename)", fileSize: size, checksum: checksum,
+                              contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
     }
+
+    private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
 }
 
 /// A continuation that the first of several racing tasks resumes.

@@ -167,7 +167,7 @@ final class Sessions: Sendable {
         (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
-        if (try? store.session(id: record.id)) != nil { throw duplicate }
+        if (try? await store.session(id: record.id)) != nil { throw duplicate }
         let limit = config.limits.sessionsPerOrganization
         let overLimit = SessionError.tooManySessions(organizationID: organizationID, limit: limit)
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
@@ -209,25 +209,26 @@ final class Sessions: Sendable {
     }
 
     /// The session if it exists and belongs to `organizationID`.
-    func session(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
-        guard let record = lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
+    func session(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
+        guard let record = await lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 
-    private func lookup(_ id: String) -> SessionRecord? {
-        state.withLock { $0.open[id]?.record ?? $0.ended[id] } ?? (try? store.session(id: id)) ?? nil
+    private func lookup(_ id: String) async -> SessionRecord? {
+        if let record = state.withLock({ $0.open[id]?.record ?? $0.ended[id] }) { return record }
+        return (try? await store.session(id: id)) ?? nil
     }
 
     /// The session if it is open and belongs to `organizationID`.
-    func openSession(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
-        let record = try session(id: id, organizationID: organizationID)
+    func openSession(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
+        let record = try await session(id: id, organizationID: organizationID)
         guard record.status.isActive else { throw .notOpen(id: id, status: record.status) }
         return record
     }
 
     /// The VNC screen of an open session of `organizationID`.
-    func screen(id: String, organizationID: String) throws(SessionError) -> VNCBridge {
-        let record = try openSession(id: id, organizationID: organizationID)
+    func screen(id: String, organizationID: String) async throws(SessionError) -> VNCBridge {
+        let record = try await openSession(id: id, organizationID: organizationID)
         let (bridge, limited) = state.withLock { ($0.open[id]?.bridge, $0.open[id]?.vncLimited ?? false) }
         if let bridge { return bridge }
         if limited {
@@ -237,10 +238,10 @@ final class Sessions: Sendable {
     }
 
     /// Sessions in the store by status (for the metrics).
-    func statusCounts() -> [SessionStatus: Int] { (try? store.sessionCounts()) ?? [:] }
+    func statusCounts() async -> [SessionStatus: Int] { (try? await store.sessionCounts()) ?? [:] }
 
     /// Throws unless the store takes writes now (readiness).
-    func checkStoreWritable() throws { try store.checkWritable() }
+    func checkStoreWritable() async throws { try await store.checkWritable() }
 
     /// Number of open sessions of `organizationID`.
     func openCount(organizationID: String) -> Int {
@@ -255,9 +256,9 @@ final class Sessions: Sendable {
 
     /// Closes a session (viewers are told); closing a closed session returns it unchanged.
     func close(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
-        let record = try session(id: id, organizationID: organizationID)
+        let record = try await session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
-        let closed = finish(id, .closed, reason: nil) ?? lookup(id) ?? record
+        let closed = if let ended = finish(id, .closed, reason: nil) { ended } else { await lookup(id) ?? record }
         await ended(id)
         await flushWrites()
         return closed
@@ -265,7 +266,7 @@ final class Sessions: Sendable {
 
     /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own). 409 once it has ended.
     func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(SessionError) -> SessionRecord {
-        _ = try session(id: id, organizationID: organizationID)
+        _ = try await session(id: id, organizationID: organizationID)
         let renewed: SessionRecord? = state.withLock { state in
             guard let session = state.open[id] else { return nil }
             let now = Date()
@@ -276,7 +277,7 @@ final class Sessions: Sendable {
             return session.record
         }
         guard let renewed else {
-            throw .cannotRenew(id: id, status: lookup(id)?.status ?? .closed)
+            throw .cannotRenew(id: id, status: await lookup(id)?.status ?? .closed)
         }
         await flushWrites()
         logger.info("session renewed", metadata: ["browser_session_id": "\(id)", "timeout_minutes": "\(renewed.timeoutMinutes)"])
@@ -312,10 +313,10 @@ final class Sessions: Sendable {
 
     /// Re-attaches every session left open by the previous run. Called before the listener serves, so a viewer
     /// never finds an open session missing.
-    func reattach() throws {
-        let ended = try store.recentlyEndedSessions(limit: Self.maxRememberedEnded)
+    func reattach() async throws {
+        let ended = try await store.recentlyEndedSessions(limit: Self.maxRememberedEnded)
         state.withLock { state in for record in ended.reversed() { state.remember(record) } }
-        for record in try store.activeSessions() {
+        for record in try await store.activeSessions() {
             let session = makeSession(record)
             state.withLock { $0.open[record.id] = session }
             session.source.start()
@@ -416,7 +417,7 @@ final class Sessions: Sendable {
     /// Ends an open session: records the final status, tells its viewers, stops its source.
     @discardableResult
     private func finish(_ id: String, _ status: SessionStatus, reason: String?) -> SessionRecord? {
-        let ended: Open? = state.withLock { state in
+        let ended: (session: Open, record: SessionRecord)? = state.withLock { state in
             guard let session = state.open.removeValue(forKey: id) else { return nil }
             let now = Date()
             session.record.status = status
@@ -426,12 +427,12 @@ final class Sessions: Sendable {
             state.ended[id] = session.record
             state.remember(session.record)
             save(session.record)
-            return session
+            return (session, session.record)
         }
         guard let ended else { return nil }
-        ended.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
-        ended.stop()
-        return state.withLock { $0.ended[id] } ?? lookup(id)
+        ended.session.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
+        ended.session.stop()
+        return ended.record
     }
 
     // MARK: - Store
