@@ -84,7 +84,6 @@ public final class Daemon: Sendable {
                     logger: logger)
         gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)
-        sessions.onEnd { [runs] id in await runs.sessionEnded(id) }
     }
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
@@ -187,18 +186,31 @@ private struct LoopService: Service {
     }
 }
 
-/// Enforces session timeouts; on shutdown finalizes open runs' recordings, then stops sources.
+/// Enforces session timeouts, terminates the runs of sessions that end and retires recordings no run holds; on
+/// shutdown finalizes open runs' recordings, then stops sources, waiting for the last runs and recordings.
 private struct SessionService: Service {
     let sessions: Sessions
     let runs: Runs
 
     func run() async throws {
+        async let endings: Void = endRuns()
+        async let retirements: Void = runs.retireSegments()
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             sessions.closeExpired()
         }
         await runs.terminateAll(reason: "viewportd shut down; the recording ends there")
         await sessions.stopAll()
+        await endings
+        runs.stopRetiring()
+        await retirements
+    }
+
+    private func endRuns() async {
+        for await ending in sessions.endings {
+            await runs.sessionEnded(ending.id)
+            ending.done?.resume()
+        }
     }
 }
 

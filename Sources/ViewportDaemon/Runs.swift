@@ -110,6 +110,9 @@ actor Runs {
     private var open: [String: OpenRun] = [:]
     /// Ids of runs being started (stored next), so that a second start of the same id is refused.
     private var starting: Set<String> = []
+    /// Recordings no run holds any more, retired in order by ``retireSegments()``.
+    private let retirements: AsyncStream<Segment>
+    private let retiring: AsyncStream<Segment>.Continuation
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
          logger: Logger)
@@ -121,6 +124,7 @@ actor Runs {
         self.webhooks = webhooks
         self.config = config
         self.logger = logger
+        (retirements, retiring) = AsyncStream.makeStream()
     }
 
     // MARK: - API
@@ -152,7 +156,7 @@ actor Runs {
         let start = wallClockMicros()
         if let broken = segments[sessionID], broken.recorder.failure != nil {
             segments[sessionID] = nil
-            if broken.runs.isEmpty { Task { await self.retire(broken) } } else { failed[broken.record.id] = broken }
+            if broken.runs.isEmpty { retiring.yield(broken) } else { failed[broken.record.id] = broken }
         }
         let existing = segments[sessionID]
         var segment = existing
@@ -467,13 +471,23 @@ actor Runs {
         let active = segments[sessionID]?.record.id == segment.record.id
         if segment.runs.isEmpty {
             if active { segments[sessionID] = nil } else { failed[segment.record.id] = nil }
-            Task { await self.retire(segment) }
+            retiring.yield(segment)
         } else if active {
             segments[sessionID] = segment
         } else {
             failed[segment.record.id] = segment
         }
     }
+
+    /// Stops the encoder of each recording no run holds any more and deletes its file, until ``stopRetiring()``
+    /// and the last one queued before it (the session service runs this, so shutdown waits for it).
+    func retireSegments() async {
+        for await segment in retirements { await retire(segment) }
+    }
+
+    /// Ends ``retireSegments()`` once the recordings queued so far are retired; later ones are left to the next
+    /// start's recovery.
+    nonisolated func stopRetiring() { retiring.finish() }
 
     private func retire(_ segment: Segment) async {
         await segment.recorder.finish()
@@ -558,19 +572,18 @@ actor Runs {
     /// Waits for the recorder to have written every frame up to `end`, for at most a minute: an encoder far behind
     /// must not hold the completion forever; the cut then takes what the file holds.
     private static func sync(_ recorder: SegmentRecorder, until end: UInt64, logger: Logger) async throws {
-        // Not a task group: a group would wait for the sync even after the timeout won.
-        let caughtUp: Bool = try await withCheckedThrowingContinuation { continuation in
-            let once = ResumeOnce(continuation)
-            Task {
-                do {
-                    try await recorder.sync(until: end)
-                    once.resume(with: .success(true))
-                } catch { once.resume(with: .failure(error)) }
+        let caughtUp = try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await recorder.sync(until: end)
+                return true
             }
-            Task {
-                try? await Task.sleep(for: .seconds(60))
-                once.resume(with: .success(false))
+            group.addTask {
+                try await Task.sleep(for: .seconds(60))
+                return false
             }
+            // The loser is cancelled (a sync returns at once when cancelled), so the group ends with the winner.
+            defer { group.cancelAll() }
+            return try await group.next() ?? false
         }
         if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
     }
@@ -598,9 +611,3 @@ actor Runs {
     private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
 }
 
-/// A continuation that the first of several racing tasks resumes.
-private final class ResumeOnce<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
-    init(_ continuation: CheckedContinuation<T, any Error>) { self.continuation = Mutex(continuation) }
-    func resume(with result: Result<T, any Error>) { continuation.withLock { $0.take() }?.resume(with: result) }
-}

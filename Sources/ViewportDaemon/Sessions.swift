@@ -120,8 +120,17 @@ final class Sessions: Sendable {
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
-    /// Called after a session ended (runs complete then).
-    private let endHandler = Mutex<(@Sendable (String) async -> Void)?>(nil)
+
+    /// A session that ended; `done` (when its closer waits) is resumed once whoever reads ``endings`` is done with it.
+    struct Ending: Sendable {
+        let id: String
+        let done: CheckedContinuation<Void, Never>?
+    }
+
+    /// Every session that ends, once (closed, timed out or failed), until ``stopAll()``: the session service ends
+    /// their runs.
+    let endings: AsyncStream<Ending>
+    private let ending: AsyncStream<Ending>.Continuation
 
     init(store: Store, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
         self.store = store
@@ -130,6 +139,7 @@ final class Sessions: Sendable {
         self.metrics = metrics
         self.logger = logger
         policy = NetworkPolicy(config: config)
+        (endings, ending) = AsyncStream.makeStream()
     }
 
     /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
@@ -148,11 +158,6 @@ final class Sessions: Sendable {
             }
         }
     }
-
-    /// Sets what happens after a session ends; `close` waits for it, timeouts and failures do not.
-    func onEnd(_ handler: @escaping @Sendable (String) async -> Void) { endHandler.withLock { $0 = handler } }
-
-    private func ended(_ id: String) async { await endHandler.withLock { $0 }?(id) }
 
     // MARK: - API
 
@@ -254,12 +259,14 @@ final class Sessions: Sendable {
             .sorted { $0.createdAt > $1.createdAt }
     }
 
-    /// Closes a session (viewers are told); closing a closed session returns it unchanged.
+    /// Closes a session (viewers are told) and returns once its runs are terminated; closing a closed session
+    /// returns it unchanged.
     func close(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
         let record = try await session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
-        let closed = if let ended = finish(id, .closed, reason: nil) { ended } else { await lookup(id) ?? record }
-        await ended(id)
+        var ended: SessionRecord?
+        await withCheckedContinuation { done in ended = finish(id, .closed, reason: nil, done: done) }
+        let closed = if let ended { ended } else { await lookup(id) ?? record }
         await flushWrites()
         return closed
     }
@@ -330,13 +337,14 @@ final class Sessions: Sendable {
         for id in expired {
             logger.info("session timed out", metadata: ["browser_session_id": "\(id)"])
             finish(id, .closed, reason: nil)
-            Task { await ended(id) }
         }
     }
 
-    /// Stops every source, leaving the sessions open in the store so the next start re-attaches them.
+    /// Stops every source, leaving the sessions open in the store so the next start re-attaches them, and ends
+    /// ``endings``.
     func stopAll() async {
         for session in state.withLock({ Array($0.open.values) }) { session.stop() }
+        ending.finish()
         await flushWrites()
     }
 
@@ -410,13 +418,14 @@ final class Sessions: Sendable {
         case .failed(let reason):
             logger.warning("session failed", metadata: ["browser_session_id": "\(id)", "reason": "\(reason)"])
             finish(id, .failed, reason: reason)
-            Task { await ended(id) }
         }
     }
 
-    /// Ends an open session: records the final status, tells its viewers, stops its source.
+    /// Ends an open session: records the final status, tells its viewers, stops its source, and announces it on
+    /// ``endings`` (with `done`, resumed at once when the session was not open or nobody reads any more).
     @discardableResult
-    private func finish(_ id: String, _ status: SessionStatus, reason: String?) -> SessionRecord? {
+    private func finish(_ id: String, _ status: SessionStatus, reason: String?,
+                        done: CheckedContinuation<Void, Never>? = nil) -> SessionRecord? {
         let ended: (session: Open, record: SessionRecord)? = state.withLock { state in
             guard let session = state.open.removeValue(forKey: id) else { return nil }
             let now = Date()
@@ -429,9 +438,13 @@ final class Sessions: Sendable {
             save(session.record)
             return (session, session.record)
         }
-        guard let ended else { return nil }
+        guard let ended else {
+            done?.resume()
+            return nil
+        }
         ended.session.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
         ended.session.stop()
+        if case .terminated = ending.yield(Ending(id: id, done: done)) { done?.resume() }
         return ended.record
     }
 
