@@ -194,7 +194,7 @@ private struct SessionService: Service {
 
     func run() async throws {
         async let endings: Void = endRuns()
-        async let retirements: Void = runs.retireSegments()
+        async let retirements: Void = runs.retireRecordings()
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             sessions.closeExpired()

@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import Recorder
 import Store
-import Synchronization
 import ViewportCore
 
 /// Why a request about a run failed.
@@ -68,23 +67,16 @@ enum RunError: DomainError, Equatable {
 }
 
 /// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
-/// artifacts and the completion webhook.
+/// artifacts and the completion webhook. A run's completion is in RunCompletion.swift, the sessions' recordings
+/// in SessionRecording.swift.
 ///
 /// An actor: what a call decides between two `await`s happens atomically, so each call decides in memory first
 /// (which recording a run joins, a step's index) and then writes to the store and the disk, undoing its decision
 /// when that fails. Runs are open only in the process that started them; a run found open at start-up was cut
 /// short by a crash and is terminated with what its recording holds.
 actor Runs {
-    /// A session's recording in progress and the runs it serves.
-    private struct Segment {
-        let record: SegmentRecord
-        let organizationID: String
-        let recorder: SegmentRecorder
-        var runs: Set<String>
-    }
-
     /// An open run and what it has collected.
-    private struct OpenRun {
+    struct OpenRun {
         var record: RunRecord
         let hub: FrameHub
         var steps: [StepRecord] = []
@@ -95,24 +87,22 @@ actor Runs {
     /// Final statuses `complete` accepts.
     static let finalStatuses = ["completed", "failed", "terminated", "timed_out", "canceled"]
 
-    private let store: Store
+    // Not private: run completion (RunCompletion.swift) uses them too.
+    let store: Store
+    let files: ArtifactFiles
+    let webhooks: Webhooks
+    let config: Config
+    let logger: Logger
+    private(set) var recordings = SessionRecordings()
+    var open: [String: OpenRun] = [:]
+
     private let sessions: Sessions
-    private let files: ArtifactFiles
     private let auth: Auth
-    private let webhooks: Webhooks
-    private let config: Config
-    private let logger: Logger
-    /// The recording of each session, by session id.
-    private var segments: [String: Segment] = [:]
-    /// Recordings that failed (a full disk, an encoder error) while runs were open, by segment id: those runs are
-    /// still cut from what they hold, while the session's next run gets a fresh recording.
-    private var failed: [String: Segment] = [:]
-    private var open: [String: OpenRun] = [:]
     /// Ids of runs being started (stored next), so that a second start of the same id is refused.
     private var starting: Set<String> = []
-    /// Recordings no run holds any more, retired in order by ``retireSegments()``.
-    private let retirements: AsyncStream<Segment>
-    private let retiring: AsyncStream<Segment>.Continuation
+    /// Recordings no run holds any more, retired in order by ``retireRecordings()``.
+    private let retirements: AsyncStream<SessionRecording>
+    private let retiring: AsyncStream<SessionRecording>.Continuation
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
          logger: Logger)
@@ -154,38 +144,38 @@ actor Runs {
         guard open[id] == nil, !starting.contains(id), stored == nil else { throw .alreadyExists(id: id) }
         let now = Date()
         let start = wallClockMicros()
-        if let broken = segments[sessionID], broken.recorder.failure != nil {
-            segments[sessionID] = nil
-            if broken.runs.isEmpty { retiring.yield(broken) } else { failed[broken.record.id] = broken }
-        }
-        let existing = segments[sessionID]
-        var segment = existing
-        if segment == nil, config.recording.enabled {
+        let (existing, retired) = recordings.usable(sessionID: sessionID)
+        if let retired { retiring.yield(retired) }
+        var recording = existing
+        if recording == nil, config.recording.enabled {
             let limit = config.limits.recordingsPerOrganization
-            guard segments.values.count(where: { $0.organizationID == organizationID }) < limit else {
+            guard recordings.count(organizationID: organizationID) < limit else {
                 throw .tooManyRecordings(organizationID: organizationID, limit: limit)
             }
-            segment = try startSegment(sessionID: sessionID, organizationID: organizationID, hub: hub, origin: start)
+            do {
+                recording = try SessionRecording(sessionID: sessionID, organizationID: organizationID, hub: hub,
+                                                 origin: start, files: files, config: config, logger: logger)
+            } catch {
+                logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
+                throw .storageFailed(what: "start the recording", error: "\(error)")
+            }
         }
-        segment?.recorder.keyframe(at: start)
+        recording?.recorder.keyframe(at: start)
         let record = RunRecord(id: id, sessionID: sessionID, organizationID: organizationID, status: "running",
                                title: title, webhookURL: webhookURL, createdAt: now, startMicros: start,
-                               segmentID: segment?.record.id)
-        if var segment {
-            segment.runs.insert(id)
-            segments[sessionID] = segment
-        }
+                               segmentID: recording?.record.id)
+        if let recording { recordings.add(id, to: recording) }
         starting.insert(id)
         defer { starting.remove(id) }
         do {
-            if existing == nil, let segment { try await store.insert(segment.record) }
+            if existing == nil, let recording { try await store.insert(recording.record) }
             try await store.insert(record)
         } catch {
             release(id, from: record)
             if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
             throw .storageFailed(what: "store the run", error: "\(error)")
         }
-        open[id] = OpenRun(record: record, hub: hub, droppedAtStart: segment?.recorder.stats.framesDropped ?? 0)
+        open[id] = OpenRun(record: record, hub: hub, droppedAtStart: recording?.recorder.stats.framesDropped ?? 0)
         logger.info("run started", metadata: ["run_id": "\(id)", "browser_session_id": "\(sessionID)"])
         // A session that ended while the run was being stored did not see it: the run ends with it here.
         if sessions.hub(id: sessionID) !== hub { await terminate([id], reason: "the browser session ended") }
@@ -220,141 +210,10 @@ actor Runs {
         }
     }
 
-    /// Completes a run: final screenshot, the recording cut and published, the webhook queued. Completing a
-    /// completed run returns it unchanged.
-    func complete(runID: String, organizationID: String, status: String, failureReason: String?) async throws(RunError)
-        -> RunRecord
-    {
-        guard var run = open[runID] else {
-            let record = try await stored(runID, organizationID: organizationID)
-            guard record.isOpen else { return record }
-            throw .startedByEarlierProcess(id: runID)
-        }
-        guard run.record.organizationID == organizationID else { throw .notFound(id: runID) }
-        guard !run.completing else { throw .beingCompleted(id: runID) }
-        run.completing = true
-        open[runID] = run
-        return await finalize(run, status: status, failureReason: failureReason)
-    }
-
     /// The run if it exists and belongs to `organizationID`.
     func run(id: String, organizationID: String) async throws(RunError) -> RunRecord {
         if let run = open[id], run.record.organizationID == organizationID { return run.record }
         return try await stored(id, organizationID: organizationID)
-    }
-
-    /// Completes every open run of a session that ended, as `terminated`.
-    func sessionEnded(_ sessionID: String) async {
-        let ids = open.values.filter { $0.record.sessionID == sessionID && !$0.completing }.map(\.record.id)
-        await terminate(ids, reason: "the browser session ended")
-    }
-
-    /// Completes every open run as `terminated`, publishing what was recorded (graceful shutdown).
-    func terminateAll(reason: String) async {
-        await terminate(open.values.filter { !$0.completing }.map(\.record.id), reason: reason)
-    }
-
-    private func terminate(_ ids: [String], reason: String) async {
-        await withTaskGroup(of: Void.self) { group in
-            for id in ids {
-                guard var run = open[id], !run.completing else { continue }
-                run.completing = true
-                open[id] = run
-                group.addTask { _ = await self.finalize(run, status: "terminated", failureReason: reason) }
-            }
-        }
-    }
-
-    // MARK: - Completion
-
-    private func finalize(_ run: OpenRun, status: String, failureReason: String?) async -> RunRecord {
-        var record = run.record
-        let end = wallClockMicros()
-        let id = record.id
-        if let frame = await Self.currentFrame(run.hub) {
-            do {
-                try await store.insert(try await saveScreenshot(frame, id: Self.newArtifactID(), run: record, step: nil,
-                                                                name: "final"))
-            } catch {
-                logger.error("cannot save the final screenshot", metadata: ["run_id": "\(id)", "error": "\(error)"])
-            }
-        }
-        if let segment = segment(of: record), segment.runs.contains(id) {
-            // A recorder that failed still left its fragments: the run gets them, and says why it ends early.
-            var recordingError: String?
-            do { try await Self.sync(segment.recorder, until: end, logger: logger) } catch {
-                recordingError = "\(error)"
-            }
-            do {
-                let stats = segment.recorder.stats
-                let steps = open[id]?.steps ?? run.steps
-                let summary = try await publishRecording(record, steps: steps, segment: segment.record, end: end)
-                record.framesRecorded = summary.frames
-                record.framesDropped = Int(clamping: Int64(stats.framesDropped) - Int64(run.droppedAtStart))
-            } catch {
-                logger.error("cannot publish the recording", metadata: ["run_id": "\(id)", "error": "\(error)"])
-                recordingError = recordingError ?? "cannot publish the recording: \(error)"
-            }
-            record.recordingError = recordingError
-            release(id, from: record)
-        }
-        record.status = status
-        // Finished when completion was asked for, which is also where the recording ends.
-        record.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
-        record.failureReason = failureReason
-        record.stepCount = open[id]?.steps.count ?? run.steps.count
-        do { try await store.update(record) } catch {
-            logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
-        }
-        open[id] = nil
-        logger.info("run completed", metadata: ["run_id": "\(id)", "status": "\(status)", "steps": "\(record.stepCount)",
-                                                 "frames": "\(record.framesRecorded)", "dropped": "\(record.framesDropped)"])
-        await notify(record)
-        return record
-    }
-
-    /// Cuts the run out of its session's segment into a faststart MP4 with a chapter per step, and publishes it.
-    private func publishRecording(_ run: RunRecord, steps: [StepRecord], segment: SegmentRecord, end: UInt64?)
-        async throws -> MP4Cut.Summary
-    {
-        let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
-                                               runID: run.id)
-        let relative = "\(directory)/recording.mp4"
-        let temporary = files.temporaryPath(for: relative)
-        let chapters = steps.map { MP4Cut.Chapter(time: $0.timeMicros, title: "Step \($0.index): \($0.label)") }
-        let source = files.url(segment.path).path
-        let (summary, size, checksum) = try await offThread { [files] in
-            let summary = try MP4Cut.cut(fragmented: source, output: temporary, from: run.startMicros, to: end,
-                                         chapters: chapters)
-            try files.publish(temporary, as: relative)
-            let (size, checksum) = try files.measure(relative)
-            return (summary, size, checksum)
-        }
-        let now = Date()
-        try await store.insert(ArtifactRecord(id: Self.newArtifactID(), kind: .recording, runID: run.id,
-                                        sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
-                                        path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
-                                        contentType: "video/mp4", createdAt: now, modifiedAt: now))
-        return summary
-    }
-
-    private func notify(_ run: RunRecord) async {
-        guard let url = run.webhookURL else { return }
-        do {
-            try await webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
-                                       payload: webhookPayload(run))
-        } catch {
-            logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-        }
-    }
-
-    /// The body of the run's webhook.
-    nonisolated func webhookPayload(_ run: RunRecord) async -> WebhookPayload {
-        let links = await links(run)
-        return WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
-                              failureReason: run.failureReason, recordingURL: links.recording,
-                              screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
-                              finishedAt: run.finishedAt)
     }
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
@@ -428,107 +287,26 @@ actor Runs {
         return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
     }
 
-    // MARK: - Segments
+    // MARK: - Recordings
 
-    /// A new recording of the session; its record is not stored yet.
-    private func startSegment(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64)
-        throws(RunError) -> Segment
-    {
-        let id = "seg_\(Digest.randomBytes(8).hex)"
-        do {
-            try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
-                                                    withIntermediateDirectories: true)
-            let record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
-                                       originMicros: origin)
-            var settings = EncoderSettings()
-            settings.preset = config.recording.preset.rawValue
-            settings.crf = config.recording.crf
-            settings.threads = config.recording.threads
-            settings.queueFrames = config.recording.queueFrames
-            settings.queueBytes = config.recording.queueMB << 20
-            let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
-                                               settings: settings, logger: logger.with(sessionID: sessionID))
-            return Segment(record: record, organizationID: organizationID, recorder: recorder, runs: [])
-        } catch {
-            logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
-            throw .storageFailed(what: "start the recording", error: "\(error)")
-        }
-    }
-
-    /// The recording a run is cut from: its session's, or a failed one it still holds.
-    private func segment(of run: RunRecord) -> Segment? {
-        guard let id = run.segmentID else { return nil }
-        if let segment = segments[run.sessionID], segment.record.id == id { return segment }
-        return failed[id]
-    }
-
-    /// Detaches a completed run from its segment, as the segment is now (other runs of it may have completed while
-    /// this one waited); the last one out stops the encoder and deletes the segment.
-    private func release(_ runID: String, from run: RunRecord) {
-        guard var segment = segment(of: run) else { return }
-        segment.runs.remove(runID)
-        let sessionID = segment.record.sessionID
-        let active = segments[sessionID]?.record.id == segment.record.id
-        if segment.runs.isEmpty {
-            if active { segments[sessionID] = nil } else { failed[segment.record.id] = nil }
-            retiring.yield(segment)
-        } else if active {
-            segments[sessionID] = segment
-        } else {
-            failed[segment.record.id] = segment
-        }
+    /// Detaches a run from its recording; the last run out hands the recording to ``retireRecordings()``.
+    func release(_ runID: String, from run: RunRecord) {
+        if let retired = recordings.release(runID, from: run) { retiring.yield(retired) }
     }
 
     /// Stops the encoder of each recording no run holds any more and deletes its file, until ``stopRetiring()``
     /// and the last one queued before it (the session service runs this, so shutdown waits for it).
-    func retireSegments() async {
-        for await segment in retirements { await retire(segment) }
+    func retireRecordings() async {
+        for await recording in retirements {
+            await recording.recorder.finish()
+            try? await store.markFinished(segmentID: recording.record.id)
+            await offThread { [files] in files.remove(recording.record.path) }
+        }
     }
 
-    /// Ends ``retireSegments()`` once the recordings queued so far are retired; later ones are left to the next
+    /// Ends ``retireRecordings()`` once the recordings queued so far are retired; later ones are left to the next
     /// start's recovery.
     nonisolated func stopRetiring() { retiring.finish() }
-
-    private func retire(_ segment: Segment) async {
-        await segment.recorder.finish()
-        try? await store.markFinished(segmentID: segment.record.id)
-        await offThread { [files] in files.remove(segment.record.path) }
-    }
-
-    // MARK: - Recovery
-
-    /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.
-    func recover() async {
-        let runs: [RunRecord]
-        do { runs = try await store.openRuns() } catch {
-            logger.error("cannot read open runs", metadata: ["error": "\(error)"])
-            return
-        }
-        for var run in runs {
-            let steps = (try? await store.steps(runID: run.id)) ?? []
-            if let segmentID = run.segmentID, let segment = try? await store.segment(id: segmentID) {
-                do {
-                    let summary = try await publishRecording(run, steps: steps, segment: segment, end: nil)
-                    run.framesRecorded = summary.frames
-                } catch {
-                    logger.error("cannot recover the recording", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-                }
-            }
-            run.status = "terminated"
-            run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
-            run.finishedAt = Date()
-            run.stepCount = steps.count
-            do { try await store.update(run) } catch {
-                logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-            }
-            logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])
-            await notify(run)
-        }
-        for segment in (try? await store.unfinishedSegments()) ?? [] {
-            try? await store.markFinished(segmentID: segment.id)
-            await offThread { [files] in files.remove(segment.path) }
-        }
-    }
 
     // MARK: - Helpers
 
@@ -540,7 +318,7 @@ actor Runs {
         return run
     }
 
-    private func stored(_ id: String, organizationID: String) async throws(RunError) -> RunRecord {
+    func stored(_ id: String, organizationID: String) async throws(RunError) -> RunRecord {
         guard let record = (try? await store.run(id: id)) ?? nil, record.organizationID == organizationID else {
             throw .notFound(id: id)
         }
@@ -569,27 +347,8 @@ actor Runs {
         return nil
     }
 
-    /// Waits for the recorder to have written every frame up to `end`, for at most a minute: an encoder far behind
-    /// must not hold the completion forever; the cut then takes what the file holds.
-    private static func sync(_ recorder: SegmentRecorder, until end: UInt64, logger: Logger) async throws {
-        let caughtUp = try await withThrowingTaskGroup(of: Bool.self) { group in
-            group.addTask {
-                try await recorder.sync(until: end)
-                return true
-            }
-            group.addTask {
-                try await Task.sleep(for: .seconds(60))
-                return false
-            }
-            // The loser is cancelled (a sync returns at once when cancelled), so the group ends with the winner.
-            defer { group.cancelAll() }
-            return try await group.next() ?? false
-        }
-        if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
-    }
-
     /// Writes a frame as a run's screenshot (converted to PNG if so configured), off the cooperative pool.
-    private func saveScreenshot(_ frame: Frame, id: String, run: RunRecord, step: Int?, name: String) async throws
+    func saveScreenshot(_ frame: Frame, id: String, run: RunRecord, step: Int?, name: String) async throws
         -> ArtifactRecord
     {
         let png = config.screenshotFormat == .png
@@ -608,6 +367,6 @@ actor Runs {
                               contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
     }
 
-    private static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
+    static func newArtifactID() -> String { "art_\(Digest.randomBytes(12).hex)" }
 }
 
