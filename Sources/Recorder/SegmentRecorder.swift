@@ -43,18 +43,25 @@ public final class SegmentRecorder: Sendable {
 
     /// Returns once every frame captured before `time` that the recorder has received (and any other frame it has
     /// received by then) is encoded and written to the file in a complete fragment, handed to the kernel and
-    /// fsynced. Throws if the recording failed.
+    /// fsynced. Throws if the recording failed; throws `CancellationError` at once when the task is cancelled (the
+    /// recorder still writes what it was asked to).
     public func sync(until time: UInt64) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            mailbox.post { s in
-                if let failure = s.failure {
-                    continuation.resume(throwing: failure)
-                } else if s.stopped {
-                    continuation.resume()
-                } else {
-                    s.commands.append(.sync(time, continuation))
+        let waiter = SyncWaiter()
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                waiter.set(continuation)
+                mailbox.post { s in
+                    if let failure = s.failure {
+                        waiter.resume(with: .failure(failure))
+                    } else if s.stopped {
+                        waiter.resume(with: .success(()))
+                    } else {
+                        s.commands.append(.sync(time, waiter))
+                    }
                 }
             }
+        } onCancel: {
+            waiter.resume(with: .failure(CancellationError()))
         }
     }
 
@@ -92,7 +99,7 @@ public final class SegmentRecorder: Sendable {
 private final class Mailbox: Sendable {
     enum Command {
         case keyframe(UInt64)
-        case sync(UInt64, CheckedContinuation<Void, any Error>)
+        case sync(UInt64, SyncWaiter)
 
         var time: UInt64 {
             switch self {
@@ -222,13 +229,13 @@ private final class Worker: @unchecked Sendable {
                 try writer.cutFragment()
             } catch {
                 // Taken off the list already: answered here, or its caller would wait for ever.
-                continuation.resume(throwing: error)
+                continuation.resume(with: .failure(error))
                 throw error
             }
             lastWrite = .now()
             fileSync()
             publishBytes()
-            continuation.resume()
+            continuation.resume(with: .success(()))
         }
     }
 
@@ -389,7 +396,7 @@ private final class Worker: @unchecked Sendable {
             s.failure = failure
             s.stats.bytesWritten = bytes
             s.stats.framesDropped = s.framesInvalid + dropped
-            let syncs = (commands + s.commands).compactMap { command -> CheckedContinuation<Void, any Error>? in
+            let syncs = (commands + s.commands).compactMap { command -> SyncWaiter? in
                 if case .sync(_, let continuation) = command { continuation } else { nil }
             }
             s.commands.removeAll()
@@ -397,9 +404,47 @@ private final class Worker: @unchecked Sendable {
             return (s.stats, syncs, s.finishWaiters)
         }
         commands.removeAll()
-        for sync in syncs {
-            if let failure { sync.resume(throwing: failure) } else { sync.resume() }
-        }
+        for sync in syncs { sync.resume(with: failure.map { .failure($0) } ?? .success(())) }
         for waiter in waiters { waiter.resume(returning: stats) }
+    }
+}
+
+/// The caller of one ``SegmentRecorder/sync(until:)``: resumed once, by the encoder thread or by cancellation,
+/// whichever comes first (cancellation may come before the continuation exists).
+final class SyncWaiter: Sendable {
+    private enum State {
+        case waiting
+        case suspended(CheckedContinuation<Void, any Error>)
+        case done(Result<Void, any Error>?)
+    }
+
+    private let state = Mutex(State.waiting)
+
+    func set(_ continuation: CheckedContinuation<Void, any Error>) {
+        let early: Result<Void, any Error>? = state.withLock { state in
+            guard case .done(let result) = state else {
+                state = .suspended(continuation)
+                return nil
+            }
+            state = .done(nil)
+            return result
+        }
+        if let early { continuation.resume(with: early) }
+    }
+
+    func resume(with result: Result<Void, any Error>) {
+        let continuation: CheckedContinuation<Void, any Error>? = state.withLock { state in
+            switch state {
+            case .waiting:
+                state = .done(result)
+                return nil
+            case .suspended(let continuation):
+                state = .done(nil)
+                return continuation
+            case .done:
+                return nil
+            }
+        }
+        continuation?.resume(with: result)
     }
 }

@@ -54,17 +54,17 @@ extension Store {
     }
 
     /// Bytes of artifact files not expired yet (open sessions' included).
-    public func liveArtifactBytes() throws -> Int {
-        try database.read { db in
+    public func liveArtifactBytes() async throws -> Int {
+        try await database.read { db in
             try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(fileSize), 0) FROM artifact WHERE expiredAt IS NULL") ?? 0
         }
     }
 
     /// Artifacts not expired yet whose session is closed or failed, the oldest closed session first (then oldest
     /// artifact first). With `createdBefore`, only artifacts created before then.
-    public func expirableArtifacts(createdBefore: Date? = nil) throws -> [ArtifactRecord] {
+    public func expirableArtifacts(createdBefore: Date? = nil) async throws -> [ArtifactRecord] {
         let closed = SessionStatus.allCases.filter { !$0.isActive }.map(\.rawValue)
-        return try database.read { db in
+        return try await database.read { db in
             var sql = """
                 SELECT artifact.* FROM artifact JOIN session ON session.id = artifact.sessionID
                 WHERE artifact.expiredAt IS NULL AND session.status IN (\(closed.map { _ in "?" }.joined(separator: ",")))
@@ -80,9 +80,9 @@ extension Store {
     }
 
     /// Marks artifacts deleted at `date`, and their sessions deleted once none of their files is left.
-    public func markExpired(artifactIDs: [String], at date: Date) throws {
+    public func markExpired(artifactIDs: [String], at date: Date) async throws {
         guard !artifactIDs.isEmpty else { return }
-        try database.write { db in
+        try await database.write { db in
             for id in artifactIDs {
                 try db.execute(sql: "UPDATE artifact SET expiredAt = ? WHERE id = ?", arguments: [date, id])
             }

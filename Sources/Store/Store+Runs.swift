@@ -194,21 +194,21 @@ extension Store {
     // MARK: - Runs
 
     /// Adds a new run; throws ``Failure/duplicateRun(_:)`` if its id is taken.
-    public func insert(_ run: RunRecord) throws {
+    public func insert(_ run: RunRecord) async throws {
         do {
-            try database.write { try run.insert($0) }
+            try await database.write { try run.insert($0) }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw Failure.duplicateRun(run.id)
         }
     }
 
-    public func update(_ run: RunRecord) throws { try database.write { try run.update($0) } }
+    public func update(_ run: RunRecord) async throws { try await database.write { try run.update($0) } }
 
-    public func run(id: String) throws -> RunRecord? { try database.read { try RunRecord.fetchOne($0, key: id) } }
+    public func run(id: String) async throws -> RunRecord? { try await database.read { try RunRecord.fetchOne($0, key: id) } }
 
     /// Runs still open (of one session, or of all sessions).
-    public func openRuns(sessionID: String? = nil) throws -> [RunRecord] {
-        try database.read { db in
+    public func openRuns(sessionID: String? = nil) async throws -> [RunRecord] {
+        try await database.read { db in
             var request = RunRecord.filter(Column("status") == "running")
             if let sessionID { request = request.filter(Column("sessionID") == sessionID) }
             return try request.order(Column("createdAt")).fetchAll(db)
@@ -218,42 +218,42 @@ extension Store {
     // MARK: - Steps
 
     /// Adds a step and bumps its run's step count, in one transaction.
-    public func insert(_ step: StepRecord, artifact: ArtifactRecord?) throws {
-        try database.write { db in
+    public func insert(_ step: StepRecord, artifact: ArtifactRecord?) async throws {
+        try await database.write { db in
             try artifact?.insert(db)
             try step.insert(db)
             try db.execute(sql: "UPDATE run SET stepCount = ? WHERE id = ?", arguments: [step.index, step.runID])
         }
     }
 
-    public func steps(runID: String) throws -> [StepRecord] {
-        try database.read { db in
+    public func steps(runID: String) async throws -> [StepRecord] {
+        try await database.read { db in
             try StepRecord.filter(Column("runID") == runID).order(Column("index")).fetchAll(db)
         }
     }
 
     // MARK: - Artifacts
 
-    public func insert(_ artifact: ArtifactRecord) throws { try database.write { try artifact.insert($0) } }
+    public func insert(_ artifact: ArtifactRecord) async throws { try await database.write { try artifact.insert($0) } }
 
-    public func artifact(id: String) throws -> ArtifactRecord? {
-        try database.read { try ArtifactRecord.fetchOne($0, key: id) }
+    public func artifact(id: String) async throws -> ArtifactRecord? {
+        try await database.read { try ArtifactRecord.fetchOne($0, key: id) }
     }
 
     /// Artifacts of a run, oldest first.
-    public func artifacts(runID: String) throws -> [ArtifactRecord] {
-        try database.read { db in
+    public func artifacts(runID: String) async throws -> [ArtifactRecord] {
+        try await database.read { db in
             try ArtifactRecord.filter(Column("runID") == runID).order(Column("createdAt"), Column("id")).fetchAll(db)
         }
     }
 
     /// The files sessions list (their runs' recordings and their downloads) that retention has not deleted,
     /// oldest first, by session id (sessions without any are absent): one query for all.
-    public func sessionFiles(sessionIDs: some Sequence<String>) throws -> [String: [ArtifactRecord]] {
+    public func sessionFiles(sessionIDs: some Sequence<String>) async throws -> [String: [ArtifactRecord]] {
         // One JSON array bound for all ids: SQLite binds at most 32766 values in a statement.
         let ids = String(decoding: try JSONEncoder().encode(Array(sessionIDs)), as: UTF8.self)
         let kinds = [ArtifactRecord.Kind.recording, .download]
-        return try database.read { db in
+        return try await database.read { db in
             Dictionary(grouping: try ArtifactRecord
                 .filter(sql: "sessionID IN (SELECT value FROM json_each(?))", arguments: [ids])
                 .filter(kinds.contains(Column("kind")) && Column("expiredAt") == nil)
@@ -263,18 +263,18 @@ extension Store {
 
     // MARK: - Segments
 
-    public func insert(_ segment: SegmentRecord) throws { try database.write { try segment.insert($0) } }
+    public func insert(_ segment: SegmentRecord) async throws { try await database.write { try segment.insert($0) } }
 
-    public func markFinished(segmentID: String) throws {
-        try database.write { try $0.execute(sql: "UPDATE segment SET finished = 1 WHERE id = ?", arguments: [segmentID]) }
+    public func markFinished(segmentID: String) async throws {
+        try await database.write { try $0.execute(sql: "UPDATE segment SET finished = 1 WHERE id = ?", arguments: [segmentID]) }
     }
 
-    public func segment(id: String) throws -> SegmentRecord? {
-        try database.read { try SegmentRecord.fetchOne($0, key: id) }
+    public func segment(id: String) async throws -> SegmentRecord? {
+        try await database.read { try SegmentRecord.fetchOne($0, key: id) }
     }
 
     /// Segments still being written (or left so by a crash).
-    public func unfinishedSegments() throws -> [SegmentRecord] {
-        try database.read { try SegmentRecord.filter(Column("finished") == false).fetchAll($0) }
+    public func unfinishedSegments() async throws -> [SegmentRecord] {
+        try await database.read { try SegmentRecord.filter(Column("finished") == false).fetchAll($0) }
     }
 }

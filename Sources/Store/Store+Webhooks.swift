@@ -56,23 +56,23 @@ extension Store {
     }
 
     /// Adds a delivery and returns it with its id.
-    public func insertWebhookDelivery(_ delivery: WebhookDelivery) throws -> WebhookDelivery {
-        try database.write { db in
+    public func insertWebhookDelivery(_ delivery: WebhookDelivery) async throws -> WebhookDelivery {
+        try await database.write { db in
             try delivery.inserted(db)
         }
     }
 
     /// Saves a delivery after an attempt.
-    public func updateWebhookDelivery(_ delivery: WebhookDelivery) throws {
-        try database.write { try delivery.update($0) }
+    public func updateWebhookDelivery(_ delivery: WebhookDelivery) async throws {
+        try await database.write { try delivery.update($0) }
     }
 
     /// Pending deliveries due at `now`, longest due first, leaving out `excluded` ids (those in flight).
     public func dueWebhookDeliveries(now: Date = Date(), excluding excluded: Set<Int64> = [],
                                      excludingOrganizations organizations: Set<String> = [], limit: Int)
-        throws -> [WebhookDelivery]
+        async throws -> [WebhookDelivery]
     {
-        try database.read { db in
+        try await database.read { db in
             try Self.pending(excluding: excluded).filter(Column("nextAttemptAt") <= now)
                 .filter(!organizations.contains(Column("organizationID"))).limit(limit)
                 .fetchAll(db)
@@ -82,16 +82,16 @@ extension Store {
     /// When the earliest pending delivery not in `excluded` nor of `organizations` is due, or nil when none is
     /// pending.
     public func nextWebhookAttemptDate(excluding excluded: Set<Int64> = [],
-                                       excludingOrganizations organizations: Set<String> = []) throws -> Date? {
-        try database.read {
+                                       excludingOrganizations organizations: Set<String> = []) async throws -> Date? {
+        try await database.read {
             try Self.pending(excluding: excluded).filter(!organizations.contains(Column("organizationID")))
                 .fetchOne($0)?.nextAttemptAt
         }
     }
 
     /// The newest delivery of a run, if it ever had one.
-    public func latestWebhookDelivery(runID: String) throws -> WebhookDelivery? {
-        try database.read { db in
+    public func latestWebhookDelivery(runID: String) async throws -> WebhookDelivery? {
+        try await database.read { db in
             try WebhookDelivery.filter(Column("runID") == runID).order(Column("id").desc).fetchOne(db)
         }
     }

@@ -2,6 +2,9 @@ public import GRDB
 public import ViewportCore
 
 /// The embedded SQLite database of the daemon's state (`viewportd.sqlite` in the state directory).
+///
+/// Its methods are `async`: GRDB runs them on its own queues and suspends the caller, so no thread of the
+/// cooperative pool waits for SQLite (a busy database waits up to 5 s).
 public final class Store: Sendable {
     /// Errors the store reports to callers.
     public enum Failure: Error, Equatable {
@@ -44,6 +47,9 @@ public final class Store: Sendable {
     }
 
     /// Adds a new session; throws ``Failure/duplicateSession(_:)`` if its id is taken.
+    ///
+    /// Blocks until written, as updating a session does: the daemon writes sessions on its own serial
+    /// queue, in the order they changed; everything else here suspends the caller instead.
     public func insert(_ session: SessionRecord) throws {
         do {
             try database.write { try session.insert($0) }
@@ -58,13 +64,13 @@ public final class Store: Sendable {
     }
 
     /// The session with this id, if any.
-    public func session(id: String) throws -> SessionRecord? {
-        try database.read { try SessionRecord.fetchOne($0, key: id) }
+    public func session(id: String) async throws -> SessionRecord? {
+        try await database.read { try SessionRecord.fetchOne($0, key: id) }
     }
 
     /// Sessions of one organization, newest first.
-    public func sessions(organizationID: String, activeOnly: Bool) throws -> [SessionRecord] {
-        try database.read { db in
+    public func sessions(organizationID: String, activeOnly: Bool) async throws -> [SessionRecord] {
+        try await database.read { db in
             var request = SessionRecord.filter(Column("organizationID") == organizationID)
             if activeOnly { request = request.filter(Self.activeStatuses.contains(Column("status"))) }
             return try request.order(Column("createdAt").desc).fetchAll(db)
@@ -72,24 +78,24 @@ public final class Store: Sendable {
     }
 
     /// The `limit` sessions that ended last, latest first.
-    public func recentlyEndedSessions(limit: Int) throws -> [SessionRecord] {
-        try database.read { db in
+    public func recentlyEndedSessions(limit: Int) async throws -> [SessionRecord] {
+        try await database.read { db in
             try SessionRecord.filter(!Self.activeStatuses.contains(Column("status"))).order(Column("modifiedAt").desc)
                 .limit(limit).fetchAll(db)
         }
     }
 
     /// Every session still open (to re-attach after a restart).
-    public func activeSessions() throws -> [SessionRecord] {
-        try database.read { db in
+    public func activeSessions() async throws -> [SessionRecord] {
+        try await database.read { db in
             try SessionRecord.filter(Self.activeStatuses.contains(Column("status"))).order(Column("createdAt"))
                 .fetchAll(db)
         }
     }
 
     /// How many sessions are in each status (statuses without any are absent).
-    public func sessionCounts() throws -> [SessionStatus: Int] {
-        try database.read { db in
+    public func sessionCounts() async throws -> [SessionStatus: Int] {
+        try await database.read { db in
             let rows = try Row.fetchAll(db, sql: "SELECT status, COUNT(*) AS n FROM session GROUP BY status")
             return Dictionary(uniqueKeysWithValues: rows.compactMap { row in
                 SessionStatus(rawValue: row["status"]).map { ($0, row["n"] as Int) }
@@ -98,8 +104,8 @@ public final class Store: Sendable {
     }
 
     /// Throws unless the database takes its write lock now (an immediate write transaction that changes nothing).
-    public func checkWritable() throws {
-        try database.writeWithoutTransaction { db in
+    public func checkWritable() async throws {
+        try await database.writeWithoutTransaction { db in
             try db.inTransaction(.immediate) {
                 try db.execute(sql: "UPDATE session SET id = id WHERE 0")
                 return .commit

@@ -84,7 +84,6 @@ public final class Daemon: Sendable {
                     logger: logger)
         gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)
-        sessions.onEnd { [runs] id in await runs.sessionEnded(id) }
     }
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
@@ -109,7 +108,7 @@ public final class Daemon: Sendable {
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
         await runs.recover()  // runs a crash left open: terminated, with their recordings published
-        try sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
+        try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
         self.group.withLock { $0 = group }
         if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
@@ -187,18 +186,31 @@ private struct LoopService: Service {
     }
 }
 
-/// Enforces session timeouts; on shutdown finalizes open runs' recordings, then stops sources.
+/// Enforces session timeouts, terminates the runs of sessions that end and retires recordings no run holds; on
+/// shutdown finalizes open runs' recordings, then stops sources, waiting for the last runs and recordings.
 private struct SessionService: Service {
     let sessions: Sessions
     let runs: Runs
 
     func run() async throws {
+        async let endings: Void = endRuns()
+        async let retirements: Void = runs.retireRecordings()
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
             sessions.closeExpired()
         }
         await runs.terminateAll(reason: "viewportd shut down; the recording ends there")
         await sessions.stopAll()
+        await endings
+        runs.stopRetiring()
+        await retirements
+    }
+
+    private func endRuns() async {
+        for await ending in sessions.endings {
+            await runs.sessionEnded(ending.id)
+            ending.done?.resume()
+        }
     }
 }
 

@@ -32,17 +32,20 @@ struct Retention: Sendable {
 
     /// Deletes what the limits say must go, as of `now`.
     @discardableResult
-    func sweep(now: Date = Date()) throws -> Sweep {
-        var doomed = try store.expirableArtifacts(createdBefore: now.addingTimeInterval(-maxAge))
+    func sweep(now: Date = Date()) async throws -> Sweep {
+        var doomed = try await store.expirableArtifacts(createdBefore: now.addingTimeInterval(-maxAge))
         // Recordings in progress take disk too: they count toward the budget (they are never deleted here).
-        let recording = try store.unfinishedSegments().reduce(0) { total, segment in
-            total + ((try? FileManager.default.attributesOfItem(atPath: files.url(segment.path).path)[.size] as? Int) ?? 0)
+        let segments = try await store.unfinishedSegments()
+        let recording = await offThread { [files] in
+            segments.reduce(0) { total, segment in
+                total + ((try? FileManager.default.attributesOfItem(atPath: files.url(segment.path).path)[.size] as? Int) ?? 0)
+            }
         }
-        var left = try store.liveArtifactBytes() + recording - doomed.reduce(0) { $0 + $1.fileSize }
+        var left = try await store.liveArtifactBytes() + recording - doomed.reduce(0) { $0 + $1.fileSize }
         if left > maxBytes {
             let chosen = Set(doomed.map(\.id))
             var bySession: [(id: String, artifacts: [ArtifactRecord])] = []
-            for artifact in try store.expirableArtifacts() where !chosen.contains(artifact.id) {
+            for artifact in try await store.expirableArtifacts() where !chosen.contains(artifact.id) {
                 if bySession.last?.id == artifact.sessionID {
                     bySession[bySession.count - 1].artifacts.append(artifact)
                 } else {
@@ -55,9 +58,12 @@ struct Retention: Sendable {
             }
         }
         // Marked first: the API never serves a record whose file is going.
-        try store.markExpired(artifactIDs: doomed.map(\.id), at: now)
-        for artifact in doomed { files.remove(artifact.path) }
-        files.removeEmptyDirectories(of: doomed.map(\.path))
+        try await store.markExpired(artifactIDs: doomed.map(\.id), at: now)
+        let paths = doomed.map(\.path)
+        await offThread { [files] in
+            for path in paths { files.remove(path) }
+            files.removeEmptyDirectories(of: paths)
+        }
         let result = Sweep(expired: doomed.map(\.id), bytesFreed: doomed.reduce(0) { $0 + $1.fileSize }, bytesLeft: left)
         if !doomed.isEmpty {
             logger.info("retention deleted artifacts", metadata: [
@@ -80,7 +86,7 @@ struct RetentionService: Service {
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            do { try retention.sweep() } catch {
+            do { try await retention.sweep() } catch {
                 retention.logger.error("retention sweep failed", metadata: ["error": "\(error)"])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }

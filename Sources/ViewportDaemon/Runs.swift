@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import Recorder
 import Store
-import Synchronization
 import ViewportCore
 
 /// Why a request about a run failed.
@@ -68,22 +67,16 @@ enum RunError: DomainError, Equatable {
 }
 
 /// Runs of agents in sessions: steps with screenshots, one recording per session cut into one MP4 per run,
-/// artifacts and the completion webhook.
+/// artifacts and the completion webhook. A run's completion is in RunCompletion.swift, the sessions' recordings
+/// in SessionRecording.swift.
 ///
-/// An actor: what a call decides before its first `await` happens atomically. Runs are open only in the
-/// process that started them; a run found open at start-up was cut short by a crash and is terminated with
-/// what its recording holds.
+/// An actor: what a call decides between two `await`s happens atomically, so each call decides in memory first
+/// (which recording a run joins, a step's index) and then writes to the store and the disk, undoing its decision
+/// when that fails. Runs are open only in the process that started them; a run found open at start-up was cut
+/// short by a crash and is terminated with what its recording holds.
 actor Runs {
-    /// A session's recording in progress and the runs it serves.
-    private struct Segment {
-        let record: SegmentRecord
-        let organizationID: String
-        let recorder: SegmentRecorder
-        var runs: Set<String>
-    }
-
     /// An open run and what it has collected.
-    private struct OpenRun {
+    struct OpenRun {
         var record: RunRecord
         let hub: FrameHub
         var steps: [StepRecord] = []
@@ -94,19 +87,22 @@ actor Runs {
     /// Final statuses `complete` accepts.
     static let finalStatuses = ["completed", "failed", "terminated", "timed_out", "canceled"]
 
-    private let store: Store
+    // Not private: run completion (RunCompletion.swift) uses them too.
+    let store: Store
+    let files: ArtifactFiles
+    let webhooks: Webhooks
+    let config: Config
+    let logger: Logger
+    private(set) var recordings = SessionRecordings()
+    var open: [String: OpenRun] = [:]
+
     private let sessions: Sessions
-    private let files: ArtifactFiles
     private let auth: Auth
-    private let webhooks: Webhooks
-    private let config: Config
-    private let logger: Logger
-    /// The recording of each session, by session id.
-    private var segments: [String: Segment] = [:]
-    /// Recordings that failed (a full disk, an encoder error) while runs were open, by segment id: those runs are
-    /// still cut from what they hold, while the session's next run gets a fresh recording.
-    private var failed: [String: Segment] = [:]
-    private var open: [String: OpenRun] = [:]
+    /// Ids of runs being started (stored next), so that a second start of the same id is refused.
+    private var starting: Set<String> = []
+    /// Recordings no run holds any more, retired in order by ``retireRecordings()``.
+    private let retirements: AsyncStream<SessionRecording>
+    private let retiring: AsyncStream<SessionRecording>.Continuation
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
          logger: Logger)
@@ -118,6 +114,7 @@ actor Runs {
         self.webhooks = webhooks
         self.config = config
         self.logger = logger
+        (retirements, retiring) = AsyncStream.makeStream()
     }
 
     // MARK: - API
@@ -136,203 +133,92 @@ actor Runs {
             }
         }
         let session: SessionRecord
-        do { session = try sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
+        do { session = try await sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
             throw .session(error)
         }
         guard let hub = sessions.hub(id: sessionID) else {
             throw .session(.notOpen(id: sessionID, status: session.status))
         }
         let id = runID ?? "wr_\(Digest.randomBytes(12).hex)"
-        guard open[id] == nil, (try? store.run(id: id)) == nil else { throw .alreadyExists(id: id) }
+        let stored = (try? await store.run(id: id)) ?? nil
+        guard open[id] == nil, !starting.contains(id), stored == nil else { throw .alreadyExists(id: id) }
         let now = Date()
         let start = wallClockMicros()
-        if let broken = segments[sessionID], broken.recorder.failure != nil {
-            segments[sessionID] = nil
-            if broken.runs.isEmpty { Task { await self.retire(broken) } } else { failed[broken.record.id] = broken }
-        }
-        let existing = segments[sessionID]
-        var segment = existing
-        if segment == nil, config.recording.enabled {
+        let (existing, retired) = recordings.usable(sessionID: sessionID)
+        if let retired { retiring.yield(retired) }
+        var recording = existing
+        if recording == nil, config.recording.enabled {
             let limit = config.limits.recordingsPerOrganization
-            guard segments.values.count(where: { $0.organizationID == organizationID }) < limit else {
+            guard recordings.count(organizationID: organizationID) < limit else {
                 throw .tooManyRecordings(organizationID: organizationID, limit: limit)
             }
-            segment = try startSegment(sessionID: sessionID, organizationID: organizationID, hub: hub, origin: start)
+            do {
+                recording = try SessionRecording(sessionID: sessionID, organizationID: organizationID, hub: hub,
+                                                 origin: start, files: files, config: config, logger: logger)
+            } catch {
+                logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
+                throw .storageFailed(what: "start the recording", error: "\(error)")
+            }
         }
-        segment?.recorder.keyframe(at: start)
+        recording?.recorder.keyframe(at: start)
         let record = RunRecord(id: id, sessionID: sessionID, organizationID: organizationID, status: "running",
                                title: title, webhookURL: webhookURL, createdAt: now, startMicros: start,
-                               segmentID: segment?.record.id)
-        do { try store.insert(record) } catch {
-            if existing == nil, let segment { Task { await self.retire(segment) } }
+                               segmentID: recording?.record.id)
+        if let recording { recordings.add(id, to: recording) }
+        starting.insert(id)
+        defer { starting.remove(id) }
+        do {
+            if existing == nil, let recording { try await store.insert(recording.record) }
+            try await store.insert(record)
+        } catch {
+            release(id, from: record)
             if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
             throw .storageFailed(what: "store the run", error: "\(error)")
         }
-        if var segment {
-            segment.runs.insert(id)
-            segments[sessionID] = segment
-        }
-        open[id] = OpenRun(record: record, hub: hub, droppedAtStart: segment?.recorder.stats.framesDropped ?? 0)
+        open[id] = OpenRun(record: record, hub: hub, droppedAtStart: recording?.recorder.stats.framesDropped ?? 0)
         logger.info("run started", metadata: ["run_id": "\(id)", "browser_session_id": "\(sessionID)"])
+        // A session that ended while the run was being stored did not see it: the run ends with it here.
+        if sessions.hub(id: sessionID) !== hub { await terminate([id], reason: "the browser session ended") }
         return record
     }
 
     /// Marks a step: takes the newest frame as its screenshot (waiting up to 2 s for a first one).
     func step(runID: String, organizationID: String, label: String) async throws(RunError) -> (StepRecord, ArtifactRecord) {
-        let run = try openRun(runID, organizationID: organizationID)
+        let run = try await openRun(runID, organizationID: organizationID)
         let time = wallClockMicros()
         guard let frame = await Self.currentFrame(run.hub) else {
             throw .noFrameYet(sessionID: run.record.sessionID)
         }
         // The run may have been completed while this step waited for a frame.
         guard var current = open[runID], !current.completing else { throw .notOpen(id: runID, status: "completed") }
-        let index = current.steps.count + 1
-        let artifact = try saveScreenshot(frame, run: current.record, step: index, name: String(format: "step-%03d", index))
+        let index = (current.steps.last?.index ?? 0) + 1
+        let artifactID = ArtifactFiles.newID()
         let step = StepRecord(runID: runID, index: index, label: label, createdAt: Date(), timeMicros: time,
-                              artifactID: artifact.id)
-        do { try store.insert(step, artifact: artifact) } catch {
-            throw .storageFailed(what: "store the step", error: "\(error)")
-        }
+                              artifactID: artifactID)
         current.steps.append(step)
-        current.record.stepCount = index
+        current.record.stepCount = current.steps.count
         open[runID] = current
-        return (step, artifact)
-    }
-
-    /// Completes a run: final screenshot, the recording cut and published, the webhook queued. Completing a
-    /// completed run returns it unchanged.
-    func complete(runID: String, organizationID: String, status: String, failureReason: String?) async throws(RunError)
-        -> RunRecord
-    {
-        guard var run = open[runID] else {
-            let record = try stored(runID, organizationID: organizationID)
-            guard record.isOpen else { return record }
-            throw .startedByEarlierProcess(id: runID)
+        do {
+            let artifact = try await saveScreenshot(frame, id: artifactID, run: current.record, step: index,
+                                                    name: String(format: "step-%03d", index))
+            try await store.insert(step, artifact: artifact)
+            return (step, artifact)
+        } catch {
+            open[runID]?.steps.removeAll { $0.index == index }
+            open[runID]?.record.stepCount = open[runID]?.steps.count ?? 0
+            throw .storageFailed(what: "save the step", error: "\(error)")
         }
-        guard run.record.organizationID == organizationID else { throw .notFound(id: runID) }
-        guard !run.completing else { throw .beingCompleted(id: runID) }
-        run.completing = true
-        open[runID] = run
-        return await finalize(run, status: status, failureReason: failureReason)
     }
 
     /// The run if it exists and belongs to `organizationID`.
-    func run(id: String, organizationID: String) throws(RunError) -> RunRecord {
+    func run(id: String, organizationID: String) async throws(RunError) -> RunRecord {
         if let run = open[id], run.record.organizationID == organizationID { return run.record }
-        return try stored(id, organizationID: organizationID)
-    }
-
-    /// Completes every open run of a session that ended, as `terminated`.
-    func sessionEnded(_ sessionID: String) async {
-        let ids = open.values.filter { $0.record.sessionID == sessionID && !$0.completing }.map(\.record.id)
-        await terminate(ids, reason: "the browser session ended")
-    }
-
-    /// Completes every open run as `terminated`, publishing what was recorded (graceful shutdown).
-    func terminateAll(reason: String) async {
-        await terminate(open.values.filter { !$0.completing }.map(\.record.id), reason: reason)
-    }
-
-    private func terminate(_ ids: [String], reason: String) async {
-        await withTaskGroup(of: Void.self) { group in
-            for id in ids {
-                guard var run = open[id], !run.completing else { continue }
-                run.completing = true
-                open[id] = run
-                group.addTask { _ = await self.finalize(run, status: "terminated", failureReason: reason) }
-            }
-        }
-    }
-
-    // MARK: - Completion
-
-    private func finalize(_ run: OpenRun, status: String, failureReason: String?) async -> RunRecord {
-        var record = run.record
-        let end = wallClockMicros()
-        let id = record.id
-        if let frame = await Self.currentFrame(run.hub) {
-            do { try store.insert(try saveScreenshot(frame, run: record, step: nil, name: "final")) } catch {
-                logger.error("cannot save the final screenshot", metadata: ["run_id": "\(id)", "error": "\(error)"])
-            }
-        }
-        if let segment = segment(of: record), segment.runs.contains(id) {
-            // A recorder that failed still left its fragments: the run gets them, and says why it ends early.
-            var recordingError: String?
-            do { try await Self.sync(segment.recorder, until: end, logger: logger) } catch {
-                recordingError = "\(error)"
-            }
-            do {
-                let stats = segment.recorder.stats
-                let summary = try await publishRecording(record, steps: run.steps, segment: segment.record, end: end)
-                record.framesRecorded = summary.frames
-                record.framesDropped = Int(clamping: Int64(stats.framesDropped) - Int64(run.droppedAtStart))
-            } catch {
-                logger.error("cannot publish the recording", metadata: ["run_id": "\(id)", "error": "\(error)"])
-                recordingError = recordingError ?? "cannot publish the recording: \(error)"
-            }
-            record.recordingError = recordingError
-            release(id, from: record)
-        }
-        record.status = status
-        // Finished when completion was asked for, which is also where the recording ends.
-        record.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
-        record.failureReason = failureReason
-        record.stepCount = run.steps.count
-        do { try store.update(record) } catch {
-            logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
-        }
-        open[id] = nil
-        logger.info("run completed", metadata: ["run_id": "\(id)", "status": "\(status)", "steps": "\(record.stepCount)",
-                                                 "frames": "\(record.framesRecorded)", "dropped": "\(record.framesDropped)"])
-        notify(record)
-        return record
-    }
-
-    /// Cuts the run out of its session's segment into a faststart MP4 with a chapter per step, and publishes it.
-    private func publishRecording(_ run: RunRecord, steps: [StepRecord], segment: SegmentRecord, end: UInt64?)
-        async throws -> MP4Cut.Summary
-    {
-        let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
-                                               runID: run.id)
-        let relative = "\(directory)/recording.mp4"
-        let temporary = files.temporaryPath(for: relative)
-        let chapters = steps.map { MP4Cut.Chapter(time: $0.timeMicros, title: "Step \($0.index): \($0.label)") }
-        let source = files.url(segment.path).path
-        let summary = try await Self.offThread {
-            try MP4Cut.cut(fragmented: source, output: temporary, from: run.startMicros, to: end, chapters: chapters)
-        }
-        try files.publish(temporary, as: relative)
-        let (size, checksum) = try files.measure(relative)
-        let now = Date()
-        try store.insert(ArtifactRecord(id: ArtifactFiles.newID(), kind: .recording, runID: run.id,
-                                        sessionID: run.sessionID, organizationID: run.organizationID, step: nil,
-                                        path: relative, filename: "\(run.id).mp4", fileSize: size, checksum: checksum,
-                                        contentType: "video/mp4", createdAt: now, modifiedAt: now))
-        return summary
-    }
-
-    private func notify(_ run: RunRecord) {
-        guard let url = run.webhookURL else { return }
-        do {
-            try webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
-                                 payload: webhookPayload(run))
-        } catch {
-            logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-        }
-    }
-
-    /// The body of the run's webhook.
-    nonisolated func webhookPayload(_ run: RunRecord) -> WebhookPayload {
-        let links = links(run)
-        return WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
-                              failureReason: run.failureReason, recordingURL: links.recording,
-                              screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
-                              finishedAt: run.finishedAt)
+        return try await stored(id, organizationID: organizationID)
     }
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
-    nonisolated func links(_ run: RunRecord) -> (recording: String?, screenshots: [String]) {
-        links((try? store.artifacts(runID: run.id)) ?? [])
+    nonisolated func links(_ run: RunRecord) async -> (recording: String?, screenshots: [String]) {
+        links((try? await store.artifacts(runID: run.id)) ?? [])
     }
 
     /// The same, from a run's artifacts already read (oldest first).
@@ -342,15 +228,15 @@ actor Runs {
     }
 
     /// Queues the completed run's webhook again (at most `limits.retry_webhook_per_minute` a minute).
-    func retryWebhook(runID: String, organizationID: String) throws(RunError) {
-        let run = try run(id: runID, organizationID: organizationID)
+    func retryWebhook(runID: String, organizationID: String) async throws(RunError) {
+        let run = try await run(id: runID, organizationID: organizationID)
         guard run.webhookURL != nil else { throw .noWebhook(id: runID) }
         guard !run.isOpen else { throw .stillOpen(id: runID) }
         guard webhooks.allowRetry(organizationID: organizationID) else {
             throw .tooManyRetries(organizationID: organizationID, limit: config.limits.retryWebhookPerMinute)
         }
         let queued: Bool
-        do { queued = try webhooks.resend(runID: runID) } catch {
+        do { queued = try await webhooks.resend(runID: runID) } catch {
             throw .storageFailed(what: "queue the webhook", error: "\(error)")
         }
         guard queued else { throw .noDelivery(id: runID) }
@@ -363,18 +249,19 @@ actor Runs {
         let steps: [StepRecord]
     }
 
-    func replay(runID: String) -> Replay? {
-        guard let run = open[runID]?.record ?? (try? store.run(id: runID)) ?? nil else { return nil }
-        return Replay(run: run, artifacts: (try? store.artifacts(runID: runID)) ?? [],
-                      steps: (try? store.steps(runID: runID)) ?? [])
+    func replay(runID: String) async -> Replay? {
+        let run: RunRecord? = if let open = open[runID]?.record { open } else { (try? await store.run(id: runID)) ?? nil }
+        guard let run else { return nil }
+        return Replay(run: run, artifacts: (try? await store.artifacts(runID: runID)) ?? [],
+                      steps: (try? await store.steps(runID: runID)) ?? [])
     }
 
     /// An artifact by id, whoever owns it (the caller checks).
-    func artifact(id: String) -> ArtifactRecord? { (try? store.artifact(id: id)) ?? nil }
+    func artifact(id: String) async -> ArtifactRecord? { (try? await store.artifact(id: id)) ?? nil }
 
     /// The files each session lists (its runs' recordings, its downloads), oldest first.
-    func sessionFiles(sessionIDs: [String]) -> [String: [ArtifactRecord]] {
-        (try? store.sessionFiles(sessionIDs: sessionIDs)) ?? [:]
+    func sessionFiles(sessionIDs: [String]) async -> [String: [ArtifactRecord]] {
+        (try? await store.sessionFiles(sessionIDs: sessionIDs)) ?? [:]
     }
 
     /// The run open in each session that has one (the newest when several are).
@@ -388,9 +275,9 @@ actor Runs {
     }
 
     /// Artifacts of a run, oldest first.
-    func artifacts(runID: String, organizationID: String) throws(RunError) -> [ArtifactRecord] {
-        _ = try run(id: runID, organizationID: organizationID)
-        return (try? store.artifacts(runID: runID)) ?? []
+    func artifacts(runID: String, organizationID: String) async throws(RunError) -> [ArtifactRecord] {
+        _ = try await run(id: runID, organizationID: organizationID)
+        return (try? await store.artifacts(runID: runID)) ?? []
     }
 
     /// A signed URL of an artifact's content.
@@ -400,132 +287,42 @@ actor Runs {
         return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
     }
 
-    // MARK: - Segments
+    // MARK: - Recordings
 
-    private func startSegment(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64)
-        throws(RunError) -> Segment
-    {
-        let id = "seg_\(Digest.randomBytes(8).hex)"
-        do {
-            try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
-                                                    withIntermediateDirectories: true)
-            let record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
-                                       originMicros: origin)
-            try store.insert(record)
-            var settings = EncoderSettings()
-            settings.preset = config.recording.preset.rawValue
-            settings.crf = config.recording.crf
-            settings.threads = config.recording.threads
-            settings.queueFrames = config.recording.queueFrames
-            settings.queueBytes = config.recording.queueMB << 20
-            let recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin,
-                                               settings: settings, logger: logger.with(sessionID: sessionID))
-            return Segment(record: record, organizationID: organizationID, recorder: recorder, runs: [])
-        } catch {
-            logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
-            throw .storageFailed(what: "start the recording", error: "\(error)")
+    /// Detaches a run from its recording; the last run out hands the recording to ``retireRecordings()``.
+    func release(_ runID: String, from run: RunRecord) {
+        if let retired = recordings.release(runID, from: run) { retiring.yield(retired) }
+    }
+
+    /// Stops the encoder of each recording no run holds any more and deletes its file, until ``stopRetiring()``
+    /// and the last one queued before it (the session service runs this, so shutdown waits for it).
+    func retireRecordings() async {
+        for await recording in retirements {
+            await recording.recorder.finish()
+            try? await store.markFinished(segmentID: recording.record.id)
+            await offThread { [files] in files.remove(recording.record.path) }
         }
     }
 
-    /// The recording a run is cut from: its session's, or a failed one it still holds.
-    private func segment(of run: RunRecord) -> Segment? {
-        guard let id = run.segmentID else { return nil }
-        if let segment = segments[run.sessionID], segment.record.id == id { return segment }
-        return failed[id]
-    }
-
-    /// Detaches a completed run from its segment, as the segment is now (other runs of it may have completed while
-    /// this one waited); the last one out stops the encoder and deletes the segment.
-    private func release(_ runID: String, from run: RunRecord) {
-        guard var segment = segment(of: run) else { return }
-        segment.runs.remove(runID)
-        let sessionID = segment.record.sessionID
-        let active = segments[sessionID]?.record.id == segment.record.id
-        if segment.runs.isEmpty {
-            if active { segments[sessionID] = nil } else { failed[segment.record.id] = nil }
-            Task { await self.retire(segment) }
-        } else if active {
-            segments[sessionID] = segment
-        } else {
-            failed[segment.record.id] = segment
-        }
-    }
-
-    private func retire(_ segment: Segment) async {
-        await segment.recorder.finish()
-        try? store.markFinished(segmentID: segment.record.id)
-        files.remove(segment.record.path)
-    }
-
-    // MARK: - Recovery
-
-    /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.
-    func recover() async {
-        let runs: [RunRecord]
-        do { runs = try store.openRuns() } catch {
-            logger.error("cannot read open runs", metadata: ["error": "\(error)"])
-            return
-        }
-        for var run in runs {
-            let steps = (try? store.steps(runID: run.id)) ?? []
-            if let segmentID = run.segmentID, let segment = try? store.segment(id: segmentID) {
-                do {
-                    let summary = try await publishRecording(run, steps: steps, segment: segment, end: nil)
-                    run.framesRecorded = summary.frames
-                } catch {
-                    logger.error("cannot recover the recording", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-                }
-            }
-            run.status = "terminated"
-            run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
-            run.finishedAt = Date()
-            run.stepCount = steps.count
-            do { try store.update(run) } catch {
-                logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
-            }
-            logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])
-            notify(run)
-        }
-        for segment in (try? store.unfinishedSegments()) ?? [] {
-            try? store.markFinished(segmentID: segment.id)
-            files.remove(segment.path)
-        }
-    }
+    /// Ends ``retireRecordings()`` once the recordings queued so far are retired; later ones are left to the next
+    /// start's recovery.
+    nonisolated func stopRetiring() { retiring.finish() }
 
     // MARK: - Helpers
 
-    private func openRun(_ id: String, organizationID: String) throws(RunError) -> OpenRun {
+    private func openRun(_ id: String, organizationID: String) async throws(RunError) -> OpenRun {
         guard let run = open[id], run.record.organizationID == organizationID else {
-            throw .notOpen(id: id, status: try stored(id, organizationID: organizationID).status)
+            throw .notOpen(id: id, status: try await stored(id, organizationID: organizationID).status)
         }
         guard !run.completing else { throw .beingCompleted(id: id) }
         return run
     }
 
-    private func stored(_ id: String, organizationID: String) throws(RunError) -> RunRecord {
-        guard let record = try? store.run(id: id), record.organizationID == organizationID else { throw .notFound(id: id) }
-        return record
-    }
-
-    private func saveScreenshot(_ frame: Frame, run: RunRecord, step: Int?, name: String) throws(RunError)
-        -> ArtifactRecord
-    {
-        do {
-            let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
-                                                   runID: run.id)
-            let png = config.screenshotFormat == .png
-            let data = png ? try ImageConversion.png(fromJPEG: frame.jpeg.data) : frame.jpeg.data
-            let relative = "\(directory)/\(name).\(png ? "png" : "jpg")"
-            try files.write(data, to: relative)
-            let now = Date()
-            return ArtifactRecord(id: ArtifactFiles.newID(), kind: .screenshot, runID: run.id,
-                                  sessionID: run.sessionID, organizationID: run.organizationID, step: step,
-                                  path: relative, filename: "\(run.id)-\(name).\(png ? "png" : "jpg")",
-                                  fileSize: data.count, checksum: Digest.sha256(data).hex,
-                                  contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
-        } catch {
-            throw .storageFailed(what: "save the screenshot", error: "\(error)")
+    func stored(_ id: String, organizationID: String) async throws(RunError) -> RunRecord {
+        guard let record = (try? await store.run(id: id)) ?? nil, record.organizationID == organizationID else {
+            throw .notFound(id: id)
         }
+        return record
     }
 
     /// The newest frame of a session as it is now: the hub's latest while somebody consumes (the screencast
@@ -550,38 +347,25 @@ actor Runs {
         return nil
     }
 
-    /// Waits for the recorder to have written every frame up to `end`, for at most a minute: an encoder far behind
-    /// must not hold the completion forever; the cut then takes what the file holds.
-    private static func sync(_ recorder: SegmentRecorder, until end: UInt64, logger: Logger) async throws {
-        // Not a task group: a group would wait for the sync even after the timeout won.
-        let caughtUp: Bool = try await withCheckedThrowingContinuation { continuation in
-            let once = ResumeOnce(continuation)
-            Task {
-                do {
-                    try await recorder.sync(until: end)
-                    once.resume(with: .success(true))
-                } catch { once.resume(with: .failure(error)) }
-            }
-            Task {
-                try? await Task.sleep(for: .seconds(60))
-                once.resume(with: .success(false))
-            }
+    /// Writes a frame as a run's screenshot (converted to PNG if so configured), off the cooperative pool.
+    func saveScreenshot(_ frame: Frame, id: String, run: RunRecord, step: Int?, name: String) async throws
+        -> ArtifactRecord
+    {
+        let png = config.screenshotFormat == .png
+        let filename = "\(name).\(png ? "png" : "jpg")"
+        let (relative, size, checksum) = try await offThread { [files] in
+            let directory = try files.runDirectory(organizationID: run.organizationID, sessionID: run.sessionID,
+                                                   runID: run.id)
+            let data = png ? try ImageConversion.png(fromJPEG: frame.jpeg.data) : frame.jpeg.data
+            try files.write(data, to: "\(directory)/\(filename)")
+            return ("\(directory)/\(filename)", data.count, Digest.sha256(data).hex)
         }
-        if !caughtUp { logger.error("recorder did not catch up within 60 s; publishing what it has written") }
+        let now = Date()
+        return ArtifactRecord(id: id, kind: .screenshot, runID: run.id, sessionID: run.sessionID,
+                              organizationID: run.organizationID, step: step, path: relative,
+                              filename: "\(run.id)-\(filename)", fileSize: size, checksum: checksum,
+                              contentType: png ? "image/png" : "image/jpeg", createdAt: now, modifiedAt: now)
     }
 
-
-    /// Runs blocking file work on a thread outside the cooperative pool.
-    private static func offThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async { continuation.resume(with: Result { try work() }) }
-        }
-    }
 }
 
-/// A continuation that the first of several racing tasks resumes.
-private final class ResumeOnce<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<T, any Error>?>
-    init(_ continuation: CheckedContinuation<T, any Error>) { self.continuation = Mutex(continuation) }
-    func resume(with result: Result<T, any Error>) { continuation.withLock { $0.take() }?.resume(with: result) }
-}

@@ -121,8 +121,17 @@ final class Sessions: Sendable {
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
-    /// Called after a session ended (runs complete then).
-    private let endHandler = Mutex<(@Sendable (String) async -> Void)?>(nil)
+
+    /// A session that ended; `done` (when its closer waits) is resumed once whoever reads ``endings`` is done with it.
+    struct Ending: Sendable {
+        let id: String
+        let done: CheckedContinuation<Void, Never>?
+    }
+
+    /// Every session that ends, once (closed, timed out or failed), until ``stopAll()``: the session service ends
+    /// their runs.
+    let endings: AsyncStream<Ending>
+    private let ending: AsyncStream<Ending>.Continuation
 
     init(store: Store, files: ArtifactFiles, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
         self.store = store
@@ -132,6 +141,7 @@ final class Sessions: Sendable {
         self.metrics = metrics
         self.logger = logger
         policy = NetworkPolicy(config: config)
+        (endings, ending) = AsyncStream.makeStream()
     }
 
     /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
@@ -150,11 +160,6 @@ final class Sessions: Sendable {
             }
         }
     }
-
-    /// Sets what happens after a session ends; `close` waits for it, timeouts and failures do not.
-    func onEnd(_ handler: @escaping @Sendable (String) async -> Void) { endHandler.withLock { $0 = handler } }
-
-    private func ended(_ id: String) async { await endHandler.withLock { $0 }?(id) }
 
     // MARK: - API
 
@@ -178,7 +183,7 @@ final class Sessions: Sendable {
         }
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
-        if (try? store.session(id: record.id)) != nil { throw duplicate }
+        if (try? await store.session(id: record.id)) != nil { throw duplicate }
         let limit = config.limits.sessionsPerOrganization
         let overLimit = SessionError.tooManySessions(organizationID: organizationID, limit: limit)
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
@@ -220,25 +225,26 @@ final class Sessions: Sendable {
     }
 
     /// The session if it exists and belongs to `organizationID`.
-    func session(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
-        guard let record = lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
+    func session(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
+        guard let record = await lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 
-    private func lookup(_ id: String) -> SessionRecord? {
-        state.withLock { $0.open[id]?.record ?? $0.ended[id] } ?? (try? store.session(id: id)) ?? nil
+    private func lookup(_ id: String) async -> SessionRecord? {
+        if let record = state.withLock({ $0.open[id]?.record ?? $0.ended[id] }) { return record }
+        return (try? await store.session(id: id)) ?? nil
     }
 
     /// The session if it is open and belongs to `organizationID`.
-    func openSession(id: String, organizationID: String) throws(SessionError) -> SessionRecord {
-        let record = try session(id: id, organizationID: organizationID)
+    func openSession(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
+        let record = try await session(id: id, organizationID: organizationID)
         guard record.status.isActive else { throw .notOpen(id: id, status: record.status) }
         return record
     }
 
     /// The VNC screen of an open session of `organizationID`.
-    func screen(id: String, organizationID: String) throws(SessionError) -> VNCBridge {
-        let record = try openSession(id: id, organizationID: organizationID)
+    func screen(id: String, organizationID: String) async throws(SessionError) -> VNCBridge {
+        let record = try await openSession(id: id, organizationID: organizationID)
         let (bridge, limited) = state.withLock { ($0.open[id]?.bridge, $0.open[id]?.vncLimited ?? false) }
         if let bridge { return bridge }
         if limited {
@@ -248,10 +254,10 @@ final class Sessions: Sendable {
     }
 
     /// Sessions in the store by status (for the metrics).
-    func statusCounts() -> [SessionStatus: Int] { (try? store.sessionCounts()) ?? [:] }
+    func statusCounts() async -> [SessionStatus: Int] { (try? await store.sessionCounts()) ?? [:] }
 
     /// Throws unless the store takes writes now (readiness).
-    func checkStoreWritable() throws { try store.checkWritable() }
+    func checkStoreWritable() async throws { try await store.checkWritable() }
 
     /// Number of open sessions of `organizationID`.
     func openCount(organizationID: String) -> Int {
@@ -264,19 +270,21 @@ final class Sessions: Sendable {
             .sorted { $0.createdAt > $1.createdAt }
     }
 
-    /// Closes a session (viewers are told); closing a closed session returns it unchanged.
+    /// Closes a session (viewers are told) and returns once its runs are terminated; closing a closed session
+    /// returns it unchanged.
     func close(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
-        let record = try session(id: id, organizationID: organizationID)
+        let record = try await session(id: id, organizationID: organizationID)
         guard record.status.isActive else { return record }
-        let closed = finish(id, .closed, reason: nil) ?? lookup(id) ?? record
-        await ended(id)
+        var ended: SessionRecord?
+        await withCheckedContinuation { done in ended = finish(id, .closed, reason: nil, done: done) }
+        let closed = if let ended { ended } else { await lookup(id) ?? record }
         await flushWrites()
         return closed
     }
 
     /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own). 409 once it has ended.
     func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(SessionError) -> SessionRecord {
-        _ = try session(id: id, organizationID: organizationID)
+        _ = try await session(id: id, organizationID: organizationID)
         let renewed: SessionRecord? = state.withLock { state in
             guard let session = state.open[id] else { return nil }
             let now = Date()
@@ -287,7 +295,7 @@ final class Sessions: Sendable {
             return session.record
         }
         guard let renewed else {
-            throw .cannotRenew(id: id, status: lookup(id)?.status ?? .closed)
+            throw .cannotRenew(id: id, status: await lookup(id)?.status ?? .closed)
         }
         await flushWrites()
         logger.info("session renewed", metadata: ["browser_session_id": "\(id)", "timeout_minutes": "\(renewed.timeoutMinutes)"])
@@ -323,10 +331,10 @@ final class Sessions: Sendable {
 
     /// Re-attaches every session left open by the previous run. Called before the listener serves, so a viewer
     /// never finds an open session missing.
-    func reattach() throws {
-        let ended = try store.recentlyEndedSessions(limit: Self.maxRememberedEnded)
+    func reattach() async throws {
+        let ended = try await store.recentlyEndedSessions(limit: Self.maxRememberedEnded)
         state.withLock { state in for record in ended.reversed() { state.remember(record) } }
-        for record in try store.activeSessions() {
+        for record in try await store.activeSessions() {
             let session = makeSession(record)
             state.withLock { $0.open[record.id] = session }
             session.source.start()
@@ -340,13 +348,14 @@ final class Sessions: Sendable {
         for id in expired {
             logger.info("session timed out", metadata: ["browser_session_id": "\(id)"])
             finish(id, .closed, reason: nil)
-            Task { await ended(id) }
         }
     }
 
-    /// Stops every source, leaving the sessions open in the store so the next start re-attaches them.
+    /// Stops every source, leaving the sessions open in the store so the next start re-attaches them, and ends
+    /// ``endings``.
     func stopAll() async {
         for session in state.withLock({ Array($0.open.values) }) { session.stop() }
+        ending.finish()
         await flushWrites()
     }
 
@@ -403,15 +412,15 @@ final class Sessions: Sendable {
     }
 
     /// Lists a file the session's browser downloaded among the session's files. Called on the service thread:
-    /// hashing the file and the insert run on the store's write queue.
+    /// the file is hashed off the pool, then stored.
     private func downloaded(_ download: CDPDownload, by session: SessionRecord) {
         let relative = ArtifactFiles.downloadsDirectory(organizationID: session.organizationID, sessionID: session.id)
             + "/" + download.guid
-        writes.async { [store, files, logger] in
+        Task { [store, files, logger] in
             do {
-                let (size, checksum) = try files.measure(relative)
+                let (size, checksum) = try await offThread { try files.measure(relative) }
                 let now = Date()
-                try store.insert(ArtifactRecord(
+                try await store.insert(ArtifactRecord(
                     id: ArtifactFiles.newID(), kind: .download, runID: nil, sessionID: session.id,
                     organizationID: session.organizationID, step: nil, path: relative,
                     filename: download.suggestedFilename, fileSize: size, checksum: checksum,
@@ -443,14 +452,15 @@ final class Sessions: Sendable {
         case .failed(let reason):
             logger.warning("session failed", metadata: ["browser_session_id": "\(id)", "reason": "\(reason)"])
             finish(id, .failed, reason: reason)
-            Task { await ended(id) }
         }
     }
 
-    /// Ends an open session: records the final status, tells its viewers, stops its source.
+    /// Ends an open session: records the final status, tells its viewers, stops its source, and announces it on
+    /// ``endings`` (with `done`, resumed at once when the session was not open or nobody reads any more).
     @discardableResult
-    private func finish(_ id: String, _ status: SessionStatus, reason: String?) -> SessionRecord? {
-        let ended: Open? = state.withLock { state in
+    private func finish(_ id: String, _ status: SessionStatus, reason: String?,
+                        done: CheckedContinuation<Void, Never>? = nil) -> SessionRecord? {
+        let ended: (session: Open, record: SessionRecord)? = state.withLock { state in
             guard let session = state.open.removeValue(forKey: id) else { return nil }
             let now = Date()
             session.record.status = status
@@ -460,12 +470,16 @@ final class Sessions: Sendable {
             state.ended[id] = session.record
             state.remember(session.record)
             save(session.record)
-            return session
+            return (session, session.record)
         }
-        guard let ended else { return nil }
-        ended.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
-        ended.stop()
-        return state.withLock { $0.ended[id] } ?? lookup(id)
+        guard let ended else {
+            done?.resume()
+            return nil
+        }
+        ended.session.hub.setStatus(status == .failed ? .failed(reason: reason ?? "failed") : .closed)
+        ended.session.stop()
+        if case .terminated = ending.yield(Ending(id: id, done: done)) { done?.resume() }
+        return ended.record
     }
 
     // MARK: - Store

@@ -90,21 +90,21 @@ final class Webhooks: Sendable {
 
     /// Queues a delivery of `payload` to `url`. The body is serialised here, once, with sorted keys: every
     /// attempt sends and signs exactly these bytes.
-    func enqueue(runID: String, organizationID: String, url: String, payload: WebhookPayload) throws(WebhookError) {
+    func enqueue(runID: String, organizationID: String, url: String, payload: WebhookPayload) async throws(WebhookError) {
         guard let body = try? APIJSON.encoder(sortedKeys: true).encode(payload) else {
             throw WebhookError("webhook payload of run \(runID) cannot be encoded")
         }
-        try insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body))
+        try await insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body))
     }
 
     /// Queues the run's latest body again to its URL; false if the run never had a delivery.
-    func resend(runID: String) throws(WebhookError) -> Bool {
+    func resend(runID: String) async throws(WebhookError) -> Bool {
         let latest: WebhookDelivery?
-        do { latest = try store.latestWebhookDelivery(runID: runID) } catch {
+        do { latest = try await store.latestWebhookDelivery(runID: runID) } catch {
             throw WebhookError("cannot read the webhook deliveries of run \(runID): \(error)")
         }
         guard let latest else { return false }
-        try insert(WebhookDelivery(runID: runID, organizationID: latest.organizationID, url: latest.url, body: latest.body))
+        try await insert(WebhookDelivery(runID: runID, organizationID: latest.organizationID, url: latest.url, body: latest.body))
         return true
     }
 
@@ -120,8 +120,8 @@ final class Webhooks: Sendable {
     /// Replaces the signing secrets by organization id (on reload).
     func setSecrets(_ secrets: [String: String]) { self.secrets.withLock { $0 = secrets } }
 
-    private func insert(_ delivery: WebhookDelivery) throws(WebhookError) {
-        do { _ = try store.insertWebhookDelivery(delivery) } catch {
+    private func insert(_ delivery: WebhookDelivery) async throws(WebhookError) {
+        do { _ = try await store.insertWebhookDelivery(delivery) } catch {
             throw WebhookError("cannot store the webhook delivery of run \(delivery.runID): \(error)")
         }
         wakeup.signal()
@@ -142,7 +142,7 @@ final class Webhooks: Sendable {
                     // Due deliveries of organizations below their share, until the slots are full: an organization
                     // with thousands due never hides the others'.
                     while busy.count + picked.count < maxConcurrent {
-                        let batch = try store.dueWebhookDeliveries(
+                        let batch = try await store.dueWebhookDeliveries(
                             excluding: Set(busy.keys).union(due.compactMap(\.id)), excludingOrganizations: atShare,
                             limit: maxConcurrent - busy.count - picked.count)
                         guard !batch.isEmpty else { break }
@@ -156,7 +156,7 @@ final class Webhooks: Sendable {
                     }
                     // Due ones left waiting for a slot (theirs or their organization's share) are woken by a
                     // finished attempt, not by the clock.
-                    next = try store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)),
+                    next = try await store.nextWebhookAttemptDate(excluding: Set(busy.keys).union(due.compactMap(\.id)),
                                                             excludingOrganizations: atShare)
                 } catch {
                     logger.error("cannot read webhook deliveries", metadata: ["error": "\(error)"])
@@ -186,7 +186,7 @@ final class Webhooks: Sendable {
             delivery.status = .failed
             delivery.lastError = "no webhook secret configured for organization \(delivery.organizationID)"
             logger.warning("webhook not sent", metadata: ["run_id": "\(runID)", "error": "\(delivery.lastError!)"])
-            save(delivery)
+            await save(delivery)
             return
         }
         delivery.attempts += 1
@@ -227,11 +227,11 @@ final class Webhooks: Sendable {
                 logger.warning("webhook attempt failed", metadata: metadata)
             }
         }
-        save(delivery)
+        await save(delivery)
     }
 
-    private func save(_ delivery: WebhookDelivery) {
-        do { try store.updateWebhookDelivery(delivery) } catch {
+    private func save(_ delivery: WebhookDelivery) async {
+        do { try await store.updateWebhookDelivery(delivery) } catch {
             logger.error("cannot store webhook delivery", metadata: ["run_id": "\(delivery.runID)", "error": "\(error)"])
         }
     }

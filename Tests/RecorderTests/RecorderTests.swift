@@ -128,6 +128,32 @@ struct RecorderTests {
         await recorder.finish()
     }
 
+    @Test func aCancelledSyncReturnsAtOnce_andTheRecorderGoesOn() async throws {
+        let scratch = try Scratch()
+        let jpegs = try makeJPEGs(scratch, "f", width: 320, height: 240, count: 10)
+        let origin = wallClockMicros() - 60_000_000
+        let times = captureTimes(from: origin, count: 10)
+        let hub = FrameHub()
+        let fragmented = scratch.path("session.fmp4")
+        let recorder = try SegmentRecorder(hub: hub, path: fragmented, origin: origin, settings: settings(),
+                                           logger: testLogger)
+        for i in 0..<5 { publish(hub, jpegs[i], at: times[i]) }
+        // Cancelled before it asks: a run's completion that gave up waiting must not leave the sync hanging.
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            try await recorder.sync(until: times[4] + 1)
+        }
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
+        for i in 5..<10 { publish(hub, jpegs[i], at: times[i]) }
+        try await recorder.sync(until: times[9] + 1)
+        let copy = scratch.path("copy.fmp4")
+        try FileManager.default.copyItem(atPath: fragmented, toPath: copy)
+        let summary = try MP4Cut.cut(fragmented: copy, output: scratch.path("run.mp4"), from: origin,
+                                     to: times[9] + 50_000, chapters: [])
+        #expect(summary.frames == 10)
+        await recorder.finish()
+    }
+
     @Test func framesOfAnotherSizeOrSubsampling_areScaledIntoTheFirstFramesSize() async throws {
         let scratch = try Scratch()
         let first = try makeJPEGs(scratch, "a", width: 640, height: 360, count: 10)

@@ -216,7 +216,7 @@ struct RetentionTests {
                     let path = "\(directory)/step-\(index).jpg"
                     try files.write(Data(repeating: UInt8(index), count: 500), to: path)
                     let artifactID = "art_\(session.dropFirst(4))_\(index)"
-                    try store.insert(ArtifactRecord(id: artifactID, kind: .screenshot, runID: run, sessionID: session,
+                    try await store.insert(ArtifactRecord(id: artifactID, kind: .screenshot, runID: run, sessionID: session,
                                                     organizationID: "org_a", step: index, path: path, filename: "s.jpg",
                                                     fileSize: 500, checksum: "00", contentType: "image/jpeg",
                                                     createdAt: now.addingTimeInterval(-4 * 86400), modifiedAt: now))
@@ -230,7 +230,7 @@ struct RetentionTests {
             // 3000 bytes against a 2500-byte budget: the session closed longest ago goes, whole.
             var config = daemon.daemon.config
             config.retention.maxDiskGB = 2500e-9
-            let sweep = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let sweep = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(sweep.expired) == Set(ids["pbs_old"]!) && sweep.bytesLeft == 2000)
             let (expiredStatus, expired) = try await content(ids["pbs_old"]![0])
             #expect(expiredStatus == 404 && expired["detail"].string == "artifact expired")
@@ -240,17 +240,17 @@ struct RetentionTests {
 
             // A budget nothing fits: the other closed session goes, the open one stays.
             config.retention.maxDiskGB = 1e-9
-            let second = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let second = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(second.expired) == Set(ids["pbs_recent"]!) && second.bytesLeft == 1000)
             for id in ids["pbs_open"]! { #expect(try await content(id).0 == 200, "an open session's artifact stays") }
 
             // Age: once the open session is closed, its 4-day-old artifacts outlive a 3-day limit no longer.
-            var open = try #require(try store.session(id: "pbs_open"))
+            var open = try #require(try await store.session(id: "pbs_open"))
             (open.status, open.completedAt) = (.closed, now)
             try store.update(open)
             config.retention.maxDiskGB = 50
             config.retention.maxAgeDays = 3
-            let third = try Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let third = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(third.expired) == Set(ids["pbs_open"]!) && third.bytesLeft == 0)
         }
     }

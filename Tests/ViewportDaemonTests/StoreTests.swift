@@ -8,12 +8,12 @@ import ViewportCore
     // Whole milliseconds: the store keeps dates to the millisecond.
     static let t0 = Date(timeIntervalSince1970: 1_760_000_000.25)
 
-    @Test func sessionsReadBackAsStoredAndChanged() throws {
-        try withTemporaryStore { store in
+    @Test func sessionsReadBackAsStoredAndChanged() async throws {
+        try await withTemporaryStore { store in
             var session = SessionRecord(id: "bs_1", organizationID: "org-a", status: .created, createdAt: Self.t0,
                                         modifiedAt: Self.t0, timeoutMinutes: 30, browserAddress: "ws://127.0.0.1:1/x")
             try store.insert(session)
-            #expect(try store.session(id: "bs_1") == session)
+            #expect(try await store.session(id: "bs_1") == session)
             #expect(throws: Store.Failure.duplicateSession("bs_1")) { try store.insert(session) }
 
             session.status = .closed
@@ -21,83 +21,83 @@ import ViewportCore
             (session.renewedAt, session.failureReason) = (Self.t0 + 30, "closed by request")
             (session.vncAddress, session.vncPassword) = ("127.0.0.1:5901", "secret")
             try store.update(session)
-            #expect(try store.session(id: "bs_1") == session)
-            #expect(try store.sessions(organizationID: "org-a", activeOnly: false) == [session])
-            #expect(try store.sessions(organizationID: "org-a", activeOnly: true).isEmpty)
-            #expect(try store.recentlyEndedSessions(limit: 10) == [session])
-            #expect(try store.sessionCounts() == [.closed: 1])
+            #expect(try await store.session(id: "bs_1") == session)
+            #expect(try await store.sessions(organizationID: "org-a", activeOnly: false) == [session])
+            #expect(try await store.sessions(organizationID: "org-a", activeOnly: true).isEmpty)
+            #expect(try await store.recentlyEndedSessions(limit: 10) == [session])
+            #expect(try await store.sessionCounts() == [.closed: 1])
         }
     }
 
-    @Test func runsStepsArtifactsAndSegmentsReadBackAsStored() throws {
-        try withTemporaryStore { store in
+    @Test func runsStepsArtifactsAndSegmentsReadBackAsStored() async throws {
+        try await withTemporaryStore { store in
             let segment = SegmentRecord(id: "seg_1", sessionID: "bs_1", path: "org-a/seg_1.mp4",
                                         originMicros: 1_760_000_001_000_000)
-            try store.insert(segment)
-            #expect(try store.segment(id: "seg_1") == segment)
-            #expect(try store.unfinishedSegments() == [segment])
-            try store.markFinished(segmentID: "seg_1")
-            #expect(try store.segment(id: "seg_1")?.finished == true)
-            #expect(try store.unfinishedSegments().isEmpty)
+            try await store.insert(segment)
+            #expect(try await store.segment(id: "seg_1") == segment)
+            #expect(try await store.unfinishedSegments() == [segment])
+            try await store.markFinished(segmentID: "seg_1")
+            #expect(try await store.segment(id: "seg_1")?.finished == true)
+            #expect(try await store.unfinishedSegments().isEmpty)
 
             var run = RunRecord(id: "tsk_1", sessionID: "bs_1", organizationID: "org-a", status: "running",
                                 title: "A run", webhookURL: "https://example.com/hook", createdAt: Self.t0,
                                 startMicros: 1_760_000_000_250_000, segmentID: "seg_1")
-            try store.insert(run)
-            #expect(try store.run(id: "tsk_1") == run)
-            #expect(try store.openRuns(sessionID: "bs_1") == [run])
-            #expect(throws: Store.Failure.duplicateRun("tsk_1")) { try store.insert(run) }
+            try await store.insert(run)
+            #expect(try await store.run(id: "tsk_1") == run)
+            #expect(try await store.openRuns(sessionID: "bs_1") == [run])
+            await #expect(throws: Store.Failure.duplicateRun("tsk_1")) { try await store.insert(run) }
 
             let screenshot = Self.artifact("art_1", .screenshot, session: "bs_1", step: 1, at: Self.t0 + 1)
             let step = StepRecord(runID: "tsk_1", index: 1, label: "Opened the page", createdAt: Self.t0 + 1,
                                   timeMicros: 1_760_000_001_250_000, artifactID: "art_1")
-            try store.insert(step, artifact: screenshot)
+            try await store.insert(step, artifact: screenshot)
             let bare = StepRecord(runID: "tsk_1", index: 2, label: "Clicked", createdAt: Self.t0 + 2,
                                   timeMicros: 1_760_000_002_250_000, artifactID: nil)
-            try store.insert(bare, artifact: nil)
-            #expect(try store.steps(runID: "tsk_1") == [step, bare])
-            #expect(try store.artifact(id: "art_1") == screenshot)
+            try await store.insert(bare, artifact: nil)
+            #expect(try await store.steps(runID: "tsk_1") == [step, bare])
+            #expect(try await store.artifact(id: "art_1") == screenshot)
             run.stepCount = 2
-            #expect(try store.run(id: "tsk_1") == run)
+            #expect(try await store.run(id: "tsk_1") == run)
 
             (run.status, run.finishedAt, run.failureReason) = ("failed", Self.t0 + 9, "agent gave up")
             (run.framesRecorded, run.framesDropped, run.recordingError) = (1200, 3, "disk full")
-            try store.update(run)
-            #expect(try store.run(id: "tsk_1") == run)
-            #expect(try store.openRuns().isEmpty)
+            try await store.update(run)
+            #expect(try await store.run(id: "tsk_1") == run)
+            #expect(try await store.openRuns().isEmpty)
 
             let recording = Self.artifact("art_2", .recording, session: "bs_1", at: Self.t0 + 10)
-            try store.insert(recording)
-            #expect(try store.artifacts(runID: "tsk_1") == [screenshot, recording])
-            #expect(try store.sessionFiles(sessionIDs: ["bs_1"])["bs_1"] == [recording])
+            try await store.insert(recording)
+            #expect(try await store.artifacts(runID: "tsk_1") == [screenshot, recording])
+            #expect(try await store.sessionFiles(sessionIDs: ["bs_1"])["bs_1"] == [recording])
         }
     }
 
-    @Test func webhookDeliveriesGetAnIDAndReadBackAsStored() throws {
-        try withTemporaryStore { store in
-            var delivery = try store.insertWebhookDelivery(WebhookDelivery(
+    @Test func webhookDeliveriesGetAnIDAndReadBackAsStored() async throws {
+        try await withTemporaryStore { store in
+            var delivery = try await store.insertWebhookDelivery(WebhookDelivery(
                 runID: "tsk_1", organizationID: "org-a", url: "https://example.com/hook", body: Data([0, 1, 2, 255]),
                 createdAt: Self.t0))
             let id = try #require(delivery.id)
-            #expect(try store.latestWebhookDelivery(runID: "tsk_1") == delivery)
-            #expect(try store.dueWebhookDeliveries(now: Self.t0, limit: 10) == [delivery])
-            #expect(try store.dueWebhookDeliveries(now: Self.t0, excluding: [id], limit: 10).isEmpty)
+            #expect(try await store.latestWebhookDelivery(runID: "tsk_1") == delivery)
+            #expect(try await store.dueWebhookDeliveries(now: Self.t0, limit: 10) == [delivery])
+            #expect(try await store.dueWebhookDeliveries(now: Self.t0, excluding: [id], limit: 10).isEmpty)
 
             (delivery.attempts, delivery.status, delivery.nextAttemptAt) = (2, .delivered, Self.t0 + 5)
             (delivery.lastError, delivery.lastStatusCode, delivery.deliveredAt) = ("HTTP 500", 200, Self.t0 + 5)
-            try store.updateWebhookDelivery(delivery)
-            #expect(try store.latestWebhookDelivery(runID: "tsk_1") == delivery)
-            #expect(try store.nextWebhookAttemptDate() == nil)
+            try await store.updateWebhookDelivery(delivery)
+            #expect(try await store.latestWebhookDelivery(runID: "tsk_1") == delivery)
+            #expect(try await store.nextWebhookAttemptDate() == nil)
 
-            let next = try store.insertWebhookDelivery(WebhookDelivery(
+            let next = try await store.insertWebhookDelivery(WebhookDelivery(
                 runID: "tsk_1", organizationID: "org-a", url: "https://example.com/hook", body: Data(), createdAt: Self.t0))
             #expect(try #require(next.id) > id)
         }
     }
 
     /// Fixtures/store-v6.sql is a database as the store wrote it before its records were GRDB records themselves.
-    @Test func aDatabaseOfThePreviousVersionOpensWithItsRecords() throws {
-        try withTemporaryStore(prepare: { path in
+    @Test func aDatabaseOfThePreviousVersionOpensWithItsRecords() async throws {
+        try await withTemporaryStore(prepare: { path in
             let loader = Process()
             loader.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
             loader.arguments = ["-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).executescript(open(sys.argv[2]).read())",
@@ -112,21 +112,21 @@ import ViewportCore
                                        browserAddress: "ws://127.0.0.1:9222/devtools/browser/x",
                                        failureReason: "closed by request")
             (closed.renewedAt, closed.vncAddress, closed.vncPassword) = (Self.t0 + 300, "127.0.0.1:5901", "secret")
-            #expect(try store.session(id: "bs_closed") == closed)
+            #expect(try await store.session(id: "bs_closed") == closed)
             let running = SessionRecord(id: "bs_running", organizationID: "org-b", status: .running,
                                         createdAt: Self.t0 + 10, modifiedAt: Self.t0 + 10, timeoutMinutes: 5,
                                         browserAddress: "")
-            #expect(try store.activeSessions() == [running])
-            #expect(try store.sessionCounts() == [.closed: 1, .running: 1])
+            #expect(try await store.activeSessions() == [running])
+            #expect(try await store.sessionCounts() == [.closed: 1, .running: 1])
 
             var run = RunRecord(id: "tsk_done", sessionID: "bs_closed", organizationID: "org-a", status: "failed",
                                 title: "A run", webhookURL: "https://example.com/hook", createdAt: Self.t0 + 2,
                                 startMicros: 1_760_000_002_250_000, segmentID: "seg_1")
             (run.finishedAt, run.failureReason, run.stepCount) = (Self.t0 + 500, "agent gave up", 2)
             (run.framesRecorded, run.framesDropped, run.recordingError) = (1200, 3, "disk full")
-            #expect(try store.run(id: "tsk_done") == run)
-            #expect(try store.openRuns().map(\.id) == ["wr_open"])
-            #expect(try store.steps(runID: "tsk_done") == [
+            #expect(try await store.run(id: "tsk_done") == run)
+            #expect(try await store.openRuns().map(\.id) == ["wr_open"])
+            #expect(try await store.steps(runID: "tsk_done") == [
                 StepRecord(runID: "tsk_done", index: 1, label: "Opened the page", createdAt: Self.t0 + 3,
                            timeMicros: 1_760_000_003_250_000, artifactID: "art_shot"),
                 StepRecord(runID: "tsk_done", index: 2, label: "Clicked", createdAt: Self.t0 + 4,
@@ -138,51 +138,51 @@ import ViewportCore
                                            filename: "recording.mp4", fileSize: 1_000_000,
                                            checksum: String(repeating: "cd", count: 32), contentType: "video/mp4",
                                            createdAt: Self.t0 + 501, modifiedAt: Self.t0 + 501)
-            #expect(try store.sessionFiles(sessionIDs: ["bs_closed"])["bs_closed"] == [recording])
-            let artifacts = try store.artifacts(runID: "tsk_done")
+            #expect(try await store.sessionFiles(sessionIDs: ["bs_closed"])["bs_closed"] == [recording])
+            let artifacts = try await store.artifacts(runID: "tsk_done")
             #expect(artifacts.map(\.id) == ["art_shot", "art_old", "art_rec"])
             #expect(artifacts.first?.kind == .screenshot && artifacts.first?.step == 1)
             #expect(artifacts.map(\.expiredAt) == [nil, Self.t0 + 700, nil])
-            #expect(try store.liveArtifactBytes() == 2048 + 1_000_000)
+            #expect(try await store.liveArtifactBytes() == 2048 + 1_000_000)
 
-            #expect(try store.segment(id: "seg_1")?.finished == true)
-            #expect(try store.unfinishedSegments() == [
+            #expect(try await store.segment(id: "seg_1")?.finished == true)
+            #expect(try await store.unfinishedSegments() == [
                 SegmentRecord(id: "seg_2", sessionID: "bs_running", path: "org-b/seg_2.mp4",
                               originMicros: 1_760_000_011_000_000),
             ])
 
-            let delivered = try #require(try store.latestWebhookDelivery(runID: "tsk_done"))
+            let delivered = try #require(try await store.latestWebhookDelivery(runID: "tsk_done"))
             #expect(delivered.id == 1 && delivered.status == .delivered && delivered.attempts == 2)
             #expect(delivered.body == Data(#"{"run_id":"tsk_done"}"#.utf8))
             #expect(delivered.lastStatusCode == 200 && delivered.deliveredAt == Self.t0 + 560)
             var pending = WebhookDelivery(runID: "wr_open", organizationID: "org-b", url: "http://example.org/",
                                           body: Data([0, 1, 2, 255]), createdAt: Self.t0 + 30)
             pending.id = 2
-            #expect(try store.dueWebhookDeliveries(now: Self.t0 + 30, limit: 10) == [pending])
+            #expect(try await store.dueWebhookDeliveries(now: Self.t0 + 30, limit: 10) == [pending])
 
             // Still writable after opening: the migrations found nothing left to do.
-            try store.checkWritable()
+            try await store.checkWritable()
             pending.id = nil
-            #expect(try store.insertWebhookDelivery(pending).id == 3)
+            #expect(try await store.insertWebhookDelivery(pending).id == 3)
         }
     }
 
-    @Test func theFilesOfManySessionsComeFromOneQueryWithoutScreenshotsOrExpiredOnes() throws {
-        try withTemporaryStore { store in
+    @Test func theFilesOfManySessionsComeFromOneQueryWithoutScreenshotsOrExpiredOnes() async throws {
+        try await withTemporaryStore { store in
             let a1 = Self.artifact("rec_a1", .recording, session: "bs_a", at: Self.t0 + 1)
             let a2 = Self.artifact("dl_a2", .download, session: "bs_a", at: Self.t0 + 2)
             let b1 = Self.artifact("rec_b1", .recording, session: "bs_b", at: Self.t0 + 1)
             let expired = Self.artifact("rec_c1", .recording, session: "bs_c", at: Self.t0)
             for artifact in [a2, b1, a1, expired, Self.artifact("shot_c", .screenshot, session: "bs_c", at: Self.t0)] {
-                try store.insert(artifact)
+                try await store.insert(artifact)
             }
-            try store.markExpired(artifactIDs: ["rec_c1"], at: Self.t0 + 5)
+            try await store.markExpired(artifactIDs: ["rec_c1"], at: Self.t0 + 5)
 
             // More ids than SQLite binds parameters in one statement (32766).
             let unknown = (0..<40_000).map { "bs_unknown_\($0)" }
-            let files = try store.sessionFiles(sessionIDs: ["bs_a", "bs_b", "bs_c"] + unknown)
+            let files = try await store.sessionFiles(sessionIDs: ["bs_a", "bs_b", "bs_c"] + unknown)
             #expect(files == ["bs_a": [a1, a2], "bs_b": [b1]])
-            #expect(try store.sessionFiles(sessionIDs: []).isEmpty)
+            #expect(try await store.sessionFiles(sessionIDs: []).isEmpty)
         }
     }
 
@@ -196,13 +196,13 @@ import ViewportCore
 
     /// Runs `body` with a store in a fresh directory (its database file first given to `prepare`), then removes it.
     func withTemporaryStore(prepare: (String) throws -> Void = { _ in },
-                            _ body: (Store) throws -> Void) throws
+                            _ body: (Store) async throws -> Void) async throws
     {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("vp-store-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("viewportd.sqlite").path
         try prepare(path)
-        try body(try Store(path: path))
+        try await body(try Store(path: path))
     }
 }

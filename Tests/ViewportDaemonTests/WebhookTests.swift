@@ -22,9 +22,9 @@ struct WebhookTests {
         defer { receiver.stop() }
         let logs = LogCapture()
         try await withSender(backoff: 0.3, logger: logs.logger) { webhooks, store in
-            try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
-            try await eventually("delivered") { try store.latestWebhookDelivery(runID: "run_1")?.status == .delivered }
-            let delivery = try #require(try store.latestWebhookDelivery(runID: "run_1"))
+            try await webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await eventually("delivered") { try await store.latestWebhookDelivery(runID: "run_1")?.status == .delivered }
+            let delivery = try #require(try await store.latestWebhookDelivery(runID: "run_1"))
             #expect(delivery.attempts == 2)
             #expect(delivery.lastStatusCode == 200)
             #expect(delivery.lastError == nil)
@@ -65,15 +65,15 @@ struct WebhookTests {
         defer { receiver.stop() }
         let database = temporaryDatabase()
         try await withSender(database: database, backoff: 1) { webhooks, store in
-            try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
-            try await eventually("the first attempt") { try store.latestWebhookDelivery(runID: "run_1")?.attempts == 1 }
+            try await webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await eventually("the first attempt") { try await store.latestWebhookDelivery(runID: "run_1")?.attempts == 1 }
         }
         #expect(try await receiver.requests().count == 1)
         try await withSender(database: database, backoff: 1) { _, store in
             try await eventually("delivered after the restart") {
-                try store.latestWebhookDelivery(runID: "run_1")?.status == .delivered
+                try await store.latestWebhookDelivery(runID: "run_1")?.status == .delivered
             }
-            #expect(try store.latestWebhookDelivery(runID: "run_1")?.attempts == 2)
+            #expect(try await store.latestWebhookDelivery(runID: "run_1")?.attempts == 2)
         }
         let requests = try await receiver.requests()
         #expect(requests.count == 2)
@@ -85,10 +85,10 @@ struct WebhookTests {
         let receiver = try Receiver(statuses: [500])
         defer { receiver.stop() }
         try await withSender(backoff: 0.05, { $0.webhooks.maxAttempts = 3 }) { webhooks, store in
-            try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
-            try await eventually("failed") { try store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
+            try await webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await eventually("failed") { try await store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
             try await Task.sleep(for: .milliseconds(500))
-            let delivery = try #require(try store.latestWebhookDelivery(runID: "run_1"))
+            let delivery = try #require(try await store.latestWebhookDelivery(runID: "run_1"))
             #expect(delivery.attempts == 3)
             #expect(delivery.lastStatusCode == 500)
             #expect(delivery.lastError == "HTTP 500")
@@ -99,9 +99,9 @@ struct WebhookTests {
 
     @Test func anUnreachableReceiverCountsAsAFailedAttempt() async throws {
         try await withSender(backoff: 0.05, { $0.webhooks.maxAttempts = 2 }) { webhooks, store in
-            try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: "http://127.0.0.1:1/hook", payload: payload)
-            try await eventually("failed") { try store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
-            let delivery = try #require(try store.latestWebhookDelivery(runID: "run_1"))
+            try await webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: "http://127.0.0.1:1/hook", payload: payload)
+            try await eventually("failed") { try await store.latestWebhookDelivery(runID: "run_1")?.status == .failed }
+            let delivery = try #require(try await store.latestWebhookDelivery(runID: "run_1"))
             #expect(delivery.attempts == 2)
             #expect(delivery.lastStatusCode == nil)
             #expect(delivery.lastError?.isEmpty == false)
@@ -112,17 +112,17 @@ struct WebhookTests {
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
         try await withSender { webhooks, store in
-            #expect(try webhooks.resend(runID: "run_1") == false, "a run without a delivery has nothing to resend")
-            try webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
-            try await eventually("delivered") { try store.latestWebhookDelivery(runID: "run_1")?.status == .delivered }
-            let first = try #require(try store.latestWebhookDelivery(runID: "run_1"))
-            #expect(try webhooks.resend(runID: "run_1"))
+            #expect(try await webhooks.resend(runID: "run_1") == false, "a run without a delivery has nothing to resend")
+            try await webhooks.enqueue(runID: "run_1", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await eventually("delivered") { try await store.latestWebhookDelivery(runID: "run_1")?.status == .delivered }
+            let first = try #require(try await store.latestWebhookDelivery(runID: "run_1"))
+            #expect(try await webhooks.resend(runID: "run_1"))
             try await eventually("resent") { try await receiver.requests().count == 2 }
             try await eventually("delivered again") {
-                let latest = try store.latestWebhookDelivery(runID: "run_1")
+                let latest = try await store.latestWebhookDelivery(runID: "run_1")
                 return latest?.id != first.id && latest?.status == .delivered
             }
-            #expect(try store.latestWebhookDelivery(runID: "run_1")?.attempts == 1)
+            #expect(try await store.latestWebhookDelivery(runID: "run_1")?.attempts == 1)
         }
         let requests = try await receiver.requests()
         #expect(requests.count == 2)
@@ -134,16 +134,16 @@ struct WebhookTests {
         let receiver = try Receiver(statuses: [200])
         defer { receiver.stop() }
         try await withSender { webhooks, store in
-            try webhooks.enqueue(runID: "run_b", organizationID: "org_b", url: receiver.url, payload: payload)
-            try await eventually("failed") { try store.latestWebhookDelivery(runID: "run_b")?.status == .failed }
-            let delivery = try #require(try store.latestWebhookDelivery(runID: "run_b"))
+            try await webhooks.enqueue(runID: "run_b", organizationID: "org_b", url: receiver.url, payload: payload)
+            try await eventually("failed") { try await store.latestWebhookDelivery(runID: "run_b")?.status == .failed }
+            let delivery = try #require(try await store.latestWebhookDelivery(runID: "run_b"))
             #expect(delivery.lastError == "no webhook secret configured for organization org_b")
             #expect(delivery.attempts == 0)
             #expect(try await receiver.requests().isEmpty)
 
             webhooks.setSecrets(["org_b": webhookTestSecret])
-            #expect(try webhooks.resend(runID: "run_b"))
-            try await eventually("delivered") { try store.latestWebhookDelivery(runID: "run_b")?.status == .delivered }
+            #expect(try await webhooks.resend(runID: "run_b"))
+            try await eventually("delivered") { try await store.latestWebhookDelivery(runID: "run_b")?.status == .delivered }
         }
         let requests = try await receiver.requests()
         #expect(requests.count == 1)
@@ -161,9 +161,9 @@ extension WebhookTests {
         defer { receiver.stop() }
         try await withSender({ $0.network.webhookAllow = [] }) { webhooks, store in
             await #expect(throws: WebhookError.self) { try await webhooks.checkReachable(url: receiver.url) }
-            try webhooks.enqueue(runID: "run_ssrf", organizationID: "org_a", url: receiver.url, payload: payload)
+            try await webhooks.enqueue(runID: "run_ssrf", organizationID: "org_a", url: receiver.url, payload: payload)
             try await eventually("the attempt is refused") {
-                try store.latestWebhookDelivery(runID: "run_ssrf")?.lastError?.contains("network.webhook_allow") == true
+                try await store.latestWebhookDelivery(runID: "run_ssrf")?.lastError?.contains("network.webhook_allow") == true
             }
         }
         #expect(try await receiver.requests().isEmpty, "nothing reached the loopback receiver")
@@ -178,13 +178,13 @@ extension WebhookTests {
         defer { receiver.stop() }
         try await withSender({ $0.webhooks.secrets["org_b"] = webhookTestSecret; $0.webhooks.timeoutSeconds = 3 }) { webhooks, store in
             for index in 0..<8 {
-                try webhooks.enqueue(runID: "run_slow_\(index)", organizationID: "org_a",
+                try await webhooks.enqueue(runID: "run_slow_\(index)", organizationID: "org_a",
                                      url: "http://127.0.0.1:\(tarpitPort)/hook", payload: payload)
             }
             let queued = Date()
-            try webhooks.enqueue(runID: "run_fast", organizationID: "org_b", url: receiver.url, payload: payload)
+            try await webhooks.enqueue(runID: "run_fast", organizationID: "org_b", url: receiver.url, payload: payload)
             try await eventually("org_b's webhook is delivered", timeout: 10) {
-                try store.latestWebhookDelivery(runID: "run_fast")?.status == .delivered
+                try await store.latestWebhookDelivery(runID: "run_fast")?.status == .delivered
             }
             let waited = Date().timeIntervalSince(queued)
             #expect(waited < 2, "org_b waited \(waited) s behind org_a's hanging receiver (timeout 3 s)")

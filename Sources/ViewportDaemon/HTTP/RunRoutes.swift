@@ -16,10 +16,10 @@ struct RunRoutes {
                 let run = try await runs.start(sessionID: request.ids[0], organizationID: request.organizationID,
                                                runID: body.runID?.value, webhookURL: body.webhookURL?.value,
                                                title: body.title?.value)
-                return .json(201, encoding: view(run))
+                return .json(201, encoding: await view(run))
             },
             Route("GET", "v1/runs/*") { request in
-                .json(200, encoding: view(try await runs.run(id: request.ids[0], organizationID: request.organizationID)))
+                .json(200, encoding: await view(try await runs.run(id: request.ids[0], organizationID: request.organizationID)))
             },
             Route("POST", "v1/runs/*/steps") { request in
                 let body = try request.body(MarkStep.self)
@@ -32,7 +32,7 @@ struct RunRoutes {
                 let body = try request.body(CompleteRun.self)
                 let run = try await runs.complete(runID: request.ids[0], organizationID: request.organizationID,
                                                   status: body.status.value, failureReason: body.failureReason?.value)
-                return .json(200, encoding: view(run))
+                return .json(200, encoding: await view(run))
             },
             Route("GET", "v1/runs/*/artifacts") { request in
                 let artifacts = try await runs.artifacts(runID: request.ids[0], organizationID: request.organizationID)
@@ -66,8 +66,8 @@ struct RunRoutes {
                                                      videoURL: runs.links(replay.artifacts).recording, steps: steps)))
     }
 
-    func view(_ run: RunRecord) -> RunView {
-        let links = runs.links(run)
+    func view(_ run: RunRecord) async -> RunView {
+        let links = await runs.links(run)
         let token = auth.viewerToken(sessionID: run.id,
                                      expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return RunView(

@@ -28,8 +28,8 @@ struct SessionRoutes {
                 return try await view(sessions.renew(id: request.ids[0], organizationID: request.organizationID,
                                                      timeoutMinutes: body.timeout?.value))
             },
-            Route("POST", "v1/browser_sessions/*/viewer_tokens") { try mintViewerToken($0) },
-            Route("POST", "v1/browser_sessions/*/vnc") { try mintVNCPassword($0) },
+            Route("POST", "v1/browser_sessions/*/viewer_tokens") { try await mintViewerToken($0) },
+            Route("POST", "v1/browser_sessions/*/vnc") { try await mintVNCPassword($0) },
         ]
     }
 
@@ -60,10 +60,10 @@ struct SessionRoutes {
         return .json(201, encoding: try await sessionViews([record])[0])
     }
 
-    private func mintViewerToken(_ request: RouteRequest) throws -> HTTPResponse {
+    private func mintViewerToken(_ request: RouteRequest) async throws -> HTTPResponse {
         let id = request.ids[0]
         let body = try request.body(MintViewerToken.self)
-        _ = try sessions.openSession(id: id, organizationID: request.organizationID)
+        _ = try await sessions.openSession(id: id, organizationID: request.organizationID)
         let control = body.control?.value ?? false
         let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.viewer.tokenTTLSeconds))
         let token = auth.viewerToken(sessionID: id, expiresAt: expiresAt, control: control)
@@ -73,9 +73,9 @@ struct SessionRoutes {
     }
 
     /// A fresh VNC password for the session's screen: view-only unless `control`.
-    private func mintVNCPassword(_ request: RouteRequest) throws -> HTTPResponse {
+    private func mintVNCPassword(_ request: RouteRequest) async throws -> HTTPResponse {
         let body = try request.body(MintVNCPassword.self)
-        let bridge = try sessions.screen(id: request.ids[0], organizationID: request.organizationID)
+        let bridge = try await sessions.screen(id: request.ids[0], organizationID: request.organizationID)
         let control = body.control?.value ?? false
         let expiresAt = Date().addingTimeInterval(Double(body.ttlSeconds?.value ?? config.vnc.passwordTTLSeconds))
         let password = bridge.passwords.mint(control: control, expiresAt: expiresAt)

@@ -1,0 +1,89 @@
+import Foundation
+import Logging
+import Recorder
+import Store
+import ViewportCore
+
+/// A session's recording in progress: one encoder per session, whatever its runs, and the runs cut from it.
+struct SessionRecording: Sendable {
+    let record: SegmentRecord
+    let organizationID: String
+    let recorder: SegmentRecorder
+    /// Ids of the runs that are cut from it once they complete.
+    var runs: Set<String> = []
+
+    /// Starts encoding the session's frames into a new segment file from `origin` (wall-clock µs); the segment's
+    /// record is not stored yet.
+    init(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64, files: ArtifactFiles,
+         config: Config, logger: Logger) throws
+    {
+        let id = "seg_\(Digest.randomBytes(8).hex)"
+        try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
+                                                withIntermediateDirectories: true)
+        record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
+                               originMicros: origin)
+        self.organizationID = organizationID
+        var settings = EncoderSettings()
+        settings.preset = config.recording.preset.rawValue
+        settings.crf = config.recording.crf
+        settings.threads = config.recording.threads
+        settings.queueFrames = config.recording.queueFrames
+        settings.queueBytes = config.recording.queueMB << 20
+        recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin, settings: settings,
+                                       logger: logger.with(sessionID: sessionID))
+    }
+}
+
+/// The recording of each session that has one, and the recordings that failed (a full disk, an encoder error)
+/// while runs still held them: those runs are still cut from what they hold, while the session's next run gets a
+/// fresh recording. A recording no run holds any more is handed back to be retired.
+struct SessionRecordings {
+    /// By session id.
+    private var active: [String: SessionRecording] = [:]
+    /// By segment id.
+    private var failed: [String: SessionRecording] = [:]
+
+    /// The session's recording a new run can join, if any. A failed one is set aside first, and returned as
+    /// `retired` when no run holds it.
+    mutating func usable(sessionID: String) -> (recording: SessionRecording?, retired: SessionRecording?) {
+        guard let recording = active[sessionID] else { return (nil, nil) }
+        guard recording.recorder.failure != nil else { return (recording, nil) }
+        active[sessionID] = nil
+        if recording.runs.isEmpty { return (nil, recording) }
+        failed[recording.record.id] = recording
+        return (nil, nil)
+    }
+
+    /// How many sessions of `organizationID` are recording.
+    func count(organizationID: String) -> Int { active.values.count { $0.organizationID == organizationID } }
+
+    /// Adds a run to a session's recording, which becomes the session's if it was new.
+    mutating func add(_ runID: String, to recording: SessionRecording) {
+        var recording = active[recording.record.sessionID].flatMap { $0.record.id == recording.record.id ? $0 : nil }
+            ?? recording
+        recording.runs.insert(runID)
+        active[recording.record.sessionID] = recording
+    }
+
+    /// The recording a run is cut from: its session's, or a failed one it still holds.
+    func recording(of run: RunRecord) -> SessionRecording? {
+        guard let id = run.segmentID else { return nil }
+        if let recording = active[run.sessionID], recording.record.id == id { return recording }
+        return failed[id]
+    }
+
+    /// Detaches a run from its recording, as the recording is now (other runs of it may have completed meanwhile);
+    /// returns the recording when that was the last run out, to be retired.
+    mutating func release(_ runID: String, from run: RunRecord) -> SessionRecording? {
+        guard var recording = recording(of: run) else { return nil }
+        recording.runs.remove(runID)
+        let sessionID = recording.record.sessionID
+        let isActive = active[sessionID]?.record.id == recording.record.id
+        if recording.runs.isEmpty {
+            if isActive { active[sessionID] = nil } else { failed[recording.record.id] = nil }
+            return recording
+        }
+        if isActive { active[sessionID] = recording } else { failed[recording.record.id] = recording }
+        return nil
+    }
+}
