@@ -29,6 +29,8 @@ final class ServerConnection: Connection, @unchecked Sendable {
         loop.released(pendingFrom: address)
     }
     private var webSocket: WebSocket?
+    /// The transaction whose body completion was delivered (see `LWS_CALLBACK_HTTP_BODY_COMPLETION`).
+    private var bodyCompletedIn = -1
 
     override func handle(_ reason: lws_callback_reasons, _ user: UnsafeMutableRawPointer?,
                          _ input: UnsafeMutableRawPointer?, _ length: Int) -> Int32
@@ -62,12 +64,20 @@ final class ServerConnection: Connection, @unchecked Sendable {
             }
             return 0
         case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-            guard case .readingBody(let request, let tooLarge) = state else { return 0 }
+            guard case .readingBody(let request, let tooLarge) = state else {
+                // Once for a request whose body is not read (a GET's). Again for the same request: lws delivers
+                // it over and over when more bytes came pipelined behind the body, and the service thread spins
+                // and never sends the answer; such a connection is closed.
+                if bodyCompletedIn == transaction { return -1 }
+                bodyCompletedIn = transaction
+                return 0
+            }
             if tooLarge {
                 respond(bodyTooLarge, head: false)
             } else {
                 dispatch(request)
             }
+            bodyCompletedIn = transaction
             return 0
         case LWS_CALLBACK_HTTP_WRITEABLE:
             return writeResponse(wsi)

@@ -389,3 +389,25 @@ struct HostilePeerTests {
         _ = peer
     }
 }
+
+@Suite("HTTP clients that pipeline")
+struct PipeliningTests {
+    /// A request sent right behind another's body (HTTP pipelining) once made libwebsockets spin the service
+    /// thread, and the daemon answered nobody again. Such a connection is closed; everyone else is still served.
+    @Test func aRequestPipelinedBehindABodyClosesItsConnectionAndTheDaemonServesOn() async throws {
+        try await withDaemon { daemon in
+            let post = "POST /v1/browser_sessions/pbs_none/viewer_tokens HTTP/1.1\r\nHost: x\r\nx-api-key: \(keyA)\r\n"
+                + "content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+            for tail in [post, "GET /heal", "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"] {
+                let fd = tcpConnect(port: daemon.daemon.port)
+                try #require(fd >= 0)
+                defer { close(fd) }
+                sendAll(fd, Array((post + tail).utf8))
+                let answer = readAvailable(fd, within: 5)
+                #expect(answer.closed, "the pipelining connection is closed: \(String(decoding: answer.bytes, as: UTF8.self))")
+                let (status, body) = try await daemon.request("GET", "/healthz", key: nil)
+                #expect(status == 200 && body["status"].string == "ok", "still served after \(tail.prefix(20))")
+            }
+        }
+    }
+}
