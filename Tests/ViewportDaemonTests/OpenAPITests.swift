@@ -53,12 +53,16 @@ import Testing
         // A browser or webhook address can be well formed and still unreachable or not allowed: the document
         // says so with 422, which schema-valid bodies of those two routes may therefore get.
         // libwebsockets closes a connection whose URL holds %00 without an answer, so NUL is not generated; a
-        // request left unanswered for 20 s is an error.
+        // request left unanswered for 20 s is an error (schemathesis found the daemon frozen that way once).
         let toml = """
             request-timeout = 20
 
             [generation]
             allow-x00 = false
+
+            # TRACE never reaches viewportd: libwebsockets refuses it with 403 itself.
+            [phases.coverage]
+            unexpected-methods = ["get", "put", "post", "delete", "options", "patch"]
 
             [parameters]
             \(parameters.sorted { $0.key < $1.key }.map { "\"path.\($0.key)\" = \"\($0.value)\"" }.joined(separator: "\n"))
