@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Store
 @testable import ViewportDaemon
 
 /// What an operator relies on: readiness, reload warnings, session timeouts.
@@ -57,19 +58,34 @@ struct OperationsTests {
         #expect(try await requestJSON("GET", daemon.base + "/v1/browser_sessions").0 == 200, "still serving")
     }
 
-    // A session's shortest timeout is 5 minutes and the daemon has no hook to shorten its clock, so this waits for
-    // the real timer: run it with VIEWPORTD_SLOW_TESTS=1.
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["VIEWPORTD_SLOW_TESTS"] != nil, "waits 5 minutes"))
-    func theSessionTimerClosesASessionAtItsTimeout() async throws {
-        try await withDaemon({ $0.cdp.retrySeconds = 3600 }) { daemon in
-            let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
-                                                        json: ["browser_address": "http://127.0.0.1:9", "timeout": 5])
-            let id = try #require(created["browser_session_id"].string)
-            try await Task.sleep(for: .seconds(290))
-            #expect(try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "created")
-            try await eventually("the timer closes it", timeout: 20) {
-                try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "closed"
+    /// The daemon's own timer closes a session whose timeout has passed. A session's shortest timeout is 5
+    /// minutes, so the test ages one in the store while the daemon is stopped, rather than waiting: the next
+    /// daemon re-attaches it, and within a tick of its timer it is closed; a session with time left stays open.
+    @Test func theSessionTimerClosesASessionWhoseTimeoutHasPassed() async throws {
+        let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-expiry-\(UUID().uuidString)").path
+        let configure: (inout Config) -> Void = { $0.cdp.retrySeconds = 3600 }  // nothing listens: they stay open
+        let (expiring, lasting) = try await withDaemon(stateDir: stateDir, configure) { daemon in
+            let create = { (timeout: Int) async throws -> String in
+                let (_, created) = try await daemon.request("POST", "/v1/browser_sessions",
+                                                            json: ["browser_address": "http://127.0.0.1:9", "timeout": timeout])
+                return try #require(created["browser_session_id"].string)
             }
+            return (try await create(5), try await create(60))
+        }
+        let store = try Store(path: stateDir + "/viewportd.sqlite")
+        var aged = try #require(try await store.session(id: expiring))
+        aged.createdAt = Date().addingTimeInterval(-6 * 60)
+        try store.update(aged)
+
+        try await withDaemon(stateDir: stateDir, configure) { daemon in
+            var closed = JSON.null
+            try await eventually("the timer closes the expired session", timeout: 10) {
+                closed = try await daemon.request("GET", "/v1/browser_sessions/\(expiring)").1
+                return closed["status"].string == "closed"
+            }
+            #expect(closed["completed_at"].string != nil && closed["expires_at"].isNull, "\(closed)")
+            let (_, open) = try await daemon.request("GET", "/v1/browser_sessions/\(lasting)")
+            #expect(open["status"].string == "created", "a session with time left stays open: \(open)")
         }
     }
 }
