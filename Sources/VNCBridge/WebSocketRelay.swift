@@ -74,7 +74,9 @@ public final class WebSocketRelay: WebSocketDelegate, @unchecked Sendable {
     public func webSocketDidOpen(_ socket: WebSocket) {
         self.socket = socket
         var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+        // SOCK_CLOEXEC is O_CLOEXEC on Linux; the constant itself is not visible in every build of this module
+        // (the C library's socket header can be claimed by the CVNC module).
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | O_CLOEXEC, 0, &ends) == 0 else {
             socket.close(code: 1011, reason: "the session's VNC screen is not reachable")
             return
         }
