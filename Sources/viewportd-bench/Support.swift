@@ -42,6 +42,9 @@ final class DaemonProcess: @unchecked Sendable {
         environment["VIEWPORTD_API_KEY"] = daemon.apiKey
         environment["VIEWPORTD_ORGANIZATION_ID"] = "org_bench"
         environment["VIEWPORTD_LOG_LEVEL"] = "warning"
+        // Every viewer of a benchmark connects at once from 127.0.0.1, and each counts as unauthenticated
+        // until its handshake is answered.
+        environment["VIEWPORTD_LIMITS_UNAUTHENTICATED_PER_ADDRESS"] = "10000"
         daemon.process.environment = environment
         try daemon.process.run()
         for _ in 0..<200 {
