@@ -95,3 +95,35 @@ enum Base64 {
         return ok ? output : nil
     }
 }
+
+extension FrameMessage {
+    /// What a browser's messages do to a connection's pure parts, for the fuzzer and its corpus replay: each line
+    /// of `input` is one message, parsed as the connection parses it; its events drive a tab tracker and a
+    /// download tracker as the connection drives them. Traps when a bound or a file name rule is broken.
+    static func fuzzConnection(_ input: Data) {
+        var tabs = TabTracker(pageEndpoint: false)
+        var downloads = DownloadTracker(directory: "/downloads")
+        for line in input.split(separator: UInt8(ascii: "\n")) {
+            guard let parsed = parse(Data(line)) else { continue }
+            _ = parsed.frame?.data
+            guard case .event(let event, let session) = parsed.message else { continue }
+            switch event {
+            case .targetInfo(let info): _ = tabs.handle(.targetInfo(info))
+            case .attachedToTarget(let attached):
+                _ = tabs.handle(.pageAttached(parent: session, session: attached.sessionId, page: attached.targetInfo))
+                _ = tabs.handle(.attachReplied(tab: attached.targetInfo.targetId, session: attached.sessionId))
+            case .detachedFromTarget(let detached): _ = tabs.handle(.detached(session: detached))
+            case .targetDestroyed(let target): _ = tabs.handle(.destroyed(target: target))
+            case .downloadWillBegin(let download): downloads.willBegin(download)
+            case .downloadProgress(let progress):
+                guard let done = downloads.progress(progress) else { continue }
+                let name = done.suggestedFilename
+                precondition(!name.contains("/") && !name.contains("\\") && ![".", "..", ""].contains(name)
+                             && name.utf8.count <= DownloadTracker.maxFilenameBytes, "unsafe file name \(name)")
+                precondition(done.path == "/downloads/" + done.guid && !done.guid.contains("/"), "path \(done.path)")
+            case .screencastFrame, .screencastVisibilityChanged, .other: break
+            }
+            _ = tabs.activePage.flatMap(tabs.url(of:))
+        }
+    }
+}

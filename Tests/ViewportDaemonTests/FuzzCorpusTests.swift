@@ -65,6 +65,7 @@ struct FuzzCorpusCDPSourceTests {
             if let parsed = FrameMessage.parse(Data(bytes)) {
                 _ = parsed.frame?.data
             }
+            FrameMessage.fuzzConnection(Data(bytes))
             if let decoded = bytes.withUnsafeBytes({ Base64.decode($0) }), let reference = Data(base64Encoded: Data(bytes)) {
                 #expect(reference == decoded.data, "\(name)")
             }
