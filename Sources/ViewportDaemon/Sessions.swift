@@ -175,11 +175,10 @@ final class Sessions: Sendable {
         (draft.vncAddress, draft.vncPassword) = (vncAddress, vncPassword)
         (draft.browserType, draft.extensions) = (browserType, extensions)
         if !browserAddress.isEmpty {
-            // The browser saves downloads under the session's artifacts (it runs on this host to reach them).
-            let directory = files.url(ArtifactFiles.downloadsDirectory(organizationID: organizationID, sessionID: draft.id))
-            if (try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)) != nil {
-                draft.downloadPath = directory.path
-            }
+            // The browser saves downloads under the session's artifacts (it runs on this host to reach them); the
+            // folder is made when the session starts.
+            draft.downloadPath = files.url(ArtifactFiles.downloadsDirectory(organizationID: organizationID,
+                                                                            sessionID: draft.id)).path
         }
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
@@ -219,7 +218,7 @@ final class Sessions: Sendable {
             break
         }
         // A close that came in meanwhile wins: its session is no longer open and is not started.
-        if state.withLock({ $0.open[record.id] === session }) { session.source.start() }
+        if state.withLock({ $0.open[record.id] === session }) { start(session) }
         logger.info("session created", metadata: ["browser_session_id": "\(record.id)", "organization_id": "\(organizationID)"])
         return record
     }
@@ -337,9 +336,21 @@ final class Sessions: Sendable {
         for record in try await store.activeSessions() {
             let session = makeSession(record)
             state.withLock { $0.open[record.id] = session }
-            session.source.start()
+            start(session)
             logger.info("re-attaching session", metadata: ["browser_session_id": "\(record.id)"])
         }
+    }
+
+    /// Starts capturing, with the folder the browser saves downloads into.
+    private func start(_ session: Open) {
+        let (id, downloads) = state.withLock { _ in (session.record.id, session.record.downloadPath) }
+        if let downloads {
+            do { try FileManager.default.createDirectory(atPath: downloads, withIntermediateDirectories: true) } catch {
+                logger.warning("no folder for the browser's downloads",
+                               metadata: ["browser_session_id": "\(id)", "error": "\(error)"])
+            }
+        }
+        session.source.start()
     }
 
     /// Closes sessions whose timeout has passed.
