@@ -144,9 +144,19 @@ final class Sessions: Sendable {
         (endings, ending) = AsyncStream.makeStream()
     }
 
-    /// Throws 422 unless the host of `browserAddress` / `vncAddress` may be reached (resolved now; each connection
-    /// resolves and checks again and connects to the checked address).
+    /// Throws `addressRefused` unless `browserAddress` / `vncAddress` are well formed and their hosts may be reached
+    /// (resolved now; each connection resolves and checks again and connects to the checked address).
     func checkReachable(browserAddress: String?, vncAddress: String?) async throws(SessionError) {
+        if let browserAddress {
+            do { try CDPSource.validate(address: browserAddress) } catch {
+                throw .addressRefused(field: "browser_address", reason: "\(error)")
+            }
+        }
+        if let vncAddress {
+            do { try RFBSource.validate(address: vncAddress) } catch {
+                throw .addressRefused(field: "vnc_address", reason: "\(error)")
+            }
+        }
         if let browserAddress, let endpoint = try? Endpoint(browserAddress) {
             do { _ = try await policy.resolved(endpoint.host, for: .browser) } catch {
                 throw .addressRefused(field: "browser_address", reason: "\(error)")
@@ -281,7 +291,8 @@ final class Sessions: Sendable {
         return closed
     }
 
-    /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own). 409 once it has ended.
+    /// Restarts an open session's timeout from now, with `timeoutMinutes` (nil: its own); `cannotRenew` once it has
+    /// ended.
     func renew(id: String, organizationID: String, timeoutMinutes: Int?) async throws(SessionError) -> SessionRecord {
         _ = try await session(id: id, organizationID: organizationID)
         let renewed: SessionRecord? = state.withLock { state in

@@ -1,6 +1,4 @@
-import CDPSource
 import Foundation
-import RFBSource
 import Store
 import ViewportCore
 import WebSocketIO
@@ -40,16 +38,6 @@ struct SessionRoutes {
         guard address != nil || vncAddress != nil else {
             throw RequestError.invalid(
                 "browser_address (http://host:port or ws://host:port/devtools/...) or vnc_address (host:port) is required")
-        }
-        if let address {
-            do { try CDPSource.validate(address: address) } catch {
-                throw SessionError.addressRefused(field: "browser_address", reason: "\(error)")
-            }
-        }
-        if let vncAddress {
-            do { try RFBSource.validate(address: vncAddress) } catch {
-                throw SessionError.addressRefused(field: "vnc_address", reason: "\(error)")
-            }
         }
         try await sessions.checkReachable(browserAddress: address, vncAddress: vncAddress)
         let record = try await sessions.create(
