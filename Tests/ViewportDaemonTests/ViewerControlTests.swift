@@ -58,6 +58,9 @@ struct ViewerControlTests {
     @Test func navigateLoadsAnHTTPPageAndOtherSchemesAreRefused() async throws {
         try await withLiveSession(page: "input.html") { daemon, browser, id in
             let target = daemon.base + "/healthz"
+            // Input goes to the tab being shown, so wait until one is (before that it is dropped, as documented).
+            async let watcher = Client.watch(daemon.streamURL(id), key: keyA, seconds: 4)
+            try await eventually("a first frame") { daemon.daemon.sessions.hub(id: id)?.latest != nil }
             let viewer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3, send: [
                 #"{"type":"take-control"}"#,
                 #"{"type":"navigate","url":"file:///etc/passwd"}"#,
@@ -68,6 +71,7 @@ struct ViewerControlTests {
                 try await Client.cdp(browser, "Target.getTargets")["targetInfos"].array
                     .contains { $0["type"].string == "page" && $0["url"].string == target }
             }
+            _ = try await watcher
         }
     }
 
