@@ -123,13 +123,27 @@ public enum MP4Cut {
 
     /// The length of the file's complete top-level boxes: a box running past the end is a torn write.
     static func readableLength(of path: String) throws -> Int64 {
+        try topLevelBoxes(of: path).last?.range.upperBound ?? 0
+    }
+
+    /// A top-level box of an MP4 file: its four-character type and its bytes in the file.
+    public struct Box: Sendable, Equatable {
+        public var type: String
+        public var range: Range<Int64>
+    }
+
+    /// The complete top-level boxes of the file from `offset` (a box boundary) on; a box running past the end (a
+    /// write in progress, or torn) and whatever follows it are left out. Reads only the boxes' headers.
+    public static func topLevelBoxes(of path: String, from offset: Int64 = 0) throws -> [Box] {
         let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
         defer { try? handle.close() }
         let size = Int64(try handle.seekToEnd())
-        var offset: Int64 = 0
+        var offset = offset
+        var boxes: [Box] = []
         while offset + 8 <= size {
             try handle.seek(toOffset: UInt64(offset))
             let header = [UInt8](try handle.read(upToCount: 16) ?? Data())
+            guard header.count >= 8 else { break }
             func bigEndian(_ range: Range<Int>) -> Int64 { header[range].reduce(0) { $0 << 8 | Int64($1) } }
             var length = bigEndian(0..<4)
             if length == 1 {
@@ -139,9 +153,11 @@ public enum MP4Cut {
                 length = size - offset  // "to the end of the file"
             }
             guard length >= 8, length <= size - offset else { break }  // the length is the file's word: no overflow
+            let type = String(decoding: header[4..<8].map { (0x20...0x7e).contains($0) ? $0 : 0x3f }, as: UTF8.self)
+            boxes.append(Box(type: type, range: offset..<(offset + length)))
             offset += length
         }
-        return offset
+        return boxes
     }
 }
 

@@ -53,10 +53,12 @@ extension Store {
         }
     }
 
-    /// Bytes of artifact files not expired yet (open sessions' included).
+    /// Bytes of artifact files on this host not expired yet (open sessions' included; not those in the bucket).
     public func liveArtifactBytes() async throws -> Int {
         try await database.read { db in
-            try Int.fetchOne(db, sql: "SELECT COALESCE(SUM(fileSize), 0) FROM artifact WHERE expiredAt IS NULL") ?? 0
+            try Int.fetchOne(db, sql: """
+                SELECT COALESCE(SUM(fileSize), 0) FROM artifact WHERE expiredAt IS NULL AND objectKey IS NULL
+                """) ?? 0
         }
     }
 

@@ -25,6 +25,8 @@ public struct RunRecord: Sendable, Equatable, Codable, FetchableRecord, Persista
     public var framesDropped: Int
     /// Why the recording stopped early (a full disk, an encoder error); nil when it did not.
     public var recordingError: String?
+    /// The completed run's webhook waits until its artifacts are in the bucket.
+    public var webhookAwaitsUploads = false
 
     public init(id: String, sessionID: String, organizationID: String, status: String, title: String?,
                 webhookURL: String?, createdAt: Date, startMicros: UInt64, segmentID: String?)
@@ -95,6 +97,9 @@ public struct ArtifactRecord: Sendable, Equatable, Codable, FetchableRecord, Per
     public var modifiedAt: Date
     /// When retention deleted the file; the record stays so the API can say so.
     public var expiredAt: Date?
+    /// Its key in the bucket, once confirmed stored there (the local copy is deleted then).
+    public var objectKey: String?
+    public var storedAt: Date?
 
     public init(id: String, kind: Kind, runID: String?, sessionID: String, organizationID: String, step: Int?,
                 path: String, filename: String, fileSize: Int, checksum: String, contentType: String, createdAt: Date,
@@ -127,6 +132,8 @@ public struct SegmentRecord: Sendable, Equatable, Codable, FetchableRecord, Pers
     public var originMicros: UInt64
     /// True once every run cut from it is published; the file is then deleted.
     public var finished: Bool
+    /// True once its live parts in the bucket are deleted (every run cut from it stored there).
+    public var livePartsDeleted = false
 
     public init(id: String, sessionID: String, path: String, originMicros: UInt64, finished: Bool = false) {
         self.id = id
@@ -220,7 +227,7 @@ extension Store {
     /// Adds a step and bumps its run's step count, in one transaction.
     public func insert(_ step: StepRecord, artifact: ArtifactRecord?) async throws {
         try await database.write { db in
-            try artifact?.insert(db)
+            if let artifact { try insert(artifact, db) }
             try step.insert(db)
             try db.execute(sql: "UPDATE run SET stepCount = ? WHERE id = ?", arguments: [step.index, step.runID])
         }
@@ -234,7 +241,22 @@ extension Store {
 
     // MARK: - Artifacts
 
-    public func insert(_ artifact: ArtifactRecord) async throws { try await database.write { try artifact.insert($0) } }
+    /// Adds an artifact, queued for upload in the same transaction when artifacts go to a bucket.
+    public func insert(_ artifact: ArtifactRecord) async throws { try await database.write { try insert(artifact, $0) } }
+
+    private func insert(_ artifact: ArtifactRecord, _ db: Database) throws {
+        try artifact.insert(db)
+        if artifact.objectKey == nil, var upload = upload(of: artifact) { try upload.insert(db) }
+    }
+
+    /// Stores a run rebuilt from the bucket (inserted, or replacing the open record a lost host left) with its
+    /// artifacts, already stored there, in one transaction.
+    public func storeRecovered(_ run: RunRecord, artifacts: [ArtifactRecord]) async throws {
+        try await database.write { db in
+            try run.save(db)
+            for artifact in artifacts { try insert(artifact, db) }
+        }
+    }
 
     public func artifact(id: String) async throws -> ArtifactRecord? {
         try await database.read { try ArtifactRecord.fetchOne($0, key: id) }

@@ -15,9 +15,14 @@ public final class Store: Sendable {
     }
 
     let database: DatabasePool
+    /// The bucket's key prefix when artifacts go to object storage: every artifact stored here is then also queued
+    /// for upload, in the same transaction. nil: artifacts stay on this host.
+    let objectPrefix: String?
 
-    /// Opens (creating and migrating as needed) the database at `path`.
-    public init(path: String) throws {
+    /// Opens (creating and migrating as needed) the database at `path`. With `objectPrefix`, published artifacts
+    /// are queued for upload under it.
+    public init(path: String, objectPrefix: String? = nil) throws {
+        self.objectPrefix = objectPrefix
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
         database = try DatabasePool(path: path, configuration: configuration)
@@ -43,6 +48,7 @@ public final class Store: Sendable {
         registerRunMigrations(&migrator)
         registerWebhookMigrations(&migrator)
         registerLifecycleMigrations(&migrator)
+        registerUploadMigrations(&migrator)
         return migrator
     }
 

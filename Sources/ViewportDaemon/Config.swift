@@ -31,6 +31,7 @@ public struct Config: Codable, Sendable, Equatable {
     /// Step screenshots as the exact JPEG viewers got, or lossless PNG.
     public var screenshotFormat = ScreenshotFormat.jpeg
     public var artifacts = ArtifactsConfig()
+    public var s3 = S3Config()
     public var webhooks = WebhooksConfig()
     public var retention = RetentionConfig()
     public var vnc = VNCConfig()
@@ -129,9 +130,66 @@ public enum X264Preset: String, ConfigChoice {
 
 /// Recordings and screenshots.
 public struct ArtifactsConfig: Codable, Sendable, Equatable {
-    /// Lifetime of the signed artifact URLs handed out.
+    /// Lifetime of the signed artifact URLs handed out (and of presigned object URLs).
     @Within<60, 604_800> public var urlTTLSeconds = 3600
+    /// Where published artifacts are kept: this host's disk, or an S3-compatible bucket (section `s3`).
+    public var store = ArtifactStore.local
 }
+
+/// Where published artifacts are kept.
+public enum ArtifactStore: String, ConfigChoice { case local, s3 }
+
+/// The S3-compatible bucket of `artifacts.store: s3`.
+public struct S3Config: Codable, Sendable, Equatable {
+    /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:8333`.
+    @PublicURL public var endpoint: String? = nil
+    @NonEmpty public var region = "us-east-1"
+    public var bucket: String? = nil
+    /// Key prefix of every object (no leading or trailing slash; empty: none).
+    @KeyPrefix public var prefix = "viewportd"
+    /// `path` (`endpoint/bucket/key`) or `virtual_host` (`bucket.endpoint-host/key`).
+    public var addressing = S3Addressing.path
+    /// nil: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` from the environment.
+    public var accessKeyID: String? = nil
+    @Secret<String?, 1> public var secretAccessKey: String? = nil
+    @Secret<String?, 1> public var sessionToken: String? = nil
+    /// Connecting, and any stall of a transfer, must end within this.
+    @Within<1, 600> public var timeoutSeconds = 30
+    /// A recording in progress goes to the bucket in objects of at most this many seconds: a lost host loses
+    /// at most this much.
+    @Within<2, 300> public var segmentSeconds = 10
+    /// A failed upload is tried again after 1, 2, 4... seconds, waiting at most this long.
+    @Within<1, 3600> public var retryMaxSeconds = 60
+    /// Files larger than this go up in parts of this size (memory per upload is one part).
+    @Within<5, 512> public var partSizeMB = 16
+    /// When the bucket is served through a CDN: URLs handed out are this + `/` + key rather than presigned.
+    @PublicURL public var publicBaseURL: String? = nil
+}
+
+extension S3Config {
+    /// Checks what `artifacts.store: s3` needs, taking the credentials the file leaves out from the usual AWS
+    /// environment variables.
+    mutating func complete(for store: ArtifactStore, environment: [String: String]) throws(ConfigError) {
+        guard store == .s3 else { return }
+        guard endpoint != nil else { throw ConfigError(key: "s3.endpoint", "must be set when artifacts.store is s3") }
+        guard let bucket, bucket.range(of: #"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"#, options: .regularExpression) != nil
+        else {
+            throw ConfigError(key: "s3.bucket", "must be a bucket name (3-63 characters of a-z 0-9 . -) when artifacts.store is s3")
+        }
+        if accessKeyID == nil, secretAccessKey == nil {
+            accessKeyID = environment["AWS_ACCESS_KEY_ID"]
+            secretAccessKey = environment["AWS_SECRET_ACCESS_KEY"]
+            sessionToken = sessionToken ?? environment["AWS_SESSION_TOKEN"]
+        }
+        guard accessKeyID?.isEmpty == false, secretAccessKey?.isEmpty == false else {
+            throw ConfigError(key: "s3.access_key_id",
+                              "must be set with s3.secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment) when artifacts.store is s3")
+        }
+    }
+}
+
+/// How the bucket is named in URLs.
+public enum S3Addressing: String, ConfigChoice { case path, virtualHost = "virtual_host" }
 
 /// Run-completion webhooks.
 public struct WebhooksConfig: Codable, Sendable, Equatable {
@@ -256,13 +314,16 @@ extension Config {
             tree = parsed
         }
         try applyEnvironment(environment, to: &tree)
+        var config: Config
         do {
-            return try NodeDecoder.decode(Config.self, from: defaults.merging(tree))
+            config = try NodeDecoder.decode(Config.self, from: defaults.merging(tree))
         } catch let error as ConfigError {
             throw error
         } catch {
             throw ConfigError(key: "(file)", "\(error)")
         }
+        try config.s3.complete(for: config.artifacts.store, environment: environment)
+        return config
     }
 
     /// Loads the file at `path` (nil: defaults only) with the process environment.

@@ -435,6 +435,17 @@ extension CheckedValue {
     }
 }
 
+/// An object-key prefix: path segments of A-Z a-z 0-9 _ . - joined by `/`, no leading or trailing slash.
+@propertyWrapper public struct KeyPrefix: CheckedValue {
+    public var wrappedValue: String
+    public init(wrappedValue: String) { self.wrappedValue = wrappedValue }
+    public static let rule = "must be empty or segments of A-Z a-z 0-9 _ . - joined by /, at most 256 characters"
+    public static func accepts(_ value: String) -> Bool {
+        value.isEmpty || value.range(of: #"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"#, options: .regularExpression) != nil
+            && value.count <= 256 && !value.split(separator: "/").contains { $0 == "." || $0 == ".." }
+    }
+}
+
 /// An IPv4 address in dotted-quad form.
 @propertyWrapper public struct IPv4: CheckedValue {
     public var wrappedValue: String

@@ -25,6 +25,9 @@ public final class Daemon: Sendable {
     let auth: Auth
     let metrics: DaemonMetrics
     let retention: Retention
+    /// The bucket of `artifacts.store: s3`, and the uploads into it.
+    let bucket: Bucket?
+    let uploads: Uploads?
     /// The config as loaded (before defaults filled in), to tell what a reload changed.
     private let loadedConfig: Config
     private let reloadConfig: (@Sendable () throws -> Config)?
@@ -45,8 +48,13 @@ public final class Daemon: Sendable {
         } catch {
             throw DaemonError("cannot create state_dir \(config.stateDir): \(error.localizedDescription)")
         }
+        let bucket = Bucket(config: config)
+        self.bucket = bucket
         let store: Store
-        do { store = try Store(path: config.stateDir + "/viewportd.sqlite") } catch {
+        do {
+            store = try Store(path: config.stateDir + "/viewportd.sqlite",
+                              objectPrefix: bucket.map { _ in config.s3.prefix })
+        } catch {
             throw DaemonError("cannot open the database in \(config.stateDir): \(error)")
         }
         auth = Auth(apiKeys: config.apiKeys, tokenSecret: try Auth.tokenSecret(config: config))
@@ -79,9 +87,11 @@ public final class Daemon: Sendable {
         self.store = store
         sessions = Sessions(store: store, files: files, loop: loop, config: config, metrics: metrics.stream, logger: logger)
         webhooks = Webhooks(store: store, loop: loop, config: config, metrics: metrics, logger: logger)
-        retention = Retention(store: store, files: files, config: config, logger: logger)
-        runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
-                    logger: logger)
+        retention = Retention(store: store, files: files, bucket: bucket, config: config, logger: logger)
+        let runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
+                        bucket: bucket, logger: logger)
+        self.runs = runs
+        uploads = bucket.map { Uploads(store: store, files: files, bucket: $0, logger: logger, stored: runs.artifactStored) }
         gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)
     }
@@ -101,6 +111,9 @@ public final class Daemon: Sendable {
         var services: [any Service] = [
             LoopService(loop: loop, api: api, logger: logger, address: "\(config.listen.host):\(port)"),
             WebhookService(webhooks: webhooks),
+        ]
+        if let uploads { services.append(UploadService(uploads: uploads)) }
+        services += [
             RetentionService(retention: retention, interval: .seconds(config.retention.sweepIntervalSeconds)),
             SessionService(sessions: sessions, runs: runs),
             ViewerService(gateway: gateway),
@@ -108,6 +121,7 @@ public final class Daemon: Sendable {
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
         await runs.recover()  // runs a crash left open: terminated, with their recordings published
+        await runs.releaseHeldWebhooks()  // runs whose last upload finished just before a stop
         try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
         let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
         self.group.withLock { $0 = group }

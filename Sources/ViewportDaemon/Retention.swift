@@ -7,15 +7,20 @@ import Store
 /// then, while all artifacts take more than `retention.max_disk_gb`, whole closed sessions' artifacts, the oldest
 /// closed session first. An open session's artifacts are never deleted. The records stay, marked expired, so the
 /// API answers 404 "artifact expired" for them.
+///
+/// With a bucket, the disk budget counts (and frees) only what is still on this host; an artifact stored in the
+/// bucket expires by age, and its object is deleted then (so no bucket lifecycle rule is needed for artifacts).
 struct Retention: Sendable {
     let store: Store
     let files: ArtifactFiles
+    let bucket: Bucket?
     let maxAge: TimeInterval
     let maxBytes: Int
     let logger: Logger
 
-    init(store: Store, files: ArtifactFiles, config: Config, logger: Logger) {
+    init(store: Store, files: ArtifactFiles, bucket: Bucket?, config: Config, logger: Logger) {
         self.store = store
+        self.bucket = bucket
         self.files = files
         maxAge = Double(config.retention.maxAgeDays) * 86400
         maxBytes = Int(config.retention.maxDiskGB * 1_000_000_000)
@@ -41,11 +46,12 @@ struct Retention: Sendable {
                 total + ((try? FileManager.default.attributesOfItem(atPath: files.url(segment.path).path)[.size] as? Int) ?? 0)
             }
         }
-        var left = try await store.liveArtifactBytes() + recording - doomed.reduce(0) { $0 + $1.fileSize }
+        var left = try await store.liveArtifactBytes() + recording
+            - doomed.filter { $0.objectKey == nil }.reduce(0) { $0 + $1.fileSize }
         if left > maxBytes {
             let chosen = Set(doomed.map(\.id))
             var bySession: [(id: String, artifacts: [ArtifactRecord])] = []
-            for artifact in try await store.expirableArtifacts() where !chosen.contains(artifact.id) {
+            for artifact in try await store.expirableArtifacts() where !chosen.contains(artifact.id) && artifact.objectKey == nil {
                 if bySession.last?.id == artifact.sessionID {
                     bySession[bySession.count - 1].artifacts.append(artifact)
                 } else {
@@ -60,11 +66,19 @@ struct Retention: Sendable {
         // Marked first: the API never serves a record whose file is going.
         try await store.markExpired(artifactIDs: doomed.map(\.id), at: now)
         let paths = doomed.map(\.path)
-        await offThread { [files] in
+        let keys = doomed.compactMap(\.objectKey)
+        await offThread { [files, bucket, logger] in
             for path in paths { files.remove(path) }
             files.removeEmptyDirectories(of: paths)
+            for key in keys {
+                do { try bucket?.client.deleteObject(key: key) } catch {
+                    logger.error("cannot delete an expired object", metadata: ["key": "\(key)", "error": "\(error)"])
+                }
+            }
         }
-        let result = Sweep(expired: doomed.map(\.id), bytesFreed: doomed.reduce(0) { $0 + $1.fileSize }, bytesLeft: left)
+        if let bucket { await deleteSpentLiveParts(bucket) }
+        let local = doomed.filter { $0.objectKey == nil }
+        let result = Sweep(expired: doomed.map(\.id), bytesFreed: local.reduce(0) { $0 + $1.fileSize }, bytesLeft: left)
         if !doomed.isEmpty {
             logger.info("retention deleted artifacts", metadata: [
                 "artifacts": "\(doomed.count)", "bytes_freed": "\(result.bytesFreed)", "bytes_left": "\(left)",
@@ -76,6 +90,31 @@ struct Retention: Sendable {
                            metadata: ["bytes": "\(left)", "limit": "\(maxBytes)"])
         }
         return result
+    }
+}
+
+extension Retention {
+    /// Deletes the live parts of finished recordings (and the manifests of their runs) once every run cut from
+    /// them has its own MP4 in the bucket: they were only insurance against losing the host.
+    func deleteSpentLiveParts(_ bucket: Bucket) async {
+        for (segment, runIDs) in (try? await store.segmentsWithSpentLiveParts()) ?? [] {
+            // The segment's path is {organization}/{session}/{segment}.fmp4.
+            guard let organizationID = segment.path.split(separator: "/").first.map(String.init) else { continue }
+            let prefix = bucket.segmentPrefix(organizationID: organizationID, sessionID: segment.sessionID,
+                                              segmentID: segment.id)
+            do {
+                try await offThread {
+                    for object in try bucket.client.listObjects(prefix: prefix + "/") {
+                        try bucket.client.deleteObject(key: object.key)
+                    }
+                    for runID in runIDs { try bucket.client.deleteObject(key: bucket.manifestKey(runID: runID)) }
+                }
+                try await store.markLivePartsDeleted(segmentID: segment.id)
+            } catch {
+                logger.warning("cannot delete a recording's live parts; retrying at the next sweep",
+                               metadata: ["segment_id": "\(segment.id)", "error": "\(error)"])
+            }
+        }
     }
 }
 

@@ -85,6 +85,7 @@ extension Runs {
         record.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
         record.failureReason = failureReason
         record.stepCount = open[id]?.steps.count ?? run.steps.count
+        record.webhookAwaitsUploads = bucket != nil && record.webhookURL != nil
         do { try await store.update(record) } catch {
             logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
         }
@@ -121,13 +122,39 @@ extension Runs {
     }
 
     private func notify(_ run: RunRecord) async {
+        bucket?.queued.signal()
         guard let url = run.webhookURL else { return }
+        guard !run.webhookAwaitsUploads else { return await releaseWebhook(of: run) }
         do {
             try await webhooks.enqueue(runID: run.id, organizationID: run.organizationID, url: url,
                                        payload: webhookPayload(run))
         } catch {
             logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
         }
+    }
+
+    /// Queues the webhook of a completed run that was held until its artifacts were in the bucket, once the last of
+    /// them is (whoever calls first when that happens queues it, once).
+    nonisolated func releaseWebhook(of run: RunRecord) async {
+        guard run.webhookAwaitsUploads, let url = run.webhookURL else { return }
+        do {
+            let released = try await webhooks.release(runID: run.id, organizationID: run.organizationID, url: url,
+                                                      payload: webhookPayload(run))
+            if released { logger.debug("webhook released: the run's artifacts are stored", metadata: ["run_id": "\(run.id)"]) }
+        } catch {
+            logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
+        }
+    }
+
+    /// An artifact reached the bucket: its run's webhook may go now.
+    nonisolated func artifactStored(_ artifact: ArtifactRecord) async {
+        guard let runID = artifact.runID, let run = try? await store.run(id: runID) else { return }
+        await releaseWebhook(of: run)
+    }
+
+    /// Releases the held webhooks whose runs' uploads all finished before a restart.
+    func releaseHeldWebhooks() async {
+        for run in (try? await store.runsAwaitingUploads()) ?? [] { await releaseWebhook(of: run) }
     }
 
     /// The body of the run's webhook.
@@ -160,6 +187,7 @@ extension Runs {
             run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
             run.finishedAt = Date()
             run.stepCount = steps.count
+            run.webhookAwaitsUploads = bucket != nil && run.webhookURL != nil
             do { try await store.update(run) } catch {
                 logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
             }

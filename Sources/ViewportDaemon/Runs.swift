@@ -93,6 +93,8 @@ actor Runs {
     let webhooks: Webhooks
     let config: Config
     let logger: Logger
+    /// The bucket artifacts go to, with `artifacts.store: s3`.
+    let bucket: Bucket?
     private(set) var recordings = SessionRecordings()
     var open: [String: OpenRun] = [:]
 
@@ -105,8 +107,9 @@ actor Runs {
     private let retiring: AsyncStream<SessionRecording>.Continuation
 
     init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
-         logger: Logger)
+         bucket: Bucket?, logger: Logger)
     {
+        self.bucket = bucket
         self.store = store
         self.sessions = sessions
         self.files = files
@@ -154,7 +157,8 @@ actor Runs {
             }
             do {
                 recording = try SessionRecording(sessionID: sessionID, organizationID: organizationID, hub: hub,
-                                                 origin: start, files: files, config: config, logger: logger)
+                                                 origin: start, files: files, config: config, bucket: bucket,
+                                                 store: store, logger: logger)
             } catch {
                 logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
                 throw .storageFailed(what: "start the recording", error: "\(error)")
@@ -170,6 +174,10 @@ actor Runs {
         do {
             if existing == nil, let recording { try await store.insert(recording.record) }
             try await store.insert(record)
+            if let manifest = bucket?.manifestUpload(record, organizationID: organizationID) {
+                try await store.enqueue(manifest)
+                bucket?.queued.signal()
+            }
         } catch {
             release(id, from: record)
             if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
@@ -202,6 +210,7 @@ actor Runs {
             let artifact = try await saveScreenshot(frame, id: artifactID, run: current.record, step: index,
                                                     name: String(format: "step-%03d", index))
             try await store.insert(step, artifact: artifact)
+            bucket?.queued.signal()
             return (step, artifact)
         } catch {
             open[runID]?.steps.removeAll { $0.index == index }
@@ -223,8 +232,14 @@ actor Runs {
 
     /// The same, from a run's artifacts already read (oldest first).
     nonisolated func links(_ artifacts: [ArtifactRecord]) -> (recording: String?, screenshots: [String]) {
-        let recording = artifacts.last { $0.kind == .recording }.map(artifactURL)
-        return (recording, artifacts.filter { $0.kind == .screenshot }.reversed().map(artifactURL))
+        Self.links(artifacts, url: artifactURL)
+    }
+
+    /// The recording's link and the screenshots' (newest first) of a run's artifacts (oldest first).
+    static func links(_ artifacts: [ArtifactRecord], url: (ArtifactRecord) -> String)
+        -> (recording: String?, screenshots: [String])
+    {
+        (artifacts.last { $0.kind == .recording }.map(url), artifacts.filter { $0.kind == .screenshot }.reversed().map(url))
     }
 
     /// Queues the completed run's webhook again (at most `limits.retry_webhook_per_minute` a minute).
@@ -280,8 +295,10 @@ actor Runs {
         return (try? await store.artifacts(runID: runID)) ?? []
     }
 
-    /// A signed URL of an artifact's content.
+    /// A URL of an artifact's content that works without a key: the bucket's (presigned, or through its CDN) once
+    /// the object is stored there, else viewportd's own, signed.
     nonisolated func artifactURL(_ artifact: ArtifactRecord) -> String {
+        if let key = artifact.objectKey, let bucket { return bucket.url(key: key) }
         let (expires, signature) = auth.artifactSignature(
             artifactID: artifact.id, expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
@@ -298,6 +315,7 @@ actor Runs {
     /// and the last one queued before it (the session service runs this, so shutdown waits for it).
     func retireRecordings() async {
         for await recording in retirements {
+            recording.shipping?.cancel()
             await recording.recorder.finish()
             try? await store.markFinished(segmentID: recording.record.id)
             await offThread { [files] in files.remove(recording.record.path) }

@@ -9,13 +9,15 @@ struct SessionRecording: Sendable {
     let record: SegmentRecord
     let organizationID: String
     let recorder: SegmentRecorder
+    /// Sends the file to the bucket as it grows (with `artifacts.store: s3`); cancelled when the recording retires.
+    let shipping: Task<Void, Never>?
     /// Ids of the runs that are cut from it once they complete.
     var runs: Set<String> = []
 
     /// Starts encoding the session's frames into a new segment file from `origin` (wall-clock µs); the segment's
     /// record is not stored yet.
     init(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64, files: ArtifactFiles,
-         config: Config, logger: Logger) throws
+         config: Config, bucket: Bucket?, store: Store, logger: Logger) throws
     {
         let id = "seg_\(Digest.randomBytes(8).hex)"
         try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
@@ -31,6 +33,51 @@ struct SessionRecording: Sendable {
         settings.queueBytes = config.recording.queueMB << 20
         recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin, settings: settings,
                                        logger: logger.with(sessionID: sessionID))
+        shipping = bucket.map { [record] bucket in
+            Task { await Self.ship(record, organizationID: organizationID, to: bucket, store: store, files: files) }
+        }
+    }
+
+    /// Queues the recording's new complete fragments for the bucket every `s3.segment_seconds` (less the second a
+    /// fragment takes to be cut, so that a lost host loses at most that much): first its header as
+    /// `{segment prefix}/init.mp4`, then parts `{segment prefix}/{sequence:06}-{µs}.m4s`, where µs is the
+    /// wall-clock time the part reaches (the recording's end when it is the last). Concatenated in key order they
+    /// are a fragmented MP4 that ``recoverRun`` cuts runs from.
+    private static func ship(_ segment: SegmentRecord, organizationID: String, to bucket: Bucket, store: Store,
+                             files: ArtifactFiles) async
+    {
+        let prefix = bucket.segmentPrefix(organizationID: organizationID, sessionID: segment.sessionID,
+                                          segmentID: segment.id)
+        let path = files.url(segment.path).path
+        let period = max(1, Double(bucket.config.segmentSeconds) - 1.5)
+        var shipped: Int64 = 0
+        var sequence = 0
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(period))
+            let scanned = wallClockMicros()
+            let from = shipped
+            guard var boxes = try? await offThread({ try MP4Cut.topLevelBoxes(of: path, from: from) }) else { continue }
+            var parts: [UploadRecord] = []
+            if shipped == 0 {
+                // The header (ftyp, moov) is complete once the first fragment follows it.
+                guard let first = boxes.firstIndex(where: { $0.type == "moof" }) else { continue }
+                shipped = boxes[first].range.lowerBound
+                parts.append(UploadRecord(key: "\(prefix)/init.mp4", path: segment.path, range: 0..<shipped,
+                                          artifactID: nil, contentType: "video/mp4"))
+                boxes.removeFirst(first)
+            }
+            // A fragment is a moof and its mdat: ship up to the end of the last complete one.
+            if let last = boxes.lastIndex(where: { $0.type == "mdat" }) {
+                let end = boxes[last].range.upperBound
+                sequence += 1
+                parts.append(UploadRecord(key: "\(prefix)/\(String(format: "%06d", sequence))-\(scanned).m4s",
+                                          path: segment.path, range: shipped..<end, artifactID: nil,
+                                          contentType: "video/iso.segment"))
+                shipped = end
+            }
+            for part in parts { try? await store.enqueue(part) }
+            if !parts.isEmpty { bucket.queued.signal() }
+        }
     }
 }
 

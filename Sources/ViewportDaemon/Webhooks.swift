@@ -91,10 +91,29 @@ final class Webhooks: Sendable {
     /// Queues a delivery of `payload` to `url`. The body is serialised here, once, with sorted keys: every
     /// attempt sends and signs exactly these bytes.
     func enqueue(runID: String, organizationID: String, url: String, payload: WebhookPayload) async throws(WebhookError) {
+        try await insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url,
+                                         body: try Self.body(payload)))
+    }
+
+    static func body(_ payload: WebhookPayload) throws(WebhookError) -> Data {
         guard let body = try? APIJSON.encoder(sortedKeys: true).encode(payload) else {
-            throw WebhookError("webhook payload of run \(runID) cannot be encoded")
+            throw WebhookError("webhook payload of run \(payload.runID) cannot be encoded")
         }
-        try await insert(WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: body))
+        return body
+    }
+
+    /// Queues the delivery of a run whose webhook was held until its artifacts were in the bucket, if none of its
+    /// uploads is pending any more and nobody queued it yet; returns whether this call did.
+    func release(runID: String, organizationID: String, url: String, payload: WebhookPayload) async throws(WebhookError)
+        -> Bool
+    {
+        let delivery = WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: try Self.body(payload))
+        let released: Bool
+        do { released = try await store.releaseHeldWebhook(runID: runID, delivery: delivery) } catch {
+            throw WebhookError("cannot store the webhook delivery of run \(runID): \(error)")
+        }
+        if released { wakeup.signal() }
+        return released
     }
 
     /// Queues the run's latest body again to its URL; false if the run never had a delivery.
@@ -248,62 +267,5 @@ struct WebhookService: Service {
 
     func run() async throws {
         try? await cancelWhenGracefulShutdown { await webhooks.run() }
-    }
-}
-
-/// A wake-up call for one waiting task: ``wait(seconds:)`` returns on ``signal()``, after `seconds` or on
-/// cancellation. A signal while nobody waits is kept for the next wait, so none is lost between two waits.
-private final class Wakeup: Sendable {
-    private struct State {
-        var signalled = false
-        var waiter: CheckedContinuation<Void, Never>?
-        /// Tells a timer of an earlier wait from the current one.
-        var generation: UInt64 = 0
-    }
-
-    private let state = Mutex(State())
-
-    func signal() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard let waiter = state.waiter else {
-                state.signalled = true
-                return nil
-            }
-            state.waiter = nil
-            return waiter
-        }
-        waiter?.resume()
-    }
-
-    /// Waits for a signal, at most `seconds` (nil: no limit).
-    func wait(seconds: Double?) async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let generation = state.withLock { state -> UInt64? in
-                    if state.signalled || Task.isCancelled {
-                        state.signalled = false
-                        return nil
-                    }
-                    state.generation += 1
-                    state.waiter = continuation
-                    return state.generation
-                }
-                guard let generation else { return continuation.resume() }
-                if let seconds {
-                    DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { self.resume(generation) }
-                }
-            }
-        } onCancel: {
-            resume(nil)
-        }
-    }
-
-    /// Resumes the waiter of `generation` (nil: whichever waits).
-    private func resume(_ generation: UInt64?) {
-        state.withLock { state -> CheckedContinuation<Void, Never>? in
-            guard generation == nil || generation == state.generation, let waiter = state.waiter else { return nil }
-            state.waiter = nil
-            return waiter
-        }?.resume()
     }
 }

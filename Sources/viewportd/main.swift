@@ -9,7 +9,7 @@ struct Viewportd: AsyncParsableCommand {
         commandName: "viewportd",
         abstract: "Live view of browser sessions: CDP screencast fanned out to WebSocket viewers.",
         version: viewportdVersion,
-        subcommands: [Serve.self, Demo.self, CheckConfig.self])
+        subcommands: [Serve.self, Demo.self, CheckConfig.self, RecoverRun.self])
 }
 
 struct Options: ParsableArguments {
@@ -71,5 +71,24 @@ struct CheckConfig: ParsableCommand {
     func run() throws {
         let config = try Options(config: file).load()
         print(config.yaml(), terminator: "")
+    }
+}
+
+struct RecoverRun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "recover-run",
+        abstract: "Rebuild a run whose host is gone from the object store (artifacts.store: s3): its MP4 from the "
+            + "recording's parts in the bucket, published as terminated with its webhook queued; prints the run.")
+    @OptionGroup var options: Options
+    @Argument(help: "The run's id.") var runID: String
+
+    func run() async throws {
+        let config = try options.load()
+        do {
+            print(try await recoverRun(runID, config: config, logger: makeDaemonLogger(config)))
+        } catch {
+            FileHandle.standardError.write(Data("viewportd: recover-run \(runID): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }

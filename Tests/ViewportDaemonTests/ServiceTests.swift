@@ -230,7 +230,7 @@ struct RetentionTests {
             // 3000 bytes against a 2500-byte budget: the session closed longest ago goes, whole.
             var config = daemon.daemon.config
             config.retention.maxDiskGB = 2500e-9
-            let sweep = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let sweep = try await Retention(store: store, files: files, bucket: nil, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(sweep.expired) == Set(ids["pbs_old"]!) && sweep.bytesLeft == 2000)
             let (expiredStatus, expired) = try await content(ids["pbs_old"]![0])
             #expect(expiredStatus == 404 && expired["detail"].string == "artifact expired")
@@ -240,7 +240,7 @@ struct RetentionTests {
 
             // A budget nothing fits: the other closed session goes, the open one stays.
             config.retention.maxDiskGB = 1e-9
-            let second = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let second = try await Retention(store: store, files: files, bucket: nil, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(second.expired) == Set(ids["pbs_recent"]!) && second.bytesLeft == 1000)
             for id in ids["pbs_open"]! { #expect(try await content(id).0 == 200, "an open session's artifact stays") }
 
@@ -250,7 +250,7 @@ struct RetentionTests {
             try store.update(open)
             config.retention.maxDiskGB = 50
             config.retention.maxAgeDays = 3
-            let third = try await Retention(store: store, files: files, config: config, logger: .init(label: "test")).sweep(now: now)
+            let third = try await Retention(store: store, files: files, bucket: nil, config: config, logger: .init(label: "test")).sweep(now: now)
             #expect(Set(third.expired) == Set(ids["pbs_open"]!) && third.bytesLeft == 0)
         }
     }

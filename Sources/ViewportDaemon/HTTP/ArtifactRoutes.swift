@@ -20,7 +20,7 @@ struct ArtifactRoutes {
                 throw HTTPFailure(status: 401, detail: "invalid API key")
             }
             guard let artifact, artifact.organizationID == organization else { throw RunError.artifactNotFound(id: id) }
-            return try serveIfKept(artifact, request.http)
+            return try await serveIfKept(artifact, request.http)
         }
         guard let expires = request.http.query["expires"], let signature = request.http.query["signature"] else {
             throw HTTPFailure(status: 401, detail: "missing credentials: an x-api-key header or a signed URL (expires, signature)")
@@ -29,17 +29,29 @@ struct ArtifactRoutes {
             throw HTTPFailure(status: 401, detail: error == .expired ? "signed URL expired" : "invalid signature")
         }
         guard let artifact else { throw RunError.artifactNotFound(id: id) }
-        return try serveIfKept(artifact, request.http)
+        return try await serveIfKept(artifact, request.http)
     }
 
-    private func serveIfKept(_ artifact: ArtifactRecord, _ request: HTTPRequest) throws -> HTTPResponse {
+    /// The file while it is on this host; once stored in the bucket, a redirect (302) to a fresh presigned URL of
+    /// the object (Range and seeking then work against the bucket).
+    private func serveIfKept(_ artifact: ArtifactRecord, _ request: HTTPRequest) async throws -> HTTPResponse {
         guard artifact.expiredAt == nil else { throw RunError.artifactExpired }
-        return serve(artifact, request)
+        if artifact.objectKey != nil { return redirect(to: artifact) }
+        if let response = serve(artifact, request) { return response }
+        // The upload may have finished and deleted the local copy since the record was read.
+        if let stored = await runs.artifact(id: artifact.id), stored.objectKey != nil { return redirect(to: stored) }
+        return Router.error(404, "artifact file missing")
+    }
+
+    private func redirect(to artifact: ArtifactRecord) -> HTTPResponse {
+        HTTPResponse(status: 302, contentType: "application/json",
+                     headers: [("location", runs.artifactURL(artifact)), ("cache-control", "no-store")],
+                     body: Data(#"{"detail":"the artifact is in object storage"}"#.utf8))
     }
 
     /// The artifact's bytes for a GET/HEAD: ETag and conditional requests, one `Range` (206/416), long-lived
     /// caching (an artifact never changes under its id).
-    private func serve(_ artifact: ArtifactRecord, _ request: HTTPRequest) -> HTTPResponse {
+    private func serve(_ artifact: ArtifactRecord, _ request: HTTPRequest) -> HTTPResponse? {
         let etag = "\"\(artifact.checksum.prefix(32))\""
         var headers: [(name: String, value: String)] = [
             ("etag", etag), ("accept-ranges", "bytes"), ("cache-control", "private, max-age=3600"),
@@ -72,7 +84,7 @@ struct ArtifactRoutes {
             }
         }
         guard let file = FileBody(path: files.url(artifact.path).path, offset: range.lowerBound, length: range.count) else {
-            return Router.error(404, "artifact file missing")
+            return nil
         }
         return HTTPResponse(status: status, contentType: artifact.contentType, headers: headers, file: file)
     }

@@ -1,0 +1,191 @@
+public import Foundation
+public import GRDB
+
+/// An object waiting to go to the bucket: a published artifact's file, or a byte range of a recording being
+/// written (a live segment). Rows leave the outbox only once the object is confirmed stored.
+public struct UploadRecord: Sendable, Equatable, Codable, FetchableRecord, MutablePersistableRecord {
+    public static let databaseTableName = "upload"
+
+    public var id: Int64?
+    /// The object key.
+    public var key: String
+    /// The file, relative to the artifacts directory; nil when the bytes are `body`.
+    public var path: String?
+    /// Small objects (a run's manifest) are kept here rather than in a file.
+    public var body: Data?
+    /// The byte range of the file to upload; nil: the whole file.
+    public var offset: Int64?
+    public var length: Int64?
+    /// The artifact this object stores (its local copy is deleted once stored); nil for a live segment.
+    public var artifactID: String?
+    public var contentType: String
+    public var attempts: Int
+    public var nextAttemptAt: Date
+    public var lastError: String?
+    public var createdAt: Date
+
+    public init(key: String, path: String?, range: Range<Int64>? = nil, body: Data? = nil, artifactID: String?,
+                contentType: String, now: Date = Date())
+    {
+        self.key = key
+        self.path = path
+        self.body = body
+        offset = range?.lowerBound
+        length = range.map { $0.upperBound - $0.lowerBound }
+        self.artifactID = artifactID
+        self.contentType = contentType
+        attempts = 0
+        nextAttemptAt = now
+        createdAt = now
+    }
+
+    /// The byte range to upload; nil: the whole file.
+    public var range: Range<Int64>? { offset.map { $0..<($0 + (length ?? 0)) } }
+
+    public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+}
+
+extension Store {
+    static func registerUploadMigrations(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("v8-object-store") { db in
+            try db.create(table: "upload") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("key", .text).notNull()
+                t.column("path", .text)
+                t.column("body", .blob)
+                t.column("offset", .integer)
+                t.column("length", .integer)
+                t.column("artifactID", .text).indexed()
+                t.column("contentType", .text).notNull()
+                t.column("attempts", .integer).notNull()
+                t.column("nextAttemptAt", .datetime).notNull().indexed()
+                t.column("lastError", .text)
+                t.column("createdAt", .datetime).notNull()
+            }
+            try db.alter(table: "artifact") { t in
+                t.add(column: "objectKey", .text)
+                t.add(column: "storedAt", .datetime)
+            }
+            try db.alter(table: "run") { t in t.add(column: "webhookAwaitsUploads", .boolean).notNull().defaults(to: false) }
+            try db.alter(table: "segment") { t in t.add(column: "livePartsDeleted", .boolean).notNull().defaults(to: false) }
+        }
+    }
+
+    /// The object key of a published artifact: the artifacts directory's layout under the bucket's prefix,
+    /// `{prefix}/{organization_id}/{browser_session_id}/{run_id}/{filename}`.
+    public func objectKey(path: String) -> String? {
+        objectPrefix.map { $0.isEmpty ? path : "\($0)/\(path)" }
+    }
+
+    /// The outbox row of an artifact being published, when artifacts go to a bucket.
+    func upload(of artifact: ArtifactRecord) -> UploadRecord? {
+        objectKey(path: artifact.path).map {
+            UploadRecord(key: $0, path: artifact.path, artifactID: artifact.id, contentType: artifact.contentType)
+        }
+    }
+
+    /// Queues an object (a live segment) for upload.
+    public func enqueue(_ upload: UploadRecord) async throws {
+        try await database.write { db in
+            var upload = upload
+            try upload.insert(db)
+        }
+    }
+
+    /// Uploads due by `now`, oldest first, leaving out those in flight.
+    public func dueUploads(now: Date = Date(), excluding excluded: Set<Int64> = [], limit: Int) async throws
+        -> [UploadRecord]
+    {
+        try await database.read { db in
+            try UploadRecord.filter(Column("nextAttemptAt") <= now && !excluded.contains(Column("id")))
+                .order(Column("id")).limit(limit).fetchAll(db)
+        }
+    }
+
+    /// When the next upload not in flight is due; nil when there is none.
+    public func nextUploadDate(excluding excluded: Set<Int64> = []) async throws -> Date? {
+        try await database.read { db in
+            try Date.fetchOne(db, UploadRecord.filter(!excluded.contains(Column("id")))
+                .select(min(Column("nextAttemptAt"))))
+        }
+    }
+
+    /// Uploads waiting (due or backing off).
+    public func pendingUploadCount() async throws -> Int {
+        try await database.read { try UploadRecord.fetchCount($0) }
+    }
+
+    /// Records a failed attempt; the upload is tried again at `retryAt`.
+    public func uploadFailed(id: Int64, error: String, retryAt: Date) async throws {
+        try await database.write { db in
+            try db.execute(sql: "UPDATE upload SET attempts = attempts + 1, lastError = ?, nextAttemptAt = ? WHERE id = ?",
+                           arguments: [error, retryAt, id])
+        }
+    }
+
+    /// Removes an upload that is no longer wanted (its file went: a finished recording's live segment).
+    public func dropUpload(id: Int64) async throws {
+        try await database.write { _ = try UploadRecord.deleteOne($0, key: id) }
+    }
+
+    /// The object is confirmed stored: the upload leaves the outbox and its artifact, if any, now lives at `key`.
+    /// Returns the artifact as stored (its local copy may go now).
+    public func uploadStored(_ upload: UploadRecord, at date: Date = Date()) async throws -> ArtifactRecord? {
+        try await database.write { db in
+            _ = try UploadRecord.deleteOne(db, key: upload.id)
+            guard let id = upload.artifactID else { return nil }
+            try db.execute(sql: "UPDATE artifact SET objectKey = ?, storedAt = ? WHERE id = ?",
+                           arguments: [upload.key, date, id])
+            return try ArtifactRecord.fetchOne(db, key: id)
+        }
+    }
+
+    /// Queues `delivery` (built by the caller from the run's artifacts as stored) if the run's webhook was held for
+    /// its uploads and none is pending any more; returns whether it did. Atomic: of two callers racing for the
+    /// same run, one queues it.
+    public func releaseHeldWebhook(runID: String, delivery: WebhookDelivery) async throws -> Bool {
+        try await database.write { db in
+            let pending = try Bool.fetchOne(db, sql: """
+                SELECT EXISTS (SELECT 1 FROM upload JOIN artifact ON artifact.id = upload.artifactID
+                               WHERE artifact.runID = ?)
+                """, arguments: [runID]) ?? false
+            guard !pending else { return false }
+            try db.execute(sql: """
+                UPDATE run SET webhookAwaitsUploads = 0 WHERE id = ? AND webhookAwaitsUploads AND status != 'running'
+                """, arguments: [runID])
+            guard db.changesCount == 1 else { return false }
+            var delivery = delivery
+            try delivery.insert(db)
+            return true
+        }
+    }
+
+    /// Runs whose webhook waits for their uploads.
+    public func runsAwaitingUploads() async throws -> [RunRecord] {
+        try await database.read { db in
+            try RunRecord.filter(Column("webhookAwaitsUploads") == true && Column("status") != "running").fetchAll(db)
+        }
+    }
+
+    /// Finished recordings whose live parts are still in the bucket and no longer needed: every run cut from
+    /// them is completed with its artifacts stored. With the ids of those runs (their manifests go too).
+    public func segmentsWithSpentLiveParts() async throws -> [(segment: SegmentRecord, runIDs: [String])] {
+        try await database.read { db in
+            let segments = try SegmentRecord.fetchAll(db, sql: """
+                SELECT * FROM segment WHERE finished AND NOT livePartsDeleted AND NOT EXISTS (
+                    SELECT 1 FROM run WHERE run.segmentID = segment.id AND (run.status = 'running' OR EXISTS (
+                        SELECT 1 FROM upload JOIN artifact ON artifact.id = upload.artifactID
+                        WHERE artifact.runID = run.id)))
+                """)
+            return try segments.map { segment in
+                (segment, try String.fetchAll(db, sql: "SELECT id FROM run WHERE segmentID = ?", arguments: [segment.id]))
+            }
+        }
+    }
+
+    public func markLivePartsDeleted(segmentID: String) async throws {
+        try await database.write {
+            try $0.execute(sql: "UPDATE segment SET livePartsDeleted = 1 WHERE id = ?", arguments: [segmentID])
+        }
+    }
+}
