@@ -122,7 +122,7 @@ let package = Package(
         .testTarget(
             name: "RecorderTests", dependencies: ["Recorder", "ViewportCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings),
-        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore"], swiftSettings: settings),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "Digests"], swiftSettings: settings),
         .testTarget(name: "WebSocketIOTests", dependencies: ["WebSocketIO"], swiftSettings: settings),
         .testTarget(
             name: "CDPSourceTests",

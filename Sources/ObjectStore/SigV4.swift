@@ -109,8 +109,8 @@ public struct SigV4: Sendable {
         if let sessionToken { query.append(QueryItem("X-Amz-Security-Token", sessionToken)) }
         let request = Request(
             method: method, path: path, query: query, headers: [Header("host", host)], payloadHash: Self.unsignedPayload)
-        query.append(QueryItem("X-Amz-Signature", signature(request, date: date)))
-        return Self.canonicalQuery(query)
+        // Last, as in AWS's examples; the order of a query does not matter to S3.
+        return Self.canonicalQuery(query) + "&X-Amz-Signature=" + signature(request, date: date)
     }
 
     /// "20150830/us-east-1/service/aws4_request".
