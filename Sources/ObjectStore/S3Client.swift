@@ -76,7 +76,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
 /// An S3 bucket over libcurl, signed with SigV4. Blocking calls: run them off the cooperative pool. Thread-safe: every
 /// call uses its own curl handle.
 public final class S3Client: Sendable {
-    public let location: S3Location
+    let location: S3Location
     let signer: SigV4
     let timeoutSeconds: Int
     /// "http" or "https", the host (with ":port" when the endpoint names one) requests go to and are signed for, and

@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 @Suite("SHA-256 of streams and files")
-struct DigestTests {
+struct StreamDigestTests {
     @Test func hashingInPiecesOrFromAFileGivesTheOneShotDigest() throws {
         // Over 1 MiB, so the file is read in several chunks.
         let bytes = Data((0..<(3 << 20) + 77).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) })

@@ -144,6 +144,22 @@ struct ObjectStoreTests {
         #expect(try s3.getObject(key: "kept") == Data("kept".utf8))
     }
 
+    @Test func aHungServerGivesARetryableErrorWithinTheTimeoutNotAHang() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let s3 = server.client(timeoutSeconds: 2)
+        try s3.putObject(key: "k", body: Data("v".utf8), contentType: "text/plain")
+
+        server.freeze()
+        let started = Date()
+        let error = try #require(throws: S3Error.self) { try s3.getObject(key: "k") }
+        #expect(Date().timeIntervalSince(started) < 4)
+        #expect(error.status == nil)
+        #expect(error.isRetryable)
+        server.thaw()
+        #expect(try s3.getObject(key: "k") == Data("v".utf8))
+    }
+
     /// A file of `bytes` bytes that differ from part to part (a counter's bytes), so misplaced parts show.
     static func patternFile(bytes: Int) throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("s3-src-\(UUID().uuidString)").path

