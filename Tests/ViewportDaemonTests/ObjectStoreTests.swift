@@ -85,6 +85,20 @@ struct ObjectStoreTests {
         #expect(try Digest.sha256(file: copy) == Digest.sha256(file: source))
     }
 
+    @Test func aRefusedMultipartUploadThrowsAndLeavesNoObject() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let s3 = server.client()
+        let source = try Self.patternFile(bytes: 3 << 20)
+        defer { try? FileManager.default.removeItem(atPath: source) }
+        // S3 refuses parts under 5 MiB (but the last) when the upload is completed.
+        let error = try #require(throws: S3Error.self) {
+            try s3.uploadFile(key: "small-parts", path: source, contentType: "video/mp4", partSize: 1 << 20)
+        }
+        #expect(error.code == "EntityTooSmall")
+        #expect(try s3.headObject(key: "small-parts") == nil)
+    }
+
     @Test func aByteRangeUploadStoresExactlyThatRange() async throws {
         let server = try await S3Server.start()
         defer { server.stop() }
