@@ -93,7 +93,7 @@ let package = Package(
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "Digests", "Recorder", "CSystemd",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "Digests", "ObjectStore", "Recorder", "CSystemd",
                 "VNCBridge", "RFBSource",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),

@@ -140,10 +140,12 @@ extension Store {
         }
     }
 
-    /// Queues `delivery` (built by the caller from the run's artifacts as stored) if the run's webhook was held for
-    /// its uploads and none is pending any more; returns whether it did. Atomic: of two callers racing for the
-    /// same run, one queues it.
-    public func releaseHeldWebhook(runID: String, delivery: WebhookDelivery) async throws -> Bool {
+    /// Queues the delivery `make` builds from the run and its artifacts (oldest first) as they are now, if the
+    /// run's webhook was held for its uploads and none is pending any more; returns whether it did. Atomic: of
+    /// two callers racing for the same run, one queues it, from the final state of the artifacts.
+    public func releaseHeldWebhook(
+        runID: String, make: @escaping @Sendable (RunRecord, [ArtifactRecord]) throws -> WebhookDelivery
+    ) async throws -> Bool {
         try await database.write { db in
             let pending = try Bool.fetchOne(db, sql: """
                 SELECT EXISTS (SELECT 1 FROM upload JOIN artifact ON artifact.id = upload.artifactID
@@ -153,8 +155,10 @@ extension Store {
             try db.execute(sql: """
                 UPDATE run SET webhookAwaitsUploads = 0 WHERE id = ? AND webhookAwaitsUploads AND status != 'running'
                 """, arguments: [runID])
-            guard db.changesCount == 1 else { return false }
-            var delivery = delivery
+            guard db.changesCount == 1, let run = try RunRecord.fetchOne(db, key: runID) else { return false }
+            let artifacts = try ArtifactRecord.filter(Column("runID") == runID).order(Column("createdAt"), Column("id"))
+                .fetchAll(db)
+            var delivery = try make(run, artifacts)
             try delivery.insert(db)
             return true
         }

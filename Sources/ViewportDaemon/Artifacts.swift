@@ -49,8 +49,9 @@ struct ArtifactFiles: Sendable {
 
     /// Size and SHA-256 (hex) of a published file.
     func measure(_ relative: String) throws -> (size: Int, checksum: String) {
-        let data = try Data(contentsOf: url(relative), options: .alwaysMapped)
-        return (data.count, Digest.sha256(data).hex)
+        let path = url(relative).path
+        let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+        return (size, try Digest.sha256(file: path).hex)
     }
 
     /// A new artifact id.

@@ -91,7 +91,9 @@ public final class Daemon: Sendable {
         let runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
                         bucket: bucket, logger: logger)
         self.runs = runs
-        uploads = bucket.map { Uploads(store: store, files: files, bucket: $0, logger: logger, stored: runs.artifactStored) }
+        uploads = bucket.map { [files, logger] bucket in
+            Uploads(store: store, files: files, bucket: bucket, logger: logger, stored: { await runs.artifactStored($0) })
+        }
         gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)
     }

@@ -169,10 +169,10 @@ final class Uploads: Sendable {
 
     /// Ids of uploads being attempted.
     private final class InFlight: Sendable {
-        private let set = Mutex<Set<Int64>>([])
-        var ids: Set<Int64> { set.withLock { $0 } }
-        func insert(_ id: Int64) { set.withLock { _ = $0.insert(id) } }
-        func remove(_ id: Int64) { set.withLock { _ = $0.remove(id) } }
+        private let storage = Mutex<Set<Int64>>([])
+        var ids: Set<Int64> { storage.withLock { $0 } }
+        func insert(_ id: Int64) { storage.withLock { _ = $0.insert(id) } }
+        func remove(_ id: Int64) { storage.withLock { _ = $0.remove(id) } }
     }
 }
 

@@ -138,8 +138,9 @@ extension Runs {
     nonisolated func releaseWebhook(of run: RunRecord) async {
         guard run.webhookAwaitsUploads, let url = run.webhookURL else { return }
         do {
-            let released = try await webhooks.release(runID: run.id, organizationID: run.organizationID, url: url,
-                                                      payload: webhookPayload(run))
+            let released = try await webhooks.release(runID: run.id, organizationID: run.organizationID, url: url) {
+                Self.webhookPayload($0, links: self.links($1))
+            }
             if released { logger.debug("webhook released: the run's artifacts are stored", metadata: ["run_id": "\(run.id)"]) }
         } catch {
             logger.error("cannot queue the webhook", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
@@ -159,11 +160,14 @@ extension Runs {
 
     /// The body of the run's webhook.
     nonisolated func webhookPayload(_ run: RunRecord) async -> WebhookPayload {
-        let links = await links(run)
-        return WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
-                              failureReason: run.failureReason, recordingURL: links.recording,
-                              screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
-                              finishedAt: run.finishedAt)
+        Self.webhookPayload(run, links: await links(run))
+    }
+
+    static func webhookPayload(_ run: RunRecord, links: (recording: String?, screenshots: [String])) -> WebhookPayload {
+        WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
+                       failureReason: run.failureReason, recordingURL: links.recording,
+                       screenshotUrls: links.screenshots, stepCount: run.stepCount, createdAt: run.createdAt,
+                       finishedAt: run.finishedAt)
     }
 
     /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.

@@ -1,6 +1,6 @@
 import Digests
 import Foundation
-import Logging
+public import Logging
 import ObjectStore
 import Recorder
 import Store

@@ -105,12 +105,18 @@ final class Webhooks: Sendable {
 
     /// Queues the delivery of a run whose webhook was held until its artifacts were in the bucket, if none of its
     /// uploads is pending any more and nobody queued it yet; returns whether this call did.
-    func release(runID: String, organizationID: String, url: String, payload: WebhookPayload) async throws(WebhookError)
+    /// `payload` is built from the run and its artifacts as the store holds them at that moment.
+    func release(runID: String, organizationID: String, url: String,
+                 payload: @escaping @Sendable (RunRecord, [ArtifactRecord]) -> WebhookPayload) async throws(WebhookError)
         -> Bool
     {
-        let delivery = WebhookDelivery(runID: runID, organizationID: organizationID, url: url, body: try Self.body(payload))
         let released: Bool
-        do { released = try await store.releaseHeldWebhook(runID: runID, delivery: delivery) } catch {
+        do {
+            released = try await store.releaseHeldWebhook(runID: runID) { run, artifacts in
+                WebhookDelivery(runID: runID, organizationID: organizationID, url: url,
+                                body: try Self.body(payload(run, artifacts)))
+            }
+        } catch {
             throw WebhookError("cannot store the webhook delivery of run \(runID): \(error)")
         }
         if released { wakeup.signal() }

@@ -1,0 +1,135 @@
+import Digests
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import ObjectStore
+import Testing
+@testable import ViewportDaemon
+
+/// The daemon's config for `artifacts.store: s3` against `server`, with short waits so the tests stay short.
+func storingIn(_ server: S3Server, segmentSeconds: Int = 2, _ more: @escaping (inout Config) -> Void = { _ in })
+    -> (inout Config) -> Void
+{
+    { config in
+        config.artifacts.store = .s3
+        config.s3.endpoint = server.endpoint
+        config.s3.bucket = server.bucket
+        config.s3.accessKeyID = S3Server.accessKey
+        config.s3.secretAccessKey = S3Server.secretKey
+        config.s3.prefix = "live-test"
+        config.s3.segmentSeconds = segmentSeconds
+        config.s3.retryMaxSeconds = 2
+        config.s3.timeoutSeconds = 5
+        config.webhooks.secrets = ["org_a": webhookTestSecret]
+        more(&config)
+    }
+}
+
+/// Files left under a state directory's artifacts (recordings in progress aside).
+func localArtifactFiles(_ stateDir: String) -> [String] {
+    let root = stateDir + "/artifacts"
+    return (FileManager.default.enumerator(atPath: root)?.allObjects as? [String] ?? []).filter { path in
+        var directory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: root + "/" + path, isDirectory: &directory) && !directory.boolValue
+            && !path.hasSuffix(".fmp4")
+    }
+}
+
+@Suite("Artifacts in object storage with a real S3 server and Chromium", .serialized)
+struct ObjectStorageTests {
+    @Test func aRunsRecordingAndScreenshotsLandInTheBucketAndTheirURLsPlayFromIt() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let receiver = try Receiver(statuses: [200])
+        defer { receiver.stop() }
+        let s3 = server.client()
+        try await withLiveSession(page: "anim.html", storingIn(server)) { daemon, _, id in
+            let (status, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs",
+                                                         json: ["run_id": "wr_s3one", "webhook_url": receiver.url])
+            try #require(status == 201, "\(run)")
+            for label in ["open", "submit"] {
+                try await Task.sleep(for: .milliseconds(1500))
+                let (stepStatus, step) = try await daemon.request("POST", "/v1/runs/wr_s3one/steps", json: ["label": label])
+                try #require(stepStatus == 201, "\(step)")
+            }
+            try await Task.sleep(for: .seconds(2))
+            let (doneStatus, done) = try await daemon.request("POST", "/v1/runs/wr_s3one/complete", json: ["status": "completed"])
+            try #require(doneStatus == 200, "\(done)")
+
+            // Every artifact is in the bucket under its key, with its size, type and checksum; the local copies go.
+            var artifacts: [JSON] = []
+            try await eventually("the artifacts are stored and their URLs point at the bucket", timeout: 30) {
+                artifacts = try await daemon.request("GET", "/v1/runs/wr_s3one/artifacts").1.array
+                return artifacts.count == 4 && artifacts.allSatisfy { $0["url"].string?.hasPrefix(server.endpoint) == true }
+            }
+            let prefix = "live-test/org_a/\(id)/wr_s3one/"
+            let objects = try await offThread { try s3.listObjects(prefix: prefix) }
+            #expect(Set(objects.map { String($0.key.dropFirst(prefix.count)) })
+                == ["recording.mp4", "step-001.jpg", "step-002.jpg", "final.jpg"])
+            for artifact in artifacts {
+                let name = try #require(artifact["filename"].string?.replacingOccurrences(of: "wr_s3one-", with: "")
+                    .replacingOccurrences(of: "wr_s3one.mp4", with: "recording.mp4"))
+                let head = try #require(try await offThread { try s3.headObject(key: prefix + name) }, "\(name)")
+                #expect(Int(head.size) == artifact["file_size"].int)
+                #expect(head.contentType == artifact["content_type"].string)
+                #expect(head.metadata["sha256"] == artifact["checksum"].string)
+                let (getStatus, bytes) = try await httpRaw("GET", try #require(artifact["url"].string))
+                #expect(getStatus == 200 && Digest.sha256(bytes).hex == artifact["checksum"].string, "\(name)")
+            }
+            #expect(localArtifactFiles(daemon.stateDir).isEmpty, "\(localArtifactFiles(daemon.stateDir))")
+
+            // The artifact route redirects to a fresh presigned URL; a tampered one is refused by the server.
+            let recording = try #require(artifacts.first { $0["artifact_type"].string == "recording" })
+            let artifactID = try #require(recording["artifact_id"].string)
+            let location = try await redirectLocation(daemon.base + "/v1/artifacts/\(artifactID)/content", key: keyA)
+            #expect(location?.hasPrefix(server.endpoint + "/") == true && location?.contains("X-Amz-Signature=") == true)
+            let presigned = try #require(recording["url"].string)
+            let tampered = presigned.replacingOccurrences(of: "wr_s3one/recording.mp4", with: "wr_s3one/final.jpg")
+            #expect(try await httpRaw("GET", tampered).0 == 403, "another key under the same signature")
+
+            // The webhook went once everything was stored, with URLs of the bucket.
+            try await eventually("the webhook is delivered", timeout: 20) { try await receiver.requests().count == 1 }
+            let body = try JSONDecoder().decode(JSON.self, from: try await receiver.requests()[0].body)
+            #expect(body["recording_url"].string?.hasPrefix(server.endpoint) == true, "\(body)")
+            #expect(body["screenshot_urls"].array.count == 3)
+            #expect(body["screenshot_urls"].array.allSatisfy { $0.string?.hasPrefix(server.endpoint) == true })
+
+            // A browser plays the recording straight from the bucket: its duration is the run's, seeking lands.
+            let (_, got) = try await daemon.request("GET", "/v1/runs/wr_s3one")
+            let length = try #require(got["finished_at"].string.flatMap(parseISO))
+                .timeIntervalSince(try #require(got["started_at"].string.flatMap(parseISO)))
+            let player = try await Chromium.launch(url: Fixtures.url("video.html") + "#"
+                + (presigned.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
+            defer { player.terminate() }
+            let duration = try await Client.cdp(player, "Runtime.evaluate", [
+                "expression": "window.loaded", "awaitPromise": true, "returnByValue": true,
+            ], page: "video.html")["result"]["value"].double
+            #expect(abs((duration ?? 0) - length) < 0.5, "video \(duration ?? -1) s for a run of \(length) s")
+            let seek = try await Client.cdp(player, "Runtime.evaluate", [
+                "expression": "window.seek(\(length / 2))", "awaitPromise": true, "returnByValue": true,
+            ], page: "video.html")["result"]["value"]
+            #expect(abs((seek["time"].double ?? -1) - length / 2) < 0.1, "\(seek)")
+            #expect((seek["ready"].int ?? 0) >= 2, "the frame at the seek position is decoded: \(seek)")
+            let errors = try await Client.cdp(player, "Runtime.evaluate", [
+                "expression": "JSON.stringify(window.errors)", "returnByValue": true,
+            ], page: "video.html")["result"]["value"].string
+            #expect(errors == "[]")
+        }
+    }
+}
+
+/// Where a GET is redirected to (nil when it is not), without following it.
+func redirectLocation(_ url: String, key: String?) async throws -> String? {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+    process.arguments = ["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"]
+        + (key.map { ["-H", "x-api-key: \($0)"] } ?? []) + [url]
+    let output = Pipe()
+    process.standardOutput = output
+    try process.run()
+    let data = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let parts = String(decoding: data, as: UTF8.self).split(separator: " ", maxSplits: 1).map(String.init)
+    return parts.first == "302" && parts.count == 2 ? parts[1] : nil
+}
