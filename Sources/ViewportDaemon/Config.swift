@@ -144,13 +144,13 @@ public struct S3Config: Codable, Sendable, Equatable {
     /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` or `http://127.0.0.1:8333`.
     @PublicURL public var endpoint: String? = nil
     @NonEmpty public var region = "us-east-1"
-    public var bucket: String? = nil
+    @BucketName public var bucket: String? = nil
     /// Key prefix of every object (no leading or trailing slash; empty: none).
     @KeyPrefix public var prefix = "viewportd"
     /// `path` (`endpoint/bucket/key`) or `virtual_host` (`bucket.endpoint-host/key`).
     public var addressing = S3Addressing.path
     /// nil: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` from the environment.
-    public var accessKeyID: String? = nil
+    @NonEmptyOrNull public var accessKeyID: String? = nil
     @Secret<String?, 1> public var secretAccessKey: String? = nil
     @Secret<String?, 1> public var sessionToken: String? = nil
     /// Connecting, and any stall of a transfer, must end within this.
@@ -172,10 +172,7 @@ extension S3Config {
     mutating func complete(for store: ArtifactStore, environment: [String: String]) throws(ConfigError) {
         guard store == .s3 else { return }
         guard endpoint != nil else { throw ConfigError(key: "s3.endpoint", "must be set when artifacts.store is s3") }
-        guard let bucket, bucket.range(of: #"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"#, options: .regularExpression) != nil
-        else {
-            throw ConfigError(key: "s3.bucket", "must be a bucket name (3-63 characters of a-z 0-9 . -) when artifacts.store is s3")
-        }
+        guard bucket != nil else { throw ConfigError(key: "s3.bucket", "must be set when artifacts.store is s3") }
         if accessKeyID == nil, secretAccessKey == nil {
             accessKeyID = environment["AWS_ACCESS_KEY_ID"]
             secretAccessKey = environment["AWS_SECRET_ACCESS_KEY"]

@@ -446,6 +446,24 @@ extension CheckedValue {
     }
 }
 
+/// A non-empty string, or nil when left out.
+@propertyWrapper public struct NonEmptyOrNull: CheckedValue {
+    public var wrappedValue: String?
+    public init(wrappedValue: String?) { self.wrappedValue = wrappedValue }
+    public static let rule = "must be a non-empty string or null"
+    public static func accepts(_ value: String?) -> Bool { value?.isEmpty != true }
+}
+
+/// An S3 bucket name, or nil when left out.
+@propertyWrapper public struct BucketName: CheckedValue {
+    public var wrappedValue: String?
+    public init(wrappedValue: String?) { self.wrappedValue = wrappedValue }
+    public static let rule = "must be a bucket name: 3-63 characters of a-z 0-9 . -, starting and ending with a letter or digit"
+    public static func accepts(_ value: String?) -> Bool {
+        value.map { $0.range(of: #"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"#, options: .regularExpression) != nil } ?? true
+    }
+}
+
 /// An IPv4 address in dotted-quad form.
 @propertyWrapper public struct IPv4: CheckedValue {
     public var wrappedValue: String

@@ -150,7 +150,9 @@ final class Uploads: Sendable {
             try? await store.dropUpload(id: upload.id ?? -1)
         case .failure(.transfer(let message)):
             let delay = min(Double(bucket.config.retryMaxSeconds), pow(2, Double(min(upload.attempts, 12))))
-            logger.warning("upload failed; retrying", metadata: [
+            // The first failure and then every power of two: an outage of the bucket does not flood the log.
+            let level: Logger.Level = upload.attempts & (upload.attempts &- 1) == 0 ? .warning : .debug
+            logger.log(level: level, "upload failed; retrying", metadata: [
                 "key": "\(upload.key)", "attempt": "\(upload.attempts + 1)", "retry_in_s": "\(Int(delay))",
                 "error": "\(message)",
             ])

@@ -19,18 +19,23 @@ struct RunManifest: Codable, Sendable {
     var webhookURL: String?
     var createdAt: Date
 
-    /// Reads what ``APIJSON/encoder(sortedKeys:)`` wrote.
-    static var decoder: JSONDecoder {
+    enum CodingKeys: String, CodingKey {
+        case runID = "run_id", organizationID = "organization_id", browserSessionID = "browser_session_id"
+        case segmentPrefix = "segment_prefix", startMicros = "start_us", title, webhookURL = "webhook_url"
+        case createdAt = "created_at"
+    }
+
+    func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        encoder.dateEncodingStrategy = .iso8601
+        return try encoder.encode(self)
+    }
+
+    static func decode(_ data: Data) throws -> RunManifest {
         let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        decoder.dateDecodingStrategy = .custom { decoder in
-            let text = try decoder.singleValueContainer().decode(String.self)
-            guard let date = try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true)) else {
-                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "not a time"))
-            }
-            return date
-        }
-        return decoder
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(RunManifest.self, from: data)
     }
 }
 
@@ -46,7 +51,7 @@ extension Bucket {
             segmentPrefix: run.segmentID.map { segmentPrefix(organizationID: organizationID, sessionID: run.sessionID,
                                                              segmentID: $0) },
             startMicros: run.startMicros, title: run.title, webhookURL: run.webhookURL, createdAt: run.createdAt)
-        guard let body = try? APIJSON.encoder(sortedKeys: true).encode(manifest) else { return nil }
+        guard let body = try? manifest.encoded() else { return nil }
         return UploadRecord(key: manifestKey(runID: run.id), path: nil, body: body, artifactID: nil,
                             contentType: "application/json")
     }
@@ -80,7 +85,7 @@ struct RunRecovery: Sendable {
             throw RecoveryError("no manifest of run \(runID) in the bucket (\(manifestKey)): \(error)")
         }
         let manifest: RunManifest
-        do { manifest = try RunManifest.decoder.decode(RunManifest.self, from: manifestData) } catch {
+        do { manifest = try RunManifest.decode(manifestData) } catch {
             throw RecoveryError("the manifest \(manifestKey) is not valid: \(error)")
         }
         guard manifest.runID == runID else { throw RecoveryError("the manifest \(manifestKey) is of another run") }

@@ -124,6 +124,13 @@ struct ConfigTests {
         ("network: {browser_allow: [10.0.0.0/33]}", "network.browser_allow[0]"),
         ("network: {webhook_allow: [not-an-address]}", "network.webhook_allow[0]"),
         ("listn: 127.0.0.1:8200", "listn"),
+        ("s3: {prefix: /leading}", "s3.prefix"),
+        ("s3: {bucket: Not_A_Bucket}", "s3.bucket"),
+        ("s3: {addressing: dns}", "s3.addressing"),
+        ("s3: {segment_seconds: 1}", "s3.segment_seconds"),
+        ("artifacts: {store: s3}", "s3.endpoint"),
+        ("artifacts: {store: s3}\ns3: {endpoint: 'http://127.0.0.1:9000'}", "s3.bucket"),
+        ("artifacts: {store: s3}\ns3: {endpoint: 'http://127.0.0.1:9000', bucket: b-1}", "s3.access_key_id"),
         ("- a list", "(file)"),
         ("listen: [unclosed", "(file)"),
     ])
@@ -135,6 +142,21 @@ struct ConfigTests {
             #expect(error.key == key, "\(yaml) -> \(error)")
             #expect(error.description.hasPrefix("config key \(key): "))
         }
+    }
+
+    @Test func theBucketsCredentialsComeFromTheAWSEnvironmentWhenTheFileLeavesThemOut() throws {
+        let yaml = "artifacts: {store: s3}\ns3: {endpoint: 'http://127.0.0.1:9000', bucket: artifacts}"
+        let config = try Config.load(yaml: yaml, environment: [
+            "AWS_ACCESS_KEY_ID": "AKIDFROMENV", "AWS_SECRET_ACCESS_KEY": "secret-from-env", "AWS_SESSION_TOKEN": "token",
+        ])
+        #expect(config.s3.accessKeyID == "AKIDFROMENV" && config.s3.secretAccessKey == "secret-from-env")
+        #expect(config.s3.sessionToken == "token")
+        let fromFile = try Config.load(yaml: yaml.replacingOccurrences(
+            of: "bucket: artifacts}", with: "bucket: artifacts, access_key_id: AKIDFILE, secret_access_key: file-secret}"),
+                                       environment: ["AWS_ACCESS_KEY_ID": "AKIDFROMENV", "AWS_SECRET_ACCESS_KEY": "x"])
+        #expect(fromFile.s3.accessKeyID == "AKIDFILE" && fromFile.s3.secretAccessKey == "file-secret")
+        #expect(try Config.load(yaml: nil, environment: ["AWS_ACCESS_KEY_ID": "AKID"]).s3.accessKeyID == nil,
+                "the local store reads no AWS variable")
     }
 
     /// A config with every key off its default, as YAML: the environment test sets each key from it.
@@ -149,7 +171,12 @@ struct ConfigTests {
         (config.cdp.retrySeconds, config.cdp.maxMessageMB, config.cdp.timeoutSeconds) = (12, 8, 5)
         (config.recording.enabled, config.recording.preset, config.recording.crf) = (false, .faster, 30)
         (config.recording.threads, config.recording.queueFrames, config.recording.queueMB) = (2, 120, 32)
-        (config.screenshotFormat, config.artifacts.urlTTLSeconds) = (.png, 7200)
+        (config.screenshotFormat, config.artifacts.urlTTLSeconds, config.artifacts.store) = (.png, 7200, .s3)
+        (config.s3.endpoint, config.s3.region, config.s3.bucket) = ("https://s3.example.com", "eu-west-1", "bkt-env")
+        (config.s3.prefix, config.s3.addressing, config.s3.accessKeyID) = ("vp/env", .virtualHost, "AKIDENV")
+        (config.s3.secretAccessKey, config.s3.sessionToken, config.s3.timeoutSeconds) = ("secret-env", "token-env", 9)
+        (config.s3.segmentSeconds, config.s3.retryMaxSeconds, config.s3.partSizeMB) = (5, 30, 8)
+        config.s3.publicBaseURL = "https://cdn.example.com"
         config.webhooks.secrets = ["org_env": "webhook-secret-0123456789"]
         (config.webhooks.maxAttempts, config.webhooks.timeoutSeconds) = (3, 20)
         (config.retention.maxAgeDays, config.retention.maxDiskGB, config.retention.sweepIntervalSeconds) = (7, 2.5, 60)
@@ -194,7 +221,8 @@ struct ConfigTests {
     @Test func thePrintedConfigMasksSecretsAndLoadsBackWithThemRevealed() throws {
         let config = Self.everyKeyChanged
         let masked = config.yaml()
-        for secret in ["env-key-0123456789", try #require(config.viewerTokenSecret), "webhook-secret-0123456789"] {
+        for secret in ["env-key-0123456789", try #require(config.viewerTokenSecret), "webhook-secret-0123456789",
+                       "secret-env", "token-env"] {
             #expect(!masked.contains(secret))
         }
         #expect(masked.contains("organization_id: \"org_env\""))

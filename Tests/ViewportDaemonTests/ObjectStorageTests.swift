@@ -119,6 +119,129 @@ struct ObjectStorageTests {
     }
 }
 
+@Suite("Object storage outages and lost hosts", .serialized)
+struct ObjectStorageRecoveryTests {
+    @Test func aBucketDownDuringARunAndAMinuteAfterLosesNothingAcrossARestart() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let receiver = try Receiver(statuses: [200])
+        defer { receiver.stop() }
+        let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
+        defer { browser.terminate() }
+        let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-s3down-\(UUID().uuidString)").path
+        let configure = storingIn(server)
+        var daemon = try await TestDaemon.start(stateDir: stateDir, configure)
+        let id = try await daemon.createSession(browser)
+        let (status, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs",
+                                                     json: ["run_id": "wr_s3down", "webhook_url": receiver.url])
+        try #require(status == 201, "\(run)")
+        try await Task.sleep(for: .seconds(3))
+        server.stopAndKeepData()
+        let (stepStatus, _) = try await daemon.request("POST", "/v1/runs/wr_s3down/steps", json: ["label": "while down"])
+        #expect(stepStatus == 201, "a step does not wait for the bucket")
+        try await Task.sleep(for: .seconds(2))
+        let (doneStatus, done) = try await daemon.request("POST", "/v1/runs/wr_s3down/complete", json: ["status": "completed"])
+        try #require(doneStatus == 200, "\(done)")
+
+        // Meanwhile the URLs point at this host's copies, which serve their bytes.
+        func checkServedLocally() async throws {
+            let artifacts = try await daemon.request("GET", "/v1/runs/wr_s3down/artifacts").1.array
+            #expect(artifacts.count == 3)
+            for artifact in artifacts {
+                let url = try #require(artifact["url"].string)
+                #expect(url.hasPrefix(daemon.base), "\(url)")
+                let (getStatus, bytes) = try await httpRaw("GET", url)
+                #expect(getStatus == 200 && Digest.sha256(bytes).hex == artifact["checksum"].string)
+            }
+        }
+        try await checkServedLocally()
+        try await Task.sleep(for: .seconds(25))
+        #expect(try await receiver.requests().isEmpty, "the webhook waits for the bucket")
+
+        // viewportd restarts while the bucket is still down; what was pending is still pending.
+        await daemon.stop()
+        daemon = try await TestDaemon.start(stateDir: stateDir, configure)
+        try await checkServedLocally()
+        try await Task.sleep(for: .seconds(30))
+        try await checkServedLocally()
+
+        // The bucket is back: the outbox drains, the local copies go, the webhook goes with the bucket's URLs.
+        try await server.restart()
+        var artifacts: [JSON] = []
+        try await eventually("the outbox drains into the bucket", timeout: 30) {
+            artifacts = try await daemon.request("GET", "/v1/runs/wr_s3down/artifacts").1.array
+            return artifacts.count == 3 && artifacts.allSatisfy { $0["url"].string?.hasPrefix(server.endpoint) == true }
+        }
+        for artifact in artifacts {
+            let (getStatus, bytes) = try await httpRaw("GET", try #require(artifact["url"].string))
+            #expect(getStatus == 200 && Digest.sha256(bytes).hex == artifact["checksum"].string)
+        }
+        #expect(localArtifactFiles(stateDir).isEmpty, "\(localArtifactFiles(stateDir))")
+        try await eventually("the webhook is delivered", timeout: 20) { try await receiver.requests().count == 1 }
+        let body = try JSONDecoder().decode(JSON.self, from: try await receiver.requests()[0].body)
+        #expect(body["recording_url"].string?.hasPrefix(server.endpoint) == true, "\(body)")
+        await daemon.stop()
+    }
+
+    @Test func aRunWhoseHostIsKilledAndWipedIsRebuiltFromTheBucketUpToItsLastPart() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
+        defer { browser.terminate() }
+        let environment = [
+            "VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "warning",
+            "VIEWPORTD_ARTIFACTS_STORE": "s3", "VIEWPORTD_S3_ENDPOINT": server.endpoint,
+            "VIEWPORTD_S3_BUCKET": server.bucket, "AWS_ACCESS_KEY_ID": S3Server.accessKey,
+            "AWS_SECRET_ACCESS_KEY": S3Server.secretKey,
+        ]
+        let lostDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-lost-\(UUID().uuidString)").path
+        let host = try await ChildDaemon.start(stateDir: lostDir, environment: environment)
+        let (_, session) = try await requestJSON("POST", host.base + "/v1/browser_sessions", json: ["browser_address": browser.address])
+        let id = try #require(session["browser_session_id"].string)
+        let (status, run) = try await requestJSON("POST", host.base + "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_lost"])
+        try #require(status == 201, "\(run)")
+        let (_, step) = try await requestJSON("POST", host.base + "/v1/runs/wr_lost/steps", json: ["label": "one"])
+        #expect(step["step"].int == 1)
+        try await Task.sleep(for: .seconds(30))
+        host.signal(SIGKILL)
+        host.process.waitUntilExit()
+        let killed = Date()
+        try FileManager.default.removeItem(atPath: lostDir)
+        let started = try #require(run["started_at"].string.flatMap(parseISO))
+
+        // Another host, with nothing but the bucket.
+        let newDir = FileManager.default.temporaryDirectory.appendingPathComponent("vp-new-\(UUID().uuidString)").path
+        let (exit, output) = try runProcess(viewportdBinary, ["recover-run", "wr_lost"],
+                                            environment: environment.merging(["VIEWPORTD_STATE_DIR": newDir]) { $1 })
+        try #require(exit == 0, "\(output)")
+        // It prints the run as JSON, on the last line (its log goes to standard error before it).
+        let recovered = try JSONDecoder().decode(JSON.self, from: Data((output.split(separator: "\n").last ?? "").utf8))
+        #expect(recovered["status"].string == "terminated")
+        #expect(recovered["screenshot_urls"].array.count == 1, "the step's screenshot reached the bucket")
+        let (videoStatus, video) = try await httpRaw("GET", try #require(recovered["recording_url"].string))
+        try #require(videoStatus == 200)
+        let file = try temporaryFile("recovered.mp4", video)
+        #expect(try decodeErrors(file).isEmpty)
+        let duration = try #require(try ffprobe(file)["format"]["duration"].string.flatMap(Double.init))
+        let lived = killed.timeIntervalSince(started)
+        print("recover-run: \(duration) s of video recovered from a run killed after \(lived) s")
+        #expect(duration >= lived - 10 && duration <= lived + 0.5,
+                "\(duration) s recovered of a run killed after \(lived) s (s3.segment_seconds 10)")
+
+        // The new host answers for the run: terminated, its recording in the bucket.
+        try await withDaemon(stateDir: newDir, storingIn(server)) { daemon in
+            let (_, got) = try await daemon.request("GET", "/v1/runs/wr_lost")
+            #expect(got["status"].string == "terminated")
+            #expect(got["failure_reason"].string?.contains("host was lost") == true)
+            #expect(got["recording_url"].string?.hasPrefix(server.endpoint) == true)
+        }
+        // Recovering twice changes nothing.
+        let (again, second) = try runProcess(viewportdBinary, ["recover-run", "wr_lost"],
+                                             environment: environment.merging(["VIEWPORTD_STATE_DIR": newDir]) { $1 })
+        #expect(again == 0, "\(second)")
+    }
+}
+
 /// Where a GET is redirected to (nil when it is not), without following it.
 func redirectLocation(_ url: String, key: String?) async throws -> String? {
     let process = Process()
