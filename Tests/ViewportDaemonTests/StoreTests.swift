@@ -195,7 +195,7 @@ import ViewportCore
     }
 
     /// Runs `body` with a store in a fresh directory (its database file first given to `prepare`), then removes it.
-    func withTemporaryStore(prepare: (String) throws -> Void = { _ in },
+    func withTemporaryStore(prepare: (String) throws -> Void = { _ in }, objectPrefix: String? = nil,
                             _ body: (Store) async throws -> Void) async throws
     {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("vp-store-\(UUID().uuidString)")
@@ -203,6 +203,53 @@ import ViewportCore
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("viewportd.sqlite").path
         try prepare(path)
-        try await body(try Store(path: path))
+        try await body(try Store(path: path, objectPrefix: objectPrefix))
+    }
+
+    @Test func withABucketEveryStoredArtifactIsQueuedForUploadUnderItsKey() async throws {
+        try await withTemporaryStore(objectPrefix: "pre/fix") { store in
+            try await store.insert(Self.artifact("art_1", .recording, session: "s1", at: Self.t0))
+            try await store.insert(StepRecord(runID: "tsk_1", index: 1, label: "a", createdAt: Self.t0, timeMicros: 1,
+                                              artifactID: "art_2"),
+                                   artifact: Self.artifact("art_2", .screenshot, session: "s1", step: 1, at: Self.t0))
+            let due = try await store.dueUploads(limit: 10)
+            #expect(due.map(\.key) == ["pre/fix/org-a/tsk_1/art_1", "pre/fix/org-a/tsk_1/art_2"])
+            #expect(due.map(\.artifactID) == ["art_1", "art_2"])
+            try #require(due.count == 2)
+            // A failed attempt waits for its retry time; a stored one leaves the outbox and marks its artifact.
+            try await store.uploadFailed(id: try #require(due[0].id), error: "down", retryAt: Date().addingTimeInterval(60))
+            #expect(try await store.dueUploads(limit: 10).map(\.artifactID) == ["art_2"])
+            let stored = try #require(try await store.uploadStored(due[1]))
+            #expect(stored.objectKey == "pre/fix/org-a/tsk_1/art_2" && stored.storedAt != nil)
+            #expect(try await store.pendingUploadCount() == 1)
+        }
+        try await withTemporaryStore { store in
+            try await store.insert(Self.artifact("art_1", .recording, session: "s1", at: Self.t0))
+            #expect(try await store.pendingUploadCount() == 0, "without a bucket nothing is queued")
+        }
+    }
+
+    @Test func aHeldWebhookIsQueuedOnceOnlyWhenNoUploadOfItsRunIsPending() async throws {
+        try await withTemporaryStore(objectPrefix: "p") { store in
+            var run = RunRecord(id: "tsk_1", sessionID: "s1", organizationID: "org-a", status: "running", title: nil,
+                                webhookURL: "http://hook", createdAt: Self.t0, startMicros: 1, segmentID: nil)
+            try await store.insert(run)
+            try await store.insert(Self.artifact("art_1", .recording, session: "s1", at: Self.t0))
+            (run.status, run.webhookAwaitsUploads) = ("completed", true)
+            try await store.update(run)
+            let make: @Sendable (RunRecord, [ArtifactRecord]) throws -> WebhookDelivery = { run, artifacts in
+                WebhookDelivery(runID: run.id, organizationID: run.organizationID, url: "http://hook",
+                                body: Data(artifacts.map { $0.objectKey ?? "local" }.joined(separator: ",").utf8))
+            }
+            #expect(try await store.releaseHeldWebhook(runID: "tsk_1", make: make) == false, "its recording is pending")
+            let upload = try #require(try await store.dueUploads(limit: 1).first)
+            _ = try await store.uploadStored(upload)
+            async let first = store.releaseHeldWebhook(runID: "tsk_1", make: make)
+            async let second = store.releaseHeldWebhook(runID: "tsk_1", make: make)
+            #expect([try await first, try await second].sorted { !$0 && $1 } == [false, true], "queued once")
+            let delivery = try #require(try await store.latestWebhookDelivery(runID: "tsk_1"))
+            #expect(String(decoding: delivery.body, as: UTF8.self) == "p/org-a/tsk_1/art_1", "built from the stored state")
+            #expect(try await store.runsAwaitingUploads().isEmpty)
+        }
     }
 }
