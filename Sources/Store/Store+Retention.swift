@@ -82,11 +82,16 @@ extension Store {
     }
 
     /// Marks artifacts deleted at `date`, and their sessions deleted once none of their files is left.
+    /// Those stored in a bucket get their objects' deletion queued in the same transaction (an upload confirmed
+    /// after this sees the artifact expired and queues it itself).
     public func markExpired(artifactIDs: [String], at date: Date) async throws {
         guard !artifactIDs.isEmpty else { return }
         try await database.write { db in
             for id in artifactIDs {
                 try db.execute(sql: "UPDATE artifact SET expiredAt = ? WHERE id = ?", arguments: [date, id])
+                if let key = try String.fetchOne(db, sql: "SELECT objectKey FROM artifact WHERE id = ?", arguments: [id]) {
+                    try Self.insert([.deletion(key: key)], db)
+                }
             }
             // A session whose files are all gone was deleted (its record stays, saying when).
             try db.execute(sql: """

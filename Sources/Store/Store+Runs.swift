@@ -1,5 +1,6 @@
 public import Foundation
 public import GRDB
+public import ViewportCore
 
 /// A run of an agent in a browser session: its steps, screenshots and recording.
 public struct RunRecord: Sendable, Equatable, Codable, FetchableRecord, PersistableRecord {
@@ -201,15 +202,25 @@ extension Store {
     // MARK: - Runs
 
     /// Adds a new run; throws ``Failure/duplicateRun(_:)`` if its id is taken.
-    public func insert(_ run: RunRecord) async throws {
+    /// With `uploads` (the run's manifest for the bucket), queued in the same transaction.
+    public func insert(_ run: RunRecord, uploads: [UploadRecord] = []) async throws {
         do {
-            try await database.write { try run.insert($0) }
+            try await database.write { db in
+                try run.insert(db)
+                try Self.insert(uploads, db)
+            }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
             throw Failure.duplicateRun(run.id)
         }
     }
 
-    public func update(_ run: RunRecord) async throws { try await database.write { try run.update($0) } }
+    /// With `uploads` (the run's final manifest for the bucket), queued in the same transaction.
+    public func update(_ run: RunRecord, uploads: [UploadRecord] = []) async throws {
+        try await database.write { db in
+            try run.update(db)
+            try Self.insert(uploads, db)
+        }
+    }
 
     public func run(id: String) async throws -> RunRecord? { try await database.read { try RunRecord.fetchOne($0, key: id) } }
 
@@ -251,8 +262,11 @@ extension Store {
 
     /// Stores a run rebuilt from the bucket (inserted, or replacing the open record a lost host left) with its
     /// artifacts, already stored there, in one transaction.
-    public func storeRecovered(_ run: RunRecord, artifacts: [ArtifactRecord]) async throws {
+    public func storeRecovered(_ run: RunRecord, session: SessionRecord, artifacts: [ArtifactRecord]) async throws {
         try await database.write { db in
+            // The session's record too, when this store never saw it (a host of its own that was lost): retention
+            // expires a session's artifacts once it is closed.
+            if try SessionRecord.fetchOne(db, key: session.id) == nil { try session.insert(db) }
             try run.save(db)
             for artifact in artifacts { try insert(artifact, db) }
         }

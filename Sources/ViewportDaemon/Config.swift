@@ -160,6 +160,9 @@ public struct S3Config: Codable, Sendable, Equatable {
     @Within<2, 300> public var segmentSeconds = 10
     /// A failed upload is tried again after 1, 2, 4... seconds, waiting at most this long.
     @Within<1, 3600> public var retryMaxSeconds = 60
+    /// A graceful stop waits this long for uploads due (what the runs it completes publish); the rest resumes at
+    /// the next start.
+    @Within<0, 600> public var drainSeconds = 30
     /// Files larger than this go up in parts of this size (memory per upload is one part).
     @Within<5, 512> public var partSizeMB = 16
     /// When the bucket is served through a CDN: URLs handed out are this + `/` + key rather than presigned.

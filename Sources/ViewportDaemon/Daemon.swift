@@ -92,7 +92,8 @@ public final class Daemon: Sendable {
                         bucket: bucket, logger: logger)
         self.runs = runs
         uploads = bucket.map { [files, logger] bucket in
-            Uploads(store: store, files: files, bucket: bucket, logger: logger, stored: { await runs.artifactStored($0) })
+            Uploads(store: store, files: files, bucket: bucket, logger: logger,
+                    settled: { await runs.uploadSettled(artifactID: $0) })
         }
         gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                 metrics: metrics.stream)

@@ -49,31 +49,43 @@ struct Bucket: Sendable {
 }
 
 /// Drains the outbox into the bucket: each object goes up from its file off the cooperative pool (in parts when
-/// large, so memory does not grow with its size), is confirmed by size and SHA-256, and only then leaves the
-/// outbox; an artifact's local copy is deleted then. A failed attempt is retried with exponential backoff (1 s up to
-/// `s3.retry_max_seconds`); what is pending at shutdown is resumed at the next start.
+/// large, so memory does not grow with its size), is confirmed by size and SHA-256 (an artifact's must be the
+/// checksum the API reports), and only then leaves the outbox; an artifact's local copy is deleted then. Queued
+/// deletions are carried out the same way. A failed attempt is retried with exponential backoff (1 s up to
+/// `s3.retry_max_seconds`). A graceful stop waits up to `s3.drain_seconds` for what is due (the runs it just
+/// completed); the rest resumes at the next start.
 final class Uploads: Sendable {
     let store: Store
     let files: ArtifactFiles
     let bucket: Bucket
     let logger: Logger
-    /// Called with each artifact confirmed stored (a completed run's webhook may go then).
-    let stored: @Sendable (ArtifactRecord) async -> Void
+    /// Called with the id of each artifact whose upload is settled, stored or dropped (its run's webhook may go).
+    let settled: @Sendable (String) async -> Void
     private var wakeup: Wakeup { bucket.queued }
+    /// When set, a graceful stop: stop once nothing is due or in flight, or at this time.
+    private let drainDeadline = Mutex<Date?>(nil)
+    /// Whether the last attempt failed (the log says when the bucket fails and when it is back, not every attempt).
+    private let failing = Mutex(false)
     /// Uploads at once.
     static let concurrency = 2
 
     init(store: Store, files: ArtifactFiles, bucket: Bucket, logger: Logger,
-         stored: @escaping @Sendable (ArtifactRecord) async -> Void)
+         settled: @escaping @Sendable (String) async -> Void)
     {
         self.store = store
         self.files = files
         self.bucket = bucket
         self.logger = logger
-        self.stored = stored
+        self.settled = settled
     }
 
-    /// Uploads until cancelled; attempts in flight then still finish (within the timeout) and are recorded.
+    /// Starts a graceful stop: ``run()`` returns once the due work is done or `seconds` have passed.
+    func drain(within seconds: Int) {
+        drainDeadline.withLock { $0 = Date().addingTimeInterval(Double(seconds)) }
+        wakeup.signal()
+    }
+
+    /// Works until cancelled or drained; attempts in flight then still finish (within the timeout) and are recorded.
     func run() async {
         let inFlight = InFlight()
         await withDiscardingTaskGroup { group in
@@ -81,6 +93,12 @@ final class Uploads: Sendable {
                 let busy = inFlight.ids
                 let free = Self.concurrency - busy.count
                 let due = free > 0 ? ((try? await store.dueUploads(excluding: busy, limit: free)) ?? []) : []
+                if let deadline = drainDeadline.withLock({ $0 }), Date() >= deadline || (busy.isEmpty && due.isEmpty) {
+                    if !busy.isEmpty || !due.isEmpty {
+                        logger.warning("stopping with uploads pending; they resume at the next start (s3.drain_seconds)")
+                    }
+                    break
+                }
                 for upload in due {
                     guard let id = upload.id else { continue }
                     inFlight.insert(id)
@@ -90,10 +108,12 @@ final class Uploads: Sendable {
                         self.wakeup.signal()
                     }
                 }
-                let next = (try? await store.nextUploadDate(excluding: inFlight.ids)) ?? nil
-                // With work in flight, its end wakes us; otherwise sleep until the next retry is due (at most 5 s,
-                // so a clock jump or a missed signal costs little).
-                let wait = min(5, max(0.05, next.map { $0.timeIntervalSinceNow } ?? 5))
+                // Slots full: the end of an attempt wakes us. Otherwise sleep until the next retry is due (at most
+                // 5 s, so a clock jump or a missed signal costs little).
+                var wait = 5.0
+                if inFlight.ids.count < Self.concurrency, let next = (try? await store.nextUploadDate(excluding: inFlight.ids)) ?? nil {
+                    wait = min(5, max(0.05, next.timeIntervalSinceNow))
+                }
                 await wakeup.wait(seconds: wait)
             }
         }
@@ -106,6 +126,18 @@ final class Uploads: Sendable {
         let partSize = bucket.config.partSizeMB << 20
         let result: Result<Void, UploadFailure> = await offThread {
             do {
+                switch upload.operation {
+                case .delete:
+                    try bucket.client.deleteObject(key: upload.key)
+                    return .success(())
+                case .deletePrefix:
+                    for object in try bucket.client.listObjects(prefix: upload.key + "/") {
+                        try bucket.client.deleteObject(key: object.key)
+                    }
+                    return .success(())
+                case .put:
+                    break
+                }
                 let checksum: String, size: UInt64
                 if let body = upload.body {
                     (checksum, size) = (Digest.sha256(body).hex, UInt64(body.count))
@@ -114,6 +146,10 @@ final class Uploads: Sendable {
                 } else {
                     guard let path, FileManager.default.fileExists(atPath: path) else { return .failure(.fileGone) }
                     checksum = try Digest.sha256(file: path, range: range).hex
+                    // The bytes must be those the API reported: a file changed since is never stored (nor deleted).
+                    if let expected = upload.checksum, expected != checksum {
+                        return .failure(.transfer("the file's SHA-256 is \(checksum), not the artifact's \(expected)"))
+                    }
                     size = try range.map { $0.upperBound - $0.lowerBound } ?? Self.fileSize(path)
                     try bucket.client.uploadFile(key: upload.key, path: path, range: range,
                                                  contentType: upload.contentType, metadata: ["sha256": checksum],
@@ -135,24 +171,27 @@ final class Uploads: Sendable {
         }
         switch result {
         case .success:
+            if failing.withLock({ let was = $0; $0 = false; return was }) {
+                logger.notice("the bucket accepts uploads again")
+            }
             do {
                 if let artifact = try await store.uploadStored(upload) {
                     await offThread { [files] in files.remove(artifact.path) }
                     logger.debug("artifact stored", metadata: ["artifact_id": "\(artifact.id)", "key": "\(upload.key)"])
-                    await stored(artifact)
+                    await settled(artifact.id)
                 }
             } catch {
                 logger.error("cannot record a stored upload", metadata: ["key": "\(upload.key)", "error": "\(error)"])
             }
         case .failure(.fileGone):
-            // Retention deleted the artifact, or a finished recording's file went with its live segments.
-            logger.warning("upload dropped: its file is gone", metadata: ["key": "\(upload.key)"])
+            // Retention deleted the artifact's file, or a finished recording's file went with its live parts.
+            logger.info("upload dropped: its file is gone", metadata: ["key": "\(upload.key)"])
             try? await store.dropUpload(id: upload.id ?? -1)
+            if let artifactID = upload.artifactID { await settled(artifactID) }
         case .failure(.transfer(let message)):
             let delay = min(Double(bucket.config.retryMaxSeconds), pow(2, Double(min(upload.attempts, 12))))
-            // The first failure and then every power of two: an outage of the bucket does not flood the log.
-            let level: Logger.Level = upload.attempts & (upload.attempts &- 1) == 0 ? .warning : .debug
-            logger.log(level: level, "upload failed; retrying", metadata: [
+            let first = failing.withLock { let was = $0; $0 = true; return !was }
+            logger.log(level: first ? .warning : .debug, "upload to the bucket failed; retrying with backoff", metadata: [
                 "key": "\(upload.key)", "attempt": "\(upload.attempts + 1)", "retry_in_s": "\(Int(delay))",
                 "error": "\(message)",
             ])
@@ -178,11 +217,16 @@ final class Uploads: Sendable {
     }
 }
 
-/// Runs the uploads until shutdown.
+/// Runs the uploads; on a graceful stop, which comes after the runs were completed, drains what is due for up to
+/// `s3.drain_seconds`.
 struct UploadService: Service {
     let uploads: Uploads
 
     func run() async throws {
-        try? await cancelWhenGracefulShutdown { await uploads.run() }
+        await withGracefulShutdownHandler {
+            await uploads.run()
+        } onGracefulShutdown: {
+            uploads.drain(within: uploads.bucket.config.drainSeconds)
+        }
     }
 }

@@ -66,15 +66,9 @@ struct Retention: Sendable {
         // Marked first: the API never serves a record whose file is going.
         try await store.markExpired(artifactIDs: doomed.map(\.id), at: now)
         let paths = doomed.map(\.path)
-        let keys = doomed.compactMap(\.objectKey)
-        await offThread { [files, bucket, logger] in
+        await offThread { [files] in
             for path in paths { files.remove(path) }
             files.removeEmptyDirectories(of: paths)
-            for key in keys {
-                do { try bucket?.client.deleteObject(key: key) } catch {
-                    logger.error("cannot delete an expired object", metadata: ["key": "\(key)", "error": "\(error)"])
-                }
-            }
         }
         if let bucket { await deleteSpentLiveParts(bucket) }
         let local = doomed.filter { $0.objectKey == nil }
@@ -94,27 +88,24 @@ struct Retention: Sendable {
 }
 
 extension Retention {
-    /// Deletes the live parts of finished recordings (and the manifests of their runs) once every run cut from
-    /// them has its own MP4 in the bucket: they were only insurance against losing the host.
+    /// Queues the deletion of the live parts of finished recordings (and of their runs' manifests) once every run
+    /// cut from them has its own MP4 in the bucket: they were only insurance against losing the host. At most 100
+    /// recordings a sweep; the deletions go through the outbox, so a slow bucket never holds the sweep.
     func deleteSpentLiveParts(_ bucket: Bucket) async {
-        for (segment, runIDs) in (try? await store.segmentsWithSpentLiveParts()) ?? [] {
+        for (segment, runIDs) in (try? await store.segmentsWithSpentLiveParts(limit: 100)) ?? [] {
             // The segment's path is {organization}/{session}/{segment}.fmp4.
             guard let organizationID = segment.path.split(separator: "/").first.map(String.init) else { continue }
             let prefix = bucket.segmentPrefix(organizationID: organizationID, sessionID: segment.sessionID,
                                               segmentID: segment.id)
-            do {
-                try await offThread {
-                    for object in try bucket.client.listObjects(prefix: prefix + "/") {
-                        try bucket.client.deleteObject(key: object.key)
-                    }
-                    for runID in runIDs { try bucket.client.deleteObject(key: bucket.manifestKey(runID: runID)) }
-                }
-                try await store.markLivePartsDeleted(segmentID: segment.id)
-            } catch {
-                logger.warning("cannot delete a recording's live parts; retrying at the next sweep",
+            let deletions = [UploadRecord.deletion(.deletePrefix, key: prefix)] + runIDs.map {
+                UploadRecord.deletion(key: bucket.manifestKey(runID: $0, organizationID: organizationID))
+            }
+            do { try await store.retireLiveParts(segmentID: segment.id, deletions: deletions) } catch {
+                logger.warning("cannot queue the deletion of a recording's live parts",
                                metadata: ["segment_id": "\(segment.id)", "error": "\(error)"])
             }
         }
+        bucket.queued.signal()
     }
 }
 

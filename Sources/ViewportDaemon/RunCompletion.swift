@@ -86,7 +86,8 @@ extension Runs {
         record.failureReason = failureReason
         record.stepCount = open[id]?.steps.count ?? run.steps.count
         record.webhookAwaitsUploads = bucket != nil && record.webhookURL != nil
-        do { try await store.update(record) } catch {
+        // The manifest says the run completed: recovery then adopts what it published rather than rebuilding it.
+        do { try await store.update(record, uploads: bucket?.manifestUpload(record).map { [$0] } ?? []) } catch {
             logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
         }
         open[id] = nil
@@ -138,7 +139,9 @@ extension Runs {
     nonisolated func releaseWebhook(of run: RunRecord) async {
         guard run.webhookAwaitsUploads, let url = run.webhookURL else { return }
         do {
-            let released = try await webhooks.release(runID: run.id, organizationID: run.organizationID, url: url) {
+            // Without a bucket now (the config changed), nothing will upload what is pending: it goes as it is.
+            let released = try await webhooks.release(runID: run.id, organizationID: run.organizationID, url: url,
+                                                      ignoringPending: bucket == nil) {
                 Self.webhookPayload($0, links: self.links($1))
             }
             if released { logger.debug("webhook released: the run's artifacts are stored", metadata: ["run_id": "\(run.id)"]) }
@@ -147,9 +150,11 @@ extension Runs {
         }
     }
 
-    /// An artifact reached the bucket: its run's webhook may go now.
-    nonisolated func artifactStored(_ artifact: ArtifactRecord) async {
-        guard let runID = artifact.runID, let run = try? await store.run(id: runID) else { return }
+    /// An artifact's upload is settled (stored, or dropped with its file): its run's webhook may go now.
+    nonisolated func uploadSettled(artifactID: String) async {
+        guard let runID = (try? await store.artifact(id: artifactID))?.runID,
+              let run = try? await store.run(id: runID)
+        else { return }
         await releaseWebhook(of: run)
     }
 
@@ -192,7 +197,7 @@ extension Runs {
             run.finishedAt = Date()
             run.stepCount = steps.count
             run.webhookAwaitsUploads = bucket != nil && run.webhookURL != nil
-            do { try await store.update(run) } catch {
+            do { try await store.update(run, uploads: bucket?.manifestUpload(run).map { [$0] } ?? []) } catch {
                 logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
             }
             logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])

@@ -4,25 +4,32 @@ public import Logging
 import ObjectStore
 import Recorder
 import Store
+import ViewportCore
 
-/// What the bucket keeps of a run from its start, so that the run can be rebuilt without its host:
-/// `{prefix}/runs/{run_id}.json`.
+/// What the bucket keeps of a run, so that the run can be rebuilt without its host:
+/// `{prefix}/runs/{run_id}/{organization_id}.json`, written when it starts and again when it completes.
 struct RunManifest: Codable, Sendable {
     var runID: String
     var organizationID: String
     var browserSessionID: String
-    /// Where the live parts of the session's recording go (nil when recording is off).
-    var segmentPrefix: String?
+    /// Where the live parts of the session's recording go.
+    var segmentPrefix: String
     /// Wall-clock µs where the run's recording starts.
     var startMicros: UInt64
     var title: String?
     var webhookURL: String?
     var createdAt: Date
+    /// Once completed: its final status and when, and what it published is in the bucket (or on its way).
+    var status: String
+    var finishedAt: Date?
+    var failureReason: String?
+    var stepCount: Int
 
     enum CodingKeys: String, CodingKey {
         case runID = "run_id", organizationID = "organization_id", browserSessionID = "browser_session_id"
         case segmentPrefix = "segment_prefix", startMicros = "start_us", title, webhookURL = "webhook_url"
-        case createdAt = "created_at"
+        case createdAt = "created_at", status, finishedAt = "finished_at", failureReason = "failure_reason"
+        case stepCount = "step_count"
     }
 
     func encoded() throws -> Data {
@@ -40,20 +47,28 @@ struct RunManifest: Codable, Sendable {
 }
 
 extension Bucket {
-    func manifestKey(runID: String) -> String {
-        [config.prefix, "runs", "\(runID).json"].filter { !$0.isEmpty }.joined(separator: "/")
+    /// The manifests of runs with this id (one per organization that has one) are under this prefix.
+    func manifestPrefix(runID: String) -> String {
+        [config.prefix, "runs", runID].filter { !$0.isEmpty }.joined(separator: "/")
     }
 
-    /// The outbox entry of a run's manifest, queued when the run starts.
-    func manifestUpload(_ run: RunRecord, organizationID: String) -> UploadRecord? {
+    func manifestKey(runID: String, organizationID: String) -> String {
+        "\(manifestPrefix(runID: runID))/\(organizationID).json"
+    }
+
+    /// The outbox entry of a recorded run's manifest as the run is now (nil when the run is not recorded: there
+    /// is nothing to rebuild then).
+    func manifestUpload(_ run: RunRecord) -> UploadRecord? {
+        guard let segmentID = run.segmentID else { return nil }
         let manifest = RunManifest(
-            runID: run.id, organizationID: organizationID, browserSessionID: run.sessionID,
-            segmentPrefix: run.segmentID.map { segmentPrefix(organizationID: organizationID, sessionID: run.sessionID,
-                                                             segmentID: $0) },
-            startMicros: run.startMicros, title: run.title, webhookURL: run.webhookURL, createdAt: run.createdAt)
+            runID: run.id, organizationID: run.organizationID, browserSessionID: run.sessionID,
+            segmentPrefix: segmentPrefix(organizationID: run.organizationID, sessionID: run.sessionID,
+                                         segmentID: segmentID),
+            startMicros: run.startMicros, title: run.title, webhookURL: run.webhookURL, createdAt: run.createdAt,
+            status: run.status, finishedAt: run.finishedAt, failureReason: run.failureReason, stepCount: run.stepCount)
         guard let body = try? manifest.encoded() else { return nil }
-        return UploadRecord(key: manifestKey(runID: run.id), path: nil, body: body, artifactID: nil,
-                            contentType: "application/json")
+        return UploadRecord(key: manifestKey(runID: run.id, organizationID: run.organizationID), path: nil, body: body,
+                            segmentID: segmentID, contentType: "application/json")
     }
 }
 
@@ -64,10 +79,12 @@ struct RecoveryError: Error, CustomStringConvertible {
 }
 
 /// Rebuilds a run whose host is gone from the bucket alone (`viewportd recover-run`, and a node that finds a host
-/// lost): its manifest says where the session's recording went; the recording's init part and its numbered parts,
-/// concatenated up to the first missing one, are a fragmented MP4 the run is cut from, up to the last part's time.
-/// The MP4 is uploaded under the run's key, the run stored here as `terminated` with it and with the screenshots
-/// the bucket holds, and its webhook queued (sent by the daemon using this state directory).
+/// lost). Its manifest says where the session's recording went. A run the manifest says completed is adopted as
+/// its host published it (its MP4 and screenshots, no second webhook). Otherwise the recording's init part and its
+/// numbered parts, concatenated up to the first missing one, are a fragmented MP4 the run is cut from, up to the
+/// last part's time; the MP4 is uploaded under the run's key (unless one is there already: then that one is
+/// adopted), the run stored here as `terminated` with it and with the screenshots the bucket holds, and its
+/// webhook queued (sent by the daemon using this state directory).
 struct RunRecovery: Sendable {
     let bucket: Bucket
     let store: Store
@@ -76,27 +93,38 @@ struct RunRecovery: Sendable {
 
     static let failureReason = "the run's host was lost; the recording ends at its last part in object storage"
 
-    /// The run as stored after recovery (unchanged when it was complete already).
-    func recover(runID: String) async throws -> RunRecord {
+    /// The run as stored after recovery (unchanged when it was complete already). `organizationID` picks the
+    /// run when runs of several organizations have this id.
+    func recover(runID: String, organizationID: String? = nil) async throws -> RunRecord {
+        guard runID.range(of: #"^[A-Za-z0-9_-]{1,200}$"#, options: .regularExpression) != nil else {
+            throw RecoveryError("a run id is 1-200 characters of A-Z a-z 0-9 _ -")
+        }
         if let run = try await store.run(id: runID), !run.isOpen { return run }
-        let manifestKey = bucket.manifestKey(runID: runID)
-        let manifestData: Data
-        do { manifestData = try await offThread { [bucket] in try bucket.client.getObject(key: manifestKey) } } catch {
-            throw RecoveryError("no manifest of run \(runID) in the bucket (\(manifestKey)): \(error)")
-        }
-        let manifest: RunManifest
-        do { manifest = try RunManifest.decode(manifestData) } catch {
-            throw RecoveryError("the manifest \(manifestKey) is not valid: \(error)")
-        }
-        guard manifest.runID == runID else { throw RecoveryError("the manifest \(manifestKey) is of another run") }
+        let manifest = try await manifest(runID: runID, organizationID: organizationID)
+        let session = SessionRecord(id: manifest.browserSessionID, organizationID: manifest.organizationID,
+                                    status: .failed, createdAt: manifest.createdAt, modifiedAt: Date(),
+                                    completedAt: Date(), timeoutMinutes: 0, browserAddress: "",
+                                    failureReason: "its host was lost")
         var run = try await store.run(id: runID) ?? RunRecord(
             id: runID, sessionID: manifest.browserSessionID, organizationID: manifest.organizationID,
             status: "running", title: manifest.title, webhookURL: manifest.webhookURL, createdAt: manifest.createdAt,
             startMicros: manifest.startMicros, segmentID: nil)
         var artifacts = try await storedScreenshots(of: run)
+        let published = try await storedRecording(of: run)
+        if manifest.status != "running" {
+            // Completed on its host, which published it: adopted as it is, its webhook already its host's.
+            (run.status, run.finishedAt, run.failureReason) = (manifest.status, manifest.finishedAt, manifest.failureReason)
+            run.stepCount = manifest.stepCount
+            artifacts += published.map { [$0] } ?? []
+            try await store.storeRecovered(run, session: session, artifacts: artifacts)
+            logger.notice("run adopted from the bucket: its host completed it", metadata: ["run_id": "\(runID)"])
+            return run
+        }
         var end = manifest.startMicros
-        if let prefix = manifest.segmentPrefix {
-            let (recording, summary, last) = try await rebuildRecording(of: run, from: prefix)
+        if let published {
+            artifacts.append(published)
+        } else {
+            let (recording, summary, last) = try await rebuildRecording(of: run, from: manifest.segmentPrefix)
             if let recording { artifacts.append(recording) }
             run.framesRecorded = summary?.frames ?? 0
             end = max(end, last ?? end)
@@ -106,13 +134,10 @@ struct RunRecovery: Sendable {
         run.failureReason = Self.failureReason
         run.stepCount = max(run.stepCount, artifacts.count { $0.step != nil })
         run.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
-        try await store.storeRecovered(run, artifacts: artifacts)
+        try await store.storeRecovered(run, session: session, artifacts: artifacts)
         if let url = run.webhookURL {
             let links = Runs.links(artifacts, url: { bucket.url(key: $0.objectKey ?? "") })
-            let payload = WebhookPayload(runID: run.id, browserSessionID: run.sessionID, status: run.status,
-                                         failureReason: run.failureReason, recordingURL: links.recording,
-                                         screenshotUrls: links.screenshots, stepCount: run.stepCount,
-                                         createdAt: run.createdAt, finishedAt: run.finishedAt)
+            let payload = Runs.webhookPayload(run, links: links)
             _ = try await store.insertWebhookDelivery(WebhookDelivery(
                 runID: run.id, organizationID: run.organizationID, url: url, body: try Webhooks.body(payload)))
         }
@@ -122,11 +147,40 @@ struct RunRecovery: Sendable {
         return run
     }
 
+    private func manifest(runID: String, organizationID: String?) async throws -> RunManifest {
+        let prefix = bucket.manifestPrefix(runID: runID)
+        let keys = try await offThread { [bucket] in try bucket.client.listObjects(prefix: prefix + "/") }.map(\.key)
+            .filter { organizationID == nil || $0 == bucket.manifestKey(runID: runID, organizationID: organizationID ?? "") }
+        guard let key = keys.first else { throw RecoveryError("no manifest of run \(runID) in the bucket (\(prefix)/)") }
+        guard keys.count == 1 else {
+            throw RecoveryError("runs of several organizations have the id \(runID): name one (--organization)")
+        }
+        let data = try await offThread { [bucket] in try bucket.client.getObject(key: key) }
+        let manifest: RunManifest
+        do { manifest = try RunManifest.decode(data) } catch {
+            throw RecoveryError("the manifest \(key) is not valid: \(error)")
+        }
+        guard manifest.runID == runID else { throw RecoveryError("the manifest \(key) is of another run") }
+        return manifest
+    }
+
+    /// The run's MP4 if its host (or an earlier recovery) stored it.
+    private func storedRecording(of run: RunRecord) async throws -> ArtifactRecord? {
+        let relative = "\(run.organizationID)/\(run.sessionID)/\(run.id)/recording.mp4"
+        let key = store.objectKey(path: relative) ?? relative
+        guard let object = try await offThread({ [bucket] in try bucket.client.headObject(key: key) }) else { return nil }
+        return storedArtifact(kind: .recording, run: run, step: nil, path: relative, filename: "\(run.id).mp4",
+                              object: object, contentType: "video/mp4")
+    }
+
     /// The screenshots of the run that reached the bucket, as artifacts stored there.
     private func storedScreenshots(of run: RunRecord) async throws -> [ArtifactRecord] {
         let directory = "\(run.organizationID)/\(run.sessionID)/\(run.id)"
         guard let prefix = store.objectKey(path: directory) else { return [] }
-        let objects = try await offThread { [bucket] in try bucket.client.listObjects(prefix: prefix + "/") }
+        let objects = try await offThread { [bucket] in
+            // Listings carry no metadata: each screenshot's checksum comes from its own HEAD.
+            try bucket.client.listObjects(prefix: prefix + "/").compactMap { try bucket.client.headObject(key: $0.key) }
+        }
         return objects.compactMap { object -> ArtifactRecord? in
             let name = String(object.key.dropFirst(prefix.count + 1))
             let type = name.hasSuffix(".png") ? "image/png" : name.hasSuffix(".jpg") ? "image/jpeg" : nil
@@ -202,16 +256,19 @@ struct RunRecovery: Sendable {
     }
 }
 
-/// `viewportd recover-run RUN_ID`: rebuilds a run whose host is gone from the bucket of `config` (see
-/// ``RunRecovery``) into this host's state directory and returns the run as the API shows it (JSON).
-public func recoverRun(_ runID: String, config: Config, logger: Logger) async throws -> String {
+/// `viewportd recover-run RUN_ID [--organization ORG]`: rebuilds a run whose host is gone from the bucket of
+/// `config` (see ``RunRecovery``) into this host's state directory and returns the run as the API shows it (JSON).
+public func recoverRun(_ runID: String, organizationID: String? = nil, config: Config, logger: Logger) async throws
+    -> String
+{
     guard let bucket = Bucket(config: config) else {
         throw RecoveryError("recover-run needs artifacts.store: s3 (the run's parts are in the bucket)")
     }
     try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
     let store = try Store(path: config.stateDir + "/viewportd.sqlite", objectPrefix: config.s3.prefix)
     let files = try ArtifactFiles(stateDir: config.stateDir)
-    let run = try await RunRecovery(bucket: bucket, store: store, files: files, logger: logger).recover(runID: runID)
+    let run = try await RunRecovery(bucket: bucket, store: store, files: files, logger: logger)
+        .recover(runID: runID, organizationID: organizationID)
     let artifacts = try await store.artifacts(runID: runID)
     let links = Runs.links(artifacts) { artifact in
         artifact.objectKey.map { bucket.url(key: $0) } ?? "(on the host that recorded it)"

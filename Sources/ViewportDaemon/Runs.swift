@@ -174,11 +174,9 @@ actor Runs {
         defer { starting.remove(id) }
         do {
             if existing == nil, let recording { try await store.insert(recording.record) }
-            try await store.insert(record)
-            if let manifest = bucket?.manifestUpload(record, organizationID: organizationID) {
-                try await store.enqueue(manifest)
-                bucket?.queued.signal()
-            }
+            // With a bucket, the run's manifest (what recovery needs) is queued in the same transaction.
+            try await store.insert(record, uploads: bucket?.manifestUpload(record).map { [$0] } ?? [])
+            bucket?.queued.signal()
         } catch {
             release(id, from: record)
             if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }

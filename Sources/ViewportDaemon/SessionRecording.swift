@@ -42,8 +42,9 @@ struct SessionRecording: Sendable {
     /// Queues the recording's new complete fragments for the bucket every `s3.segment_seconds` (less the second a
     /// fragment takes to be cut, so that a lost host loses at most that much): first its header as
     /// `{segment prefix}/init.mp4`, then parts `{segment prefix}/{sequence:06}-{µs}.m4s`, where µs is the
-    /// wall-clock time the part reaches (the recording's end when it is the last). Concatenated in key order they
-    /// are a fragmented MP4 that ``recoverRun`` cuts runs from.
+    /// wall-clock time of the scan that found it: the recording reaches at least to there, up to about a second
+    /// less. Concatenated in key order they are a fragmented MP4 that ``RunRecovery`` cuts runs from. After the
+    /// last part, the run's own MP4 is published at completion (and uploaded before a graceful stop ends).
     private static func ship(_ segment: SegmentRecord, organizationID: String, to bucket: Bucket, store: Store,
                              files: ArtifactFiles) async
     {
@@ -59,25 +60,25 @@ struct SessionRecording: Sendable {
             let from = shipped
             guard var boxes = try? await offThread({ try MP4Cut.topLevelBoxes(of: path, from: from) }) else { continue }
             var parts: [UploadRecord] = []
-            if shipped == 0 {
+            var start = shipped
+            if start == 0 {
                 // The header (ftyp, moov) is complete once the first fragment follows it.
                 guard let first = boxes.firstIndex(where: { $0.type == "moof" }) else { continue }
-                shipped = boxes[first].range.lowerBound
-                parts.append(UploadRecord(key: "\(prefix)/init.mp4", path: segment.path, range: 0..<shipped,
-                                          artifactID: nil, contentType: "video/mp4"))
+                start = boxes[first].range.lowerBound
+                parts.append(UploadRecord(key: "\(prefix)/init.mp4", path: segment.path, range: 0..<start,
+                                          segmentID: segment.id, contentType: "video/mp4"))
                 boxes.removeFirst(first)
             }
             // A fragment is a moof and its mdat: ship up to the end of the last complete one.
-            if let last = boxes.lastIndex(where: { $0.type == "mdat" }) {
-                let end = boxes[last].range.upperBound
-                sequence += 1
-                parts.append(UploadRecord(key: "\(prefix)/\(String(format: "%06d", sequence))-\(scanned).m4s",
-                                          path: segment.path, range: shipped..<end, artifactID: nil,
-                                          contentType: "video/iso.segment"))
-                shipped = end
-            }
-            for part in parts { try? await store.enqueue(part) }
-            if !parts.isEmpty { bucket.queued.signal() }
+            guard let last = boxes.lastIndex(where: { $0.type == "mdat" }) else { continue }
+            let end = boxes[last].range.upperBound
+            parts.append(UploadRecord(key: "\(prefix)/\(String(format: "%06d", sequence + 1))-\(scanned).m4s",
+                                      path: segment.path, range: start..<end, segmentID: segment.id,
+                                      contentType: "video/iso.segment"))
+            // Only once queued: a part that could not be queued is tried again whole, never skipped.
+            guard (try? await store.enqueue(parts)) != nil else { continue }
+            (shipped, sequence) = (end, sequence + 1)
+            bucket.queued.signal()
         }
     }
 }

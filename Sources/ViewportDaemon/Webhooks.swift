@@ -106,13 +106,13 @@ final class Webhooks: Sendable {
     /// Queues the delivery of a run whose webhook was held until its artifacts were in the bucket, if none of its
     /// uploads is pending any more and nobody queued it yet; returns whether this call did.
     /// `payload` is built from the run and its artifacts as the store holds them at that moment.
-    func release(runID: String, organizationID: String, url: String,
+    func release(runID: String, organizationID: String, url: String, ignoringPending: Bool,
                  payload: @escaping @Sendable (RunRecord, [ArtifactRecord]) -> WebhookPayload) async throws(WebhookError)
         -> Bool
     {
         let released: Bool
         do {
-            released = try await store.releaseHeldWebhook(runID: runID) { run, artifacts in
+            released = try await store.releaseHeldWebhook(runID: runID, ignoringPending: ignoringPending) { run, artifacts in
                 WebhookDelivery(runID: runID, organizationID: organizationID, url: url,
                                 body: try Self.body(payload(run, artifacts)))
             }

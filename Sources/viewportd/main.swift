@@ -81,11 +81,13 @@ struct RecoverRun: AsyncParsableCommand {
             + "recording's parts in the bucket, published as terminated with its webhook queued; prints the run.")
     @OptionGroup var options: Options
     @Argument(help: "The run's id.") var runID: String
+    @Option(help: "The run's organization, when runs of several organizations have this id.") var organization: String?
 
     func run() async throws {
         let config = try options.load()
         do {
-            print(try await recoverRun(runID, config: config, logger: makeDaemonLogger(config)))
+            print(try await recoverRun(runID, organizationID: organization, config: config,
+                                       logger: makeDaemonLogger(config)))
         } catch {
             FileHandle.standardError.write(Data("viewportd: recover-run \(runID): \(error)\n".utf8))
             throw ExitCode(1)

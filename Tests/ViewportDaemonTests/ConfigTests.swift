@@ -176,6 +176,7 @@ struct ConfigTests {
         (config.s3.prefix, config.s3.addressing, config.s3.accessKeyID) = ("vp/env", .virtualHost, "AKIDENV")
         (config.s3.secretAccessKey, config.s3.sessionToken, config.s3.timeoutSeconds) = ("secret-env", "token-env", 9)
         (config.s3.segmentSeconds, config.s3.retryMaxSeconds, config.s3.partSizeMB) = (5, 30, 8)
+        config.s3.drainSeconds = 12
         config.s3.publicBaseURL = "https://cdn.example.com"
         config.webhooks.secrets = ["org_env": "webhook-secret-0123456789"]
         (config.webhooks.maxAttempts, config.webhooks.timeoutSeconds) = (3, 20)

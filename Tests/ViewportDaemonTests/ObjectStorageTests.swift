@@ -95,6 +95,19 @@ struct ObjectStorageTests {
             #expect(body["screenshot_urls"].array.count == 3)
             #expect(body["screenshot_urls"].array.allSatisfy { $0.string?.hasPrefix(server.endpoint) == true })
 
+            // Recovering a run its host completed adopts what the host published: same MP4, same status.
+            let (exit, output) = try runProcess(viewportdBinary, ["recover-run", "wr_s3one"], environment: [
+                "VIEWPORTD_STATE_DIR": FileManager.default.temporaryDirectory.appendingPathComponent("vp-adopt-\(UUID().uuidString)").path,
+                "VIEWPORTD_ARTIFACTS_STORE": "s3", "VIEWPORTD_S3_ENDPOINT": server.endpoint, "VIEWPORTD_S3_BUCKET": server.bucket,
+                "VIEWPORTD_S3_PREFIX": "live-test", "AWS_ACCESS_KEY_ID": S3Server.accessKey,
+                "AWS_SECRET_ACCESS_KEY": S3Server.secretKey, "VIEWPORTD_LOG_LEVEL": "error",
+            ])
+            try #require(exit == 0, "\(output)")
+            let adopted = try JSONDecoder().decode(JSON.self, from: Data((output.split(separator: "\n").last ?? "").utf8))
+            #expect(adopted["status"].string == "completed", "\(adopted)")
+            let head = try #require(try await offThread { try s3.headObject(key: prefix + "recording.mp4") })
+            #expect(head.metadata["sha256"] == recording["checksum"].string, "the host's MP4 is kept, not rebuilt")
+
             // A browser plays the recording straight from the bucket: its duration is the run's, seeking lands.
             let (_, got) = try await daemon.request("GET", "/v1/runs/wr_s3one")
             let length = try #require(got["finished_at"].string.flatMap(parseISO))
@@ -102,6 +115,10 @@ struct ObjectStorageTests {
             let player = try await Chromium.launch(url: Fixtures.url("video.html") + "#"
                 + (presigned.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? ""))
             defer { player.terminate() }
+            try await eventually("the player page is up") {
+                try await Client.cdp(player, "Runtime.evaluate", ["expression": "typeof window.seek", "returnByValue": true],
+                                     page: "video.html")["result"]["value"].string == "function"
+            }
             let duration = try await Client.cdp(player, "Runtime.evaluate", [
                 "expression": "window.loaded", "awaitPromise": true, "returnByValue": true,
             ], page: "video.html")["result"]["value"].double
@@ -121,6 +138,23 @@ struct ObjectStorageTests {
 
 @Suite("Object storage outages and lost hosts", .serialized)
 struct ObjectStorageRecoveryTests {
+    @Test func aGracefulStopUploadsWhatTheRunsItCompletesPublish() async throws {
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let browser = try await Chromium.launch(url: Fixtures.url("anim.html"))
+        defer { browser.terminate() }
+        let daemon = try await TestDaemon.start(storingIn(server))
+        let id = try await daemon.createSession(browser)
+        let (status, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_stop"])
+        try #require(status == 201, "\(run)")
+        try await Task.sleep(for: .seconds(2))
+        await daemon.stop()
+        let prefix = "live-test/org_a/\(id)/wr_stop/"
+        let keys = try await offThread { try server.client().listObjects(prefix: prefix) }.map(\.key)
+        #expect(Set(keys) == [prefix + "recording.mp4", prefix + "final.jpg"], "\(keys)")
+        #expect(localArtifactFiles(daemon.stateDir).isEmpty, "\(localArtifactFiles(daemon.stateDir))")
+    }
+
     @Test func aBucketDownDuringARunAndAMinuteAfterLosesNothingAcrossARestart() async throws {
         let server = try await S3Server.start()
         defer { server.stop() }

@@ -50,16 +50,22 @@ final class S3Server: Sendable {
             + ["-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", "-admin.ui=false"]
     }
 
-    /// A server with `bucket` created, answering signed requests.
-    static func start(bucket: String = "viewportd") async throws -> S3Server {
-        let server = try S3Server(bucket: bucket)
-        do {
-            try await server.launch()
-        } catch {
-            server.stop()
-            throw error
+    /// A server with `bucket` created, answering signed requests. The bucket's name is its own unless given, so
+    /// that a port another server took meanwhile (its free ports are picked, then bound by weed) fails the start
+    /// rather than lending the test someone else's server; the start is then tried once more on new ports.
+    static func start(bucket: String? = nil) async throws -> S3Server {
+        var attempt = 0
+        while true {
+            attempt += 1
+            let server = try S3Server(bucket: bucket ?? "viewportd-\(UUID().uuidString.prefix(8).lowercased())")
+            do {
+                try await server.launch()
+                return server
+            } catch {
+                server.stop()
+                if attempt == 2 { throw error }
+            }
         }
-        return server
     }
 
     /// Kills the server and removes its data.
