@@ -51,7 +51,8 @@ import Testing
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         // A browser or webhook address can be well formed and still unreachable or not allowed: the document
-        // says so with 422, which schema-valid bodies of those two routes may therefore get.
+        // says so with 422, which schema-valid bodies of those two routes may therefore get (and an artifact's
+        // content 416 to a well-formed Range past its end).
         // libwebsockets closes a connection whose URL holds %00 without an answer, so NUL is not generated; a
         // request left unanswered for 20 s is an error (schemathesis found the daemon frozen that way once).
         let toml = """
@@ -70,6 +71,11 @@ import Testing
             [[operations]]
             include-operation-id = ["createSession", "startRun"]
             checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "422", "429"]
+
+            # A Range past the end of the file is well formed and answered 416, as the document says.
+            [[operations]]
+            include-operation-id = ["getArtifactContent"]
+            checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "404", "416"]
 
             """
         let config = directory.appendingPathComponent("schemathesis.toml")
