@@ -112,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "viewportd-bench",
             dependencies: [
-                "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder", "RFBSource",
+                "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder", "RFBSource", "ObjectStore", "Digests",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

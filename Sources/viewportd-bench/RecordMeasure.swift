@@ -1,10 +1,10 @@
 import Foundation
 
 /// Runs `arguments` (the program is looked up on PATH) to completion and returns the CPU seconds, user + system,
-/// that it and the children it waited for used, from `wait4`'s rusage. `feed`, when given, writes the child's
+/// that it and the children it waited for used, and the largest peak RSS among them, from `wait4`'s rusage. `feed`, when given, writes the child's
 /// standard input; its standard output and error go to `log`, whose last line explains a failure (named `name`).
 func runMeasured(_ name: String, _ arguments: [String], log: URL, feed: ((FileHandle) throws -> Void)? = nil)
-    throws -> Double
+    throws -> (cpu: Double, peakRSSMiB: Double)
 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
@@ -45,7 +45,7 @@ func runMeasured(_ name: String, _ arguments: [String], log: URL, feed: ((FileHa
                          + ": \(why ?? feedError.map { "\($0)" } ?? "no message")")
     }
     func seconds(_ time: timeval) -> Double { Double(time.tv_sec) + Double(time.tv_usec) / 1e6 }
-    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    return (seconds(usage.ru_utime) + seconds(usage.ru_stime), Double(usage.ru_maxrss) / 1024)
 }
 
 /// Fails unless every tool is on PATH.

@@ -32,7 +32,7 @@ struct Recipes {
     func viewportd() throws -> Recording {
         let file = work.appendingPathComponent("viewportd.mp4")
         let cpu = try runMeasured("record-worker", ["/proc/self/exe", "record-worker", "--frames-dir",
-                                                    frames.directory.path, "--output", file.path], log: log("viewportd"))
+                                                    frames.directory.path, "--output", file.path], log: log("viewportd")).cpu
         let video = try VideoInfo(file)
         return try Recording(file, video: video, times: video.times, cpu: cpu, frames: frames)
     }
@@ -53,7 +53,7 @@ struct Recipes {
             "ffmpeg x264",
             ["ffmpeg", "-v", "error", "-f", "concat", "-safe", "0", "-i", list.path, "-fps_mode", "passthrough",
              "-vf", "crop=trunc(iw/2)*2:trunc(ih/2)*2", "-c:v", "libx264", "-preset", "veryfast", "-crf", "28",
-             "-y", file.path], log: log("ffmpeg-x264"))
+             "-y", file.path], log: log("ffmpeg-x264")).cpu
         let video = try VideoInfo(file)
         let captured = frames.times.map { $0 - frames.times[0] }
         guard video.times.count == frames.count,
@@ -82,7 +82,7 @@ struct Recipes {
                 if index != current.index { current = (index, try Data(contentsOf: frames.file(index))) }
                 try input.write(contentsOf: current.jpeg)
             }
-        }
+        }.cpu
         let video = try VideoInfo(file)
         // Debian's ffmpeg drops the second input frame with these input flags (perf-anchors.md), so every later
         // frame plays 40 ms early: measure the frames on the slots they were written for, and as they play.

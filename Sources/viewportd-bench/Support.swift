@@ -29,13 +29,19 @@ final class DaemonProcess: @unchecked Sendable {
         self.stateDir = stateDir
     }
 
-    static func start() async throws -> DaemonProcess {
-        let port = try freePort()
+    /// A daemon with the bench's settings, and those of the config file `yaml` when given.
+    static func start(config yaml: String? = nil) async throws -> DaemonProcess {
+        let port = try freeLoopbackPort()
         let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-bench-\(UUID().uuidString)").path
         let daemon = DaemonProcess(port: port, stateDir: stateDir)
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("viewportd")
         daemon.process.executableURL = binary
         daemon.process.arguments = ["serve"]
+        if let yaml {
+            let file = stateDir + ".yaml"
+            try yaml.write(toFile: file, atomically: true, encoding: .utf8)
+            daemon.process.arguments? += ["--config", file]
+        }
         var environment = ProcessInfo.processInfo.environment
         environment["VIEWPORTD_LISTEN"] = "127.0.0.1:\(port)"
         environment["VIEWPORTD_STATE_DIR"] = stateDir
@@ -55,7 +61,13 @@ final class DaemonProcess: @unchecked Sendable {
         throw BenchError("viewportd (\(binary.path)) did not answer on port \(port)")
     }
 
-    private func api(_ method: String, _ path: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
+    /// The JSON object a 2xx answer of the API holds; throws on any other status.
+    func api(_ method: String, _ path: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
+        try await apiJSON(method, path, body) as? [String: Any] ?? [:]
+    }
+
+    /// The JSON value (object or array) a 2xx answer of the API holds; throws on any other status.
+    func apiJSON(_ method: String, _ path: String, _ body: [String: Any] = [:]) async throws -> Any {
         let data = try JSONSerialization.data(withJSONObject: body)
         let (status, answer) = try await clientLoop.httpRequest(
             method, "http://127.0.0.1:\(port)\(path)", headers: [("x-api-key", apiKey), ("content-type", "application/json")],
@@ -63,7 +75,7 @@ final class DaemonProcess: @unchecked Sendable {
         guard (200..<300).contains(status) else {
             throw BenchError("\(method) \(path): \(status) \(String(decoding: answer, as: UTF8.self))")
         }
-        return json(answer)
+        return (try? JSONSerialization.jsonObject(with: answer)) ?? [:]
     }
 
     func createSession(browserAddress: String) async throws -> String {
@@ -100,11 +112,7 @@ final class DaemonProcess: @unchecked Sendable {
 
     func cpuSeconds() -> Double { ProcessTree.cpuSeconds(pid: process.processIdentifier) }
 
-    func peakRSSMegabytes() -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
-        return (Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0) / 1024
-    }
+    func peakRSSMegabytes() -> Int { Int(peakRSSMiB(of: "\(process.processIdentifier)")) }
 
     func stop() {
         if process.isRunning {
@@ -112,21 +120,30 @@ final class DaemonProcess: @unchecked Sendable {
             process.waitUntilExit()
         }
         try? FileManager.default.removeItem(atPath: stateDir)
+        try? FileManager.default.removeItem(atPath: stateDir + ".yaml")
     }
+}
 
-    private static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw BenchError("no free port") }
-        return Int(UInt16(bigEndian: address.sin_port))
+/// A loopback TCP port free now.
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
+    guard bound else { throw BenchError("no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// The peak resident set size (VmHWM) of process `pid` ("self": this one) so far, in MiB.
+func peakRSSMiB(of pid: String = "self") -> Double {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+    return Double(line.split(separator: " ").dropFirst().first ?? "0").map { $0 / 1024 } ?? 0
 }
 
 /// CPU time of a process and its descendants, from /proc.

@@ -276,6 +276,63 @@ struct ObjectStorageRecoveryTests {
     }
 }
 
+@Suite("A large artifact going to a real S3 server", .serialized)
+struct LargeUploadTests {
+    /// The uploader must stream a file from disk in parts: an artifact of any size then costs the memory of a few
+    /// parts, never the file's size.
+    @Test func aFiveHundredMegabyteArtifactUploadsWholeWithMemoryBoundedByThePartSize() async throws {
+        let bench = URL(fileURLWithPath: viewportdBinary).deletingLastPathComponent()
+            .appendingPathComponent("viewportd-bench").path
+        try #require(FileManager.default.isExecutableFile(atPath: bench), "build it first (swift build --build-tests)")
+        let server = try await S3Server.start()
+        defer { server.stop() }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("large-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let size = 500 * 1_000_000
+        let checksum = try writeRandomFile(directory + "/artifact.bin", bytes: size)
+
+        // The bench's upload measure: the file goes through the daemon's outbox and uploader in a process of its own,
+        // which reports its key and its peak RSS before and after.
+        let (status, output) = try runProcess(
+            bench, ["s3", "--measures", "upload", "--no-anchor", "--json", "--file", directory + "/artifact.bin",
+                    "--part-size-mb", "16", "--endpoint", server.endpoint, "--bucket", server.bucket],
+            environment: ["AWS_ACCESS_KEY_ID": S3Server.accessKey, "AWS_SECRET_ACCESS_KEY": S3Server.secretKey])
+        try #require(status == 0, "\(output)")
+        let lastLine = try #require(output.split(separator: "\n").last, "no output")
+        let upload = try JSONDecoder().decode(JSON.self, from: Data(lastLine.utf8))["upload"]
+        let key = try #require(upload["key"].string, "\(output)")
+
+        let head = try #require(try await offThread { try server.client().headObject(key: key) })
+        #expect(head.size == UInt64(size))
+        try await offThread { try server.client(timeoutSeconds: 30).downloadObject(key: key, to: directory + "/copy.bin") }
+        #expect(try Digest.sha256(file: directory + "/copy.bin").hex == checksum, "the object holds the file's bytes")
+
+        let before = try #require(upload["peak_rss_before_mib"].double), after = try #require(upload["peak_rss_after_mib"].double)
+        print(String(format: "500 MB upload in %.1f s; the uploading process's peak RSS %.0f MiB before, %.0f MiB after (+%.0f MiB)",
+                     upload["seconds"].double ?? 0, before, after, after - before))
+        #expect(after - before < Double(3 * 16 + 64), "peak RSS grew by \(after - before) MiB with 16 MiB parts")
+    }
+
+    /// Writes `bytes` random bytes to a new file at `path`; returns their SHA-256 (hex).
+    private func writeRandomFile(_ path: String, bytes: Int) throws -> String {
+        let random = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+        defer { try? random.close() }
+        try #require(FileManager.default.createFile(atPath: path, contents: nil))
+        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? output.close() }
+        var hasher = SHA256Hasher()
+        var remaining = bytes
+        while remaining > 0 {
+            let chunk = try random.read(upToCount: min(remaining, 1 << 20)) ?? Data()
+            chunk.withUnsafeBytes { hasher.update($0) }
+            try output.write(contentsOf: chunk)
+            remaining -= chunk.count
+        }
+        return hasher.finalize().hex
+    }
+}
+
 /// Where a GET is redirected to (nil when it is not), without following it.
 func redirectLocation(_ url: String, key: String?) async throws -> String? {
     let process = Process()
