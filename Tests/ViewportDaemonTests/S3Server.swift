@@ -86,7 +86,21 @@ final class S3Server: Sendable {
 
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel but nothing answers, as with a hung
     /// server. `thaw` lets it go on.
-    func freeze() { signal(SIGSTOP) }
+    /// SIGSTOP, returning once every thread of the server is stopped (the signal takes effect asynchronously).
+    func freeze() {
+        signal(SIGSTOP)
+        guard let pid = process.withLock({ $0?.processIdentifier }) else { return }
+        let deadline = Date().addingTimeInterval(5)
+        func allStopped() -> Bool {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+            return !tasks.isEmpty && tasks.allSatisfy { task in
+                // The state is the field after the command name in parentheses.
+                let stat = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8)) ?? ""
+                return stat.split(separator: ")").last?.split(separator: " ").first == "T"
+            }
+        }
+        while !allStopped(), Date() < deadline { usleep(10_000) }
+    }
 
     func thaw() { signal(SIGCONT) }
 
