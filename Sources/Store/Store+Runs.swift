@@ -279,7 +279,7 @@ extension Store {
     /// Artifacts of a run, oldest first.
     public func artifacts(runID: String) async throws -> [ArtifactRecord] {
         try await database.read { db in
-            try ArtifactRecord.filter(Column("runID") == runID).order(Column("createdAt"), Column("id")).fetchAll(db)
+            try ArtifactRecord.ofRun(runID).fetchAll(db)
         }
     }
 
@@ -312,5 +312,12 @@ extension Store {
     /// Segments still being written (or left so by a crash).
     public func unfinishedSegments() async throws -> [SegmentRecord] {
         try await database.read { try SegmentRecord.filter(Column("finished") == false).fetchAll($0) }
+    }
+}
+
+extension ArtifactRecord {
+    /// A run's artifacts, oldest first.
+    static func ofRun(_ runID: String) -> QueryInterfaceRequest<ArtifactRecord> {
+        filter(Column("runID") == runID).order(Column("createdAt"), Column("id"))
     }
 }

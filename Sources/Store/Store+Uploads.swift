@@ -192,8 +192,7 @@ extension Store {
                 UPDATE run SET webhookAwaitsUploads = 0 WHERE id = ? AND webhookAwaitsUploads AND status != 'running'
                 """, arguments: [runID])
             guard db.changesCount == 1, let run = try RunRecord.fetchOne(db, key: runID) else { return false }
-            let artifacts = try ArtifactRecord.filter(Column("runID") == runID).order(Column("createdAt"), Column("id"))
-                .fetchAll(db)
+            let artifacts = try ArtifactRecord.ofRun(runID).fetchAll(db)
             var delivery = try make(run, artifacts)
             try delivery.insert(db)
             return true

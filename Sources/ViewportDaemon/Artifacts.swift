@@ -50,8 +50,12 @@ struct ArtifactFiles: Sendable {
     /// Size and SHA-256 (hex) of a published file.
     func measure(_ relative: String) throws -> (size: Int, checksum: String) {
         let path = url(relative).path
-        let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
-        return (size, try Digest.sha256(file: path).hex)
+        return (try Self.size(ofFile: path), try Digest.sha256(file: path).hex)
+    }
+
+    /// The size in bytes of the file at `path`.
+    static func size(ofFile path: String) throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
     }
 
     /// A new artifact id.

@@ -150,7 +150,7 @@ final class Uploads: Sendable {
                     if let expected = upload.checksum, expected != checksum {
                         return .failure(.transfer("the file's SHA-256 is \(checksum), not the artifact's \(expected)"))
                     }
-                    size = try range.map { $0.upperBound - $0.lowerBound } ?? Self.fileSize(path)
+                    size = try range.map { $0.upperBound - $0.lowerBound } ?? UInt64(ArtifactFiles.size(ofFile: path))
                     try bucket.client.uploadFile(key: upload.key, path: path, range: range,
                                                  contentType: upload.contentType, metadata: ["sha256": checksum],
                                                  partSize: partSize)
@@ -197,10 +197,6 @@ final class Uploads: Sendable {
             ])
             try? await store.uploadFailed(id: upload.id ?? -1, error: message, retryAt: Date().addingTimeInterval(delay))
         }
-    }
-
-    private static func fileSize(_ path: String) throws -> UInt64 {
-        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.uint64Value ?? 0
     }
 
     private enum UploadFailure: Error {

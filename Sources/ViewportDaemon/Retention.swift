@@ -43,7 +43,7 @@ struct Retention: Sendable {
         let segments = try await store.unfinishedSegments()
         let recording = await offThread { [files] in
             segments.reduce(0) { total, segment in
-                total + ((try? FileManager.default.attributesOfItem(atPath: files.url(segment.path).path)[.size] as? Int) ?? 0)
+                total + ((try? ArtifactFiles.size(ofFile: files.url(segment.path).path)) ?? 0)
             }
         }
         var left = try await store.liveArtifactBytes() + recording

@@ -20,7 +20,7 @@ public func uploadAsArtifact(path: String, checksum: String, config: Config, tim
     guard link(path, files.url(relative).path) == 0 else {
         throw DaemonError("cannot link \(path) into \(config.stateDir): \(String(cString: strerror(errno)))")
     }
-    let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+    let size = try ArtifactFiles.size(ofFile: path)
     var logger = Logger(label: "viewportd-bench")
     logger.logLevel = .error
     let (settled, settle) = AsyncStream<Bool>.makeStream()
