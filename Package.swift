@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         // C shims: one per C library, each imported by exactly one Swift module.
@@ -84,16 +85,25 @@ let package = Package(
         .target(name: "Digests", dependencies: ["CCrypto"], swiftSettings: settings),
         // An S3 client: SigV4 signing and blocking transfers over libcurl. The only importer of CCurl.
         .target(name: "ObjectStore", dependencies: ["Digests", "CCurl"], swiftSettings: settings),
-        // SQLite persistence.
+        // The store interface and its SQLite implementation. The only importer of GRDB.
         .target(
             name: "Store",
             dependencies: ["ViewportCore", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: settings),
+        // The store in a PostgreSQL database nodes share (cluster.database_url). The only importer of PostgresNIO:
+        // a module of its own, so editing the store interface or SQLite does not recompile against SwiftNIO.
+        .target(
+            name: "PostgresStore",
+            dependencies: [
+                "Store", "ViewportCore", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: settings),
         // Config, auth, REST, session lifecycle, metrics, systemd: the only module that wires sources and sinks.
         .target(
             name: "ViewportDaemon",
             dependencies: [
-                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "Digests", "ObjectStore", "Recorder", "CSystemd",
+                "ViewportCore", "WebSocketIO", "CDPSource", "ViewerGateway", "Store", "PostgresStore", "Digests", "ObjectStore", "Recorder", "CSystemd",
                 "VNCBridge", "RFBSource",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
@@ -131,7 +141,7 @@ let package = Package(
         .testTarget(
             name: "ViewportDaemonTests",
             dependencies: [
-                "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "VNCBridge", "JPEGCodec", "RFBSource",
+                "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "PostgresStore", "VNCBridge", "JPEGCodec", "RFBSource",
                 "CDPSource", "Recorder", "ViewerGateway", "Digests", "ObjectStore",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],

@@ -14,6 +14,8 @@ packages=(
   python3-venv ffmpeg                           # test clients; ffprobe checks recordings
   novnc                                         # the stock noVNC the VNC relay is tested with
   libvncserver-dev tigervnc-standalone-server tigervnc-tools   # VNC bridge and RFB source; Xvnc for the tests
+  postgresql-15                                 # cluster.database_url tests: each initdb's its own server (the
+                                                # `main` cluster Debian creates on 5432 is left alone, unused)
 )
 missing=()
 for p in "${packages[@]}"; do

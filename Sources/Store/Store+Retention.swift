@@ -3,7 +3,7 @@ import GRDB
 import ViewportCore
 
 /// What retention may delete: the artifacts of closed sessions, oldest closed session first.
-extension Store {
+extension SQLiteStore {
     static func registerLifecycleMigrations(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("v4-lifecycle") { db in
             try db.alter(table: "artifact") { t in t.add(column: "expiredAt", .datetime) }
@@ -53,7 +53,6 @@ extension Store {
         }
     }
 
-    /// Bytes of artifact files on this host not expired yet (open sessions' included; not those in the bucket).
     public func liveArtifactBytes() async throws -> Int {
         try await database.read { db in
             try Int.fetchOne(db, sql: """
@@ -62,9 +61,7 @@ extension Store {
         }
     }
 
-    /// Artifacts not expired yet whose session is closed or failed, the oldest closed session first (then oldest
-    /// artifact first). With `createdBefore`, only artifacts created before then.
-    public func expirableArtifacts(createdBefore: Date? = nil) async throws -> [ArtifactRecord] {
+    public func expirableArtifacts(createdBefore: Date?) async throws -> [ArtifactRecord] {
         let closed = SessionStatus.allCases.filter { !$0.isActive }.map(\.rawValue)
         return try await database.read { db in
             var sql = """

@@ -145,7 +145,7 @@ public struct SegmentRecord: Sendable, Equatable, Codable, FetchableRecord, Pers
     }
 }
 
-extension Store {
+extension SQLiteStore {
     static func registerRunMigrations(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("v2-runs") { db in
             try db.create(table: "segment") { t in
@@ -203,19 +203,19 @@ extension Store {
 
     /// Adds a new run; throws ``Failure/duplicateRun(_:)`` if its id is taken.
     /// With `uploads` (the run's manifest for the bucket), queued in the same transaction.
-    public func insert(_ run: RunRecord, uploads: [UploadRecord] = []) async throws {
+    public func insert(_ run: RunRecord, uploads: [UploadRecord]) async throws {
         do {
             try await database.write { db in
                 try run.insert(db)
                 try Self.insert(uploads, db)
             }
         } catch let error as DatabaseError where error.resultCode == .SQLITE_CONSTRAINT {
-            throw Failure.duplicateRun(run.id)
+            throw StoreFailure.duplicateRun(run.id)
         }
     }
 
     /// With `uploads` (the run's final manifest for the bucket), queued in the same transaction.
-    public func update(_ run: RunRecord, uploads: [UploadRecord] = []) async throws {
+    public func update(_ run: RunRecord, uploads: [UploadRecord]) async throws {
         try await database.write { db in
             try run.update(db)
             try Self.insert(uploads, db)
@@ -224,8 +224,7 @@ extension Store {
 
     public func run(id: String) async throws -> RunRecord? { try await database.read { try RunRecord.fetchOne($0, key: id) } }
 
-    /// Runs still open (of one session, or of all sessions).
-    public func openRuns(sessionID: String? = nil) async throws -> [RunRecord] {
+    public func openRuns(sessionID: String?) async throws -> [RunRecord] {
         try await database.read { db in
             var request = RunRecord.filter(Column("status") == "running")
             if let sessionID { request = request.filter(Column("sessionID") == sessionID) }
@@ -235,7 +234,6 @@ extension Store {
 
     // MARK: - Steps
 
-    /// Adds a step and bumps its run's step count, in one transaction.
     public func insert(_ step: StepRecord, artifact: ArtifactRecord?) async throws {
         try await database.write { db in
             if let artifact { try insert(artifact, db) }
@@ -252,7 +250,6 @@ extension Store {
 
     // MARK: - Artifacts
 
-    /// Adds an artifact, queued for upload in the same transaction when artifacts go to a bucket.
     public func insert(_ artifact: ArtifactRecord) async throws { try await database.write { try insert(artifact, $0) } }
 
     private func insert(_ artifact: ArtifactRecord, _ db: Database) throws {
@@ -276,18 +273,15 @@ extension Store {
         try await database.read { try ArtifactRecord.fetchOne($0, key: id) }
     }
 
-    /// Artifacts of a run, oldest first.
     public func artifacts(runID: String) async throws -> [ArtifactRecord] {
         try await database.read { db in
             try ArtifactRecord.ofRun(runID).fetchAll(db)
         }
     }
 
-    /// The files sessions list (their runs' recordings and their downloads) that retention has not deleted,
-    /// oldest first, by session id (sessions without any are absent): one query for all.
-    public func sessionFiles(sessionIDs: some Sequence<String>) async throws -> [String: [ArtifactRecord]] {
+    public func sessionFiles(sessionIDs: [String]) async throws -> [String: [ArtifactRecord]] {
         // One JSON array bound for all ids: SQLite binds at most 32766 values in a statement.
-        let ids = String(decoding: try JSONEncoder().encode(Array(sessionIDs)), as: UTF8.self)
+        let ids = String(decoding: try JSONEncoder().encode(sessionIDs), as: UTF8.self)
         let kinds = [ArtifactRecord.Kind.recording, .download]
         return try await database.read { db in
             Dictionary(grouping: try ArtifactRecord
@@ -309,7 +303,6 @@ extension Store {
         try await database.read { try SegmentRecord.fetchOne($0, key: id) }
     }
 
-    /// Segments still being written (or left so by a crash).
     public func unfinishedSegments() async throws -> [SegmentRecord] {
         try await database.read { try SegmentRecord.filter(Column("finished") == false).fetchAll($0) }
     }

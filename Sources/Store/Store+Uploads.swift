@@ -69,7 +69,7 @@ public struct UploadRecord: Sendable, Equatable, Codable, FetchableRecord, Mutab
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 }
 
-extension Store {
+extension SQLiteStore {
     static func registerUploadMigrations(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("v8-object-store") { db in
             try db.create(table: "upload") { t in
@@ -98,20 +98,6 @@ extension Store {
         }
     }
 
-    /// The object key of a published artifact: the artifacts directory's layout under the bucket's prefix,
-    /// `{prefix}/{organization_id}/{browser_session_id}/{run_id}/{filename}`.
-    public func objectKey(path: String) -> String? {
-        objectPrefix.map { $0.isEmpty ? path : "\($0)/\(path)" }
-    }
-
-    /// The outbox row of an artifact being published, when artifacts go to a bucket.
-    func upload(of artifact: ArtifactRecord) -> UploadRecord? {
-        objectKey(path: artifact.path).map {
-            UploadRecord(key: $0, path: artifact.path, artifactID: artifact.id, checksum: artifact.checksum,
-                         contentType: artifact.contentType)
-        }
-    }
-
     /// Queues work for the bucket (a live part with its init part), all or nothing.
     public func enqueue(_ uploads: [UploadRecord]) async throws {
         try await database.write { db in try Self.insert(uploads, db) }
@@ -124,7 +110,7 @@ extension Store {
     /// Work due by `now`, leaving out what is in flight: live parts, manifests and deletions first (they are
     /// small, and a part waiting behind a large file would widen what a lost host loses), then artifacts, oldest
     /// first.
-    public func dueUploads(now: Date = Date(), excluding excluded: Set<Int64> = [], limit: Int) async throws
+    public func dueUploads(now: Date, excluding excluded: Set<Int64>, limit: Int) async throws
         -> [UploadRecord]
     {
         try await database.read { db in
@@ -133,20 +119,17 @@ extension Store {
         }
     }
 
-    /// When the next upload not in flight is due; nil when there is none.
-    public func nextUploadDate(excluding excluded: Set<Int64> = []) async throws -> Date? {
+    public func nextUploadDate(excluding excluded: Set<Int64>) async throws -> Date? {
         try await database.read { db in
             try Date.fetchOne(db, UploadRecord.filter(!excluded.contains(Column("id")))
                 .select(min(Column("nextAttemptAt"))))
         }
     }
 
-    /// Uploads waiting (due or backing off).
     public func pendingUploadCount() async throws -> Int {
         try await database.read { try UploadRecord.fetchCount($0) }
     }
 
-    /// Records a failed attempt; the upload is tried again at `retryAt`.
     public func uploadFailed(id: Int64, error: String, retryAt: Date) async throws {
         try await database.write { db in
             try db.execute(sql: "UPDATE upload SET attempts = attempts + 1, lastError = ?, nextAttemptAt = ? WHERE id = ?",
@@ -154,7 +137,6 @@ extension Store {
         }
     }
 
-    /// Removes an upload that is no longer wanted (its file went: a finished recording's live segment).
     public func dropUpload(id: Int64) async throws {
         try await database.write { _ = try UploadRecord.deleteOne($0, key: id) }
     }
@@ -162,7 +144,7 @@ extension Store {
     /// The work is confirmed done: it leaves the outbox, and the artifact it stored, if any, now lives at `key`.
     /// Returns that artifact (its local copy may go now). An artifact retention expired meanwhile gets its object
     /// deleted again, in the same transaction.
-    public func uploadStored(_ upload: UploadRecord, at date: Date = Date()) async throws -> ArtifactRecord? {
+    public func uploadStored(_ upload: UploadRecord, at date: Date) async throws -> ArtifactRecord? {
         try await database.write { db in
             _ = try UploadRecord.deleteOne(db, key: upload.id)
             guard let id = upload.artifactID else { return nil }
@@ -179,7 +161,7 @@ extension Store {
     /// two callers racing for the same run, one queues it, from the final state of the artifacts.
     /// With `ignoringPending` (artifacts no longer go to a bucket) it is queued whatever is pending.
     public func releaseHeldWebhook(
-        runID: String, ignoringPending: Bool = false,
+        runID: String, ignoringPending: Bool,
         make: @escaping @Sendable (RunRecord, [ArtifactRecord]) throws -> WebhookDelivery
     ) async throws -> Bool {
         try await database.write { db in
@@ -199,7 +181,6 @@ extension Store {
         }
     }
 
-    /// Runs whose webhook waits for their uploads.
     public func runsAwaitingUploads() async throws -> [RunRecord] {
         try await database.read { db in
             try RunRecord.filter(Column("webhookAwaitsUploads") == true && Column("status") != "running").fetchAll(db)

@@ -34,7 +34,7 @@ public struct WebhookDelivery: Sendable, Equatable, Codable, FetchableRecord, Mu
     public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 }
 
-extension Store {
+extension SQLiteStore {
     static func registerWebhookMigrations(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("v3-webhooks") { db in
             try db.create(table: "webhook_delivery") { t in
@@ -55,21 +55,18 @@ extension Store {
         }
     }
 
-    /// Adds a delivery and returns it with its id.
     public func insertWebhookDelivery(_ delivery: WebhookDelivery) async throws -> WebhookDelivery {
         try await database.write { db in
             try delivery.inserted(db)
         }
     }
 
-    /// Saves a delivery after an attempt.
     public func updateWebhookDelivery(_ delivery: WebhookDelivery) async throws {
         try await database.write { try delivery.update($0) }
     }
 
-    /// Pending deliveries due at `now`, longest due first, leaving out `excluded` ids (those in flight).
-    public func dueWebhookDeliveries(now: Date = Date(), excluding excluded: Set<Int64> = [],
-                                     excludingOrganizations organizations: Set<String> = [], limit: Int)
+    public func dueWebhookDeliveries(now: Date, excluding excluded: Set<Int64>,
+                                     excludingOrganizations organizations: Set<String>, limit: Int)
         async throws -> [WebhookDelivery]
     {
         try await database.read { db in
@@ -79,17 +76,14 @@ extension Store {
         }
     }
 
-    /// When the earliest pending delivery not in `excluded` nor of `organizations` is due, or nil when none is
-    /// pending.
-    public func nextWebhookAttemptDate(excluding excluded: Set<Int64> = [],
-                                       excludingOrganizations organizations: Set<String> = []) async throws -> Date? {
+    public func nextWebhookAttemptDate(excluding excluded: Set<Int64>,
+                                       excludingOrganizations organizations: Set<String>) async throws -> Date? {
         try await database.read {
             try Self.pending(excluding: excluded).filter(!organizations.contains(Column("organizationID")))
                 .fetchOne($0)?.nextAttemptAt
         }
     }
 
-    /// The newest delivery of a run, if it ever had one.
     public func latestWebhookDelivery(runID: String) async throws -> WebhookDelivery? {
         try await database.read { db in
             try WebhookDelivery.filter(Column("runID") == runID).order(Column("id").desc).fetchOne(db)

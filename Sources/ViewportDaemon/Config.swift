@@ -37,6 +37,7 @@ public struct Config: Codable, Sendable, Equatable {
     public var vnc = VNCConfig()
     public var limits = LimitsConfig()
     public var network = NetworkConfig()
+    public var cluster = ClusterConfig()
 
     /// The compiled defaults.
     public init() {}
@@ -249,6 +250,13 @@ public struct NetworkConfig: Codable, Sendable, Equatable {
     @CIDRs public var browserAllow = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]
     /// Loopback, private and link-local networks webhooks may reach (public addresses always may).
     @CIDRs public var webhookAllow: [String] = []
+}
+
+/// Several viewportd nodes sharing their state.
+public struct ClusterConfig: Codable, Sendable, Equatable {
+    /// The PostgreSQL database (`postgres://user:password@host:port/database`) that holds sessions, runs, steps,
+    /// artifacts, webhook deliveries, uploads and segments instead of the embedded SQLite; nil: SQLite.
+    @PostgresURL public var databaseURL: String? = nil
 }
 
 /// A webhook secret in the file.

@@ -514,6 +514,28 @@ extension CheckedValue {
     public var raw: String? { wrappedValue }
 }
 
+/// A postgres:// or postgresql:// URL with a host; nil when left out. Printed with its password masked.
+@propertyWrapper public struct PostgresURL: CheckedValue {
+    public var wrappedValue: String?
+    public init(wrappedValue: String?) { self.wrappedValue = wrappedValue }
+    public static let rule = "must be a postgres:// or postgresql:// URL with a host, e.g. postgres://user:password@db:5432/viewportd"
+    public static var showsValue: Bool { false }
+    public static func accepts(_ value: String?) -> Bool {
+        guard let value else { return true }
+        guard let components = URLComponents(string: value) else { return false }
+        return ["postgres", "postgresql"].contains(components.scheme ?? "") && components.host?.isEmpty == false
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        guard encoder.userInfo[.revealingSecrets] as? Bool != true, let url = wrappedValue,
+              var components = URLComponents(string: url), components.password != nil
+        else { return try container.encode(wrappedValue) }
+        components.password = "***"
+        try container.encode(components.string ?? "***")
+    }
+}
+
 /// A range of ports, `first-last` in the file.
 @propertyWrapper public struct PortRange: ConfigValue {
     public var wrappedValue: ClosedRange<Int>

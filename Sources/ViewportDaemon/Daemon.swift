@@ -1,5 +1,6 @@
 import Foundation
 public import Logging
+import PostgresStore
 import ServiceLifecycle
 import Store
 import Synchronization
@@ -18,7 +19,7 @@ public final class Daemon: Sendable {
     let loop: EventLoop
     let sessions: Sessions
     let runs: Runs
-    let store: Store
+    let store: any Store
     let files: ArtifactFiles
     let webhooks: Webhooks
     let gateway: ViewerGateway
@@ -50,13 +51,7 @@ public final class Daemon: Sendable {
         }
         let bucket = Bucket(config: config)
         self.bucket = bucket
-        let store: Store
-        do {
-            store = try Store(path: config.stateDir + "/viewportd.sqlite",
-                              objectPrefix: bucket.map { _ in config.s3.prefix })
-        } catch {
-            throw DaemonError("cannot open the database in \(config.stateDir): \(error)")
-        }
+        let store = try openStore(config, objectPrefix: bucket.map { _ in config.s3.prefix }, logger: logger)
         auth = Auth(apiKeys: config.apiKeys, tokenSecret: try Auth.tokenSecret(config: config))
         let metrics = DaemonMetrics()
         self.metrics = metrics
@@ -123,13 +118,16 @@ public final class Daemon: Sendable {
         ]
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
-        await runs.recover()  // runs a crash left open: terminated, with their recordings published
-        await runs.releaseHeldWebhooks()  // runs whose last upload finished just before a stop
-        try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
-        let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
-        self.group.withLock { $0 = group }
-        if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
-        try await group.run()
+        // The store's connections (PostgreSQL's pool) outlive every service.
+        try await store.run { [services] in
+            await runs.recover()  // runs a crash left open: terminated, with their recordings published
+            await runs.releaseHeldWebhooks()  // runs whose last upload finished just before a stop
+            try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
+            let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
+            self.group.withLock { $0 = group }
+            if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
+            try await group.run()
+        }
     }
 
     /// Starts a graceful shutdown: viewers get close 1001, sources stop, sessions stay open for the next start.
@@ -186,6 +184,18 @@ public final class Daemon: Sendable {
 public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewportd"),
                         reloadConfig: (@Sendable () throws -> Config)? = nil) throws -> Daemon {
     try Daemon(config: config, logger: logger, reloadConfig: reloadConfig)
+}
+
+/// The store `config` names: PostgreSQL at `cluster.database_url`, else SQLite in the state directory.
+func openStore(_ config: Config, objectPrefix: String?, logger: Logger) throws -> any Store {
+    if let url = config.cluster.databaseURL {
+        do { return try PostgresStore(url: url, objectPrefix: objectPrefix, logger: logger) } catch {
+            throw DaemonError("cannot use cluster.database_url: \(error)")
+        }
+    }
+    do { return try SQLiteStore(path: config.stateDir + "/viewportd.sqlite", objectPrefix: objectPrefix) } catch {
+        throw DaemonError("cannot open the database in \(config.stateDir): \(error)")
+    }
 }
 
 /// The service thread: serves from start until the group shuts down, then closes every connection.

@@ -55,7 +55,7 @@ struct Bucket: Sendable {
 /// `s3.retry_max_seconds`). A graceful stop waits up to `s3.drain_seconds` for what is due (the runs it just
 /// completed); the rest resumes at the next start.
 final class Uploads: Sendable {
-    let store: Store
+    let store: any Store
     let files: ArtifactFiles
     let bucket: Bucket
     let logger: Logger
@@ -69,7 +69,7 @@ final class Uploads: Sendable {
     /// Uploads at once.
     static let concurrency = 2
 
-    init(store: Store, files: ArtifactFiles, bucket: Bucket, logger: Logger,
+    init(store: any Store, files: ArtifactFiles, bucket: Bucket, logger: Logger,
          settled: @escaping @Sendable (String) async -> Void)
     {
         self.store = store

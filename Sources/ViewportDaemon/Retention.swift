@@ -11,14 +11,14 @@ import Store
 /// With a bucket, the disk budget counts (and frees) only what is still on this host; an artifact stored in the
 /// bucket expires by age, and its object is deleted then (so no bucket lifecycle rule is needed for artifacts).
 struct Retention: Sendable {
-    let store: Store
+    let store: any Store
     let files: ArtifactFiles
     let bucket: Bucket?
     let maxAge: TimeInterval
     let maxBytes: Int
     let logger: Logger
 
-    init(store: Store, files: ArtifactFiles, bucket: Bucket?, config: Config, logger: Logger) {
+    init(store: any Store, files: ArtifactFiles, bucket: Bucket?, config: Config, logger: Logger) {
         self.store = store
         self.bucket = bucket
         self.files = files

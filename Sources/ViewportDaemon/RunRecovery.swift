@@ -87,7 +87,7 @@ struct RecoveryError: Error, CustomStringConvertible {
 /// webhook queued (sent by the daemon using this state directory).
 struct RunRecovery: Sendable {
     let bucket: Bucket
-    let store: Store
+    let store: any Store
     let files: ArtifactFiles
     let logger: Logger
 
@@ -265,11 +265,15 @@ public func recoverRun(_ runID: String, organizationID: String? = nil, config: C
         throw RecoveryError("recover-run needs artifacts.store: s3 (the run's parts are in the bucket)")
     }
     try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
-    let store = try Store(path: config.stateDir + "/viewportd.sqlite", objectPrefix: config.s3.prefix)
+    let store = try openStore(config, objectPrefix: config.s3.prefix, logger: logger)
     let files = try ArtifactFiles(stateDir: config.stateDir)
-    let run = try await RunRecovery(bucket: bucket, store: store, files: files, logger: logger)
-        .recover(runID: runID, organizationID: organizationID)
-    let artifacts = try await store.artifacts(runID: runID)
+    var recovered: (run: RunRecord, artifacts: [ArtifactRecord])?
+    try await store.run {
+        let run = try await RunRecovery(bucket: bucket, store: store, files: files, logger: logger)
+            .recover(runID: runID, organizationID: organizationID)
+        recovered = (run, try await store.artifacts(runID: runID))
+    }
+    guard let (run, artifacts) = recovered else { throw RecoveryError("run \(runID) was not recovered") }
     let links = Runs.links(artifacts) { artifact in
         artifact.objectKey.map { bucket.url(key: $0) } ?? "(on the host that recorded it)"
     }

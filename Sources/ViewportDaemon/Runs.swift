@@ -89,7 +89,7 @@ actor Runs {
     static let finalStatuses = ["completed", "failed", "terminated", "timed_out", "canceled"]
 
     // Not private: run completion (RunCompletion.swift) uses them too.
-    let store: Store
+    let store: any Store
     let files: ArtifactFiles
     let webhooks: Webhooks
     let config: Config
@@ -107,7 +107,7 @@ actor Runs {
     private let retirements: AsyncStream<SessionRecording>
     private let retiring: AsyncStream<SessionRecording>.Continuation
 
-    init(store: Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
+    init(store: any Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
          bucket: Bucket?, logger: Logger)
     {
         self.bucket = bucket
@@ -179,7 +179,7 @@ actor Runs {
             bucket?.queued.signal()
         } catch {
             release(id, from: record)
-            if case Store.Failure.duplicateRun = error { throw .alreadyExists(id: id) }
+            if case StoreFailure.duplicateRun = error { throw .alreadyExists(id: id) }
             throw .storageFailed(what: "store the run", error: "\(error)")
         }
         open[id] = OpenRun(record: record, hub: hub, droppedAtStart: recording?.recorder.stats.framesDropped ?? 0)

@@ -18,7 +18,7 @@ struct SessionRecording: Sendable {
     /// Starts encoding the session's frames into a new segment file from `origin` (wall-clock µs); the segment's
     /// record is not stored yet.
     init(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64, files: ArtifactFiles,
-         config: Config, bucket: Bucket?, store: Store, logger: Logger) throws
+         config: Config, bucket: Bucket?, store: any Store, logger: Logger) throws
     {
         let id = "seg_\(Digest.randomBytes(8).hex)"
         try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
@@ -45,7 +45,7 @@ struct SessionRecording: Sendable {
     /// wall-clock time of the scan that found it: the recording reaches at least to there, up to about a second
     /// less. Concatenated in key order they are a fragmented MP4 that ``RunRecovery`` cuts runs from. After the
     /// last part, the run's own MP4 is published at completion (and uploaded before a graceful stop ends).
-    private static func ship(_ segment: SegmentRecord, organizationID: String, to bucket: Bucket, store: Store,
+    private static func ship(_ segment: SegmentRecord, organizationID: String, to bucket: Bucket, store: any Store,
                              files: ArtifactFiles) async
     {
         let prefix = bucket.segmentPrefix(organizationID: organizationID, sessionID: segment.sessionID,

@@ -108,7 +108,7 @@ final class Sessions: Sendable {
     }
 
     private let state = Mutex(State())
-    private let store: Store
+    private let store: any Store
     private let files: ArtifactFiles
     private let loop: EventLoop
     private let config: Config
@@ -133,7 +133,7 @@ final class Sessions: Sendable {
     let endings: AsyncStream<Ending>
     private let ending: AsyncStream<Ending>.Continuation
 
-    init(store: Store, files: ArtifactFiles, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
+    init(store: any Store, files: ArtifactFiles, loop: EventLoop, config: Config, metrics: StreamMetrics, logger: Logger) {
         self.store = store
         self.files = files
         self.loop = loop
@@ -221,7 +221,7 @@ final class Sessions: Sendable {
         case .stored(.failure(let error)):
             state.withLock { $0.open[record.id] = nil }
             session.stop()
-            if error is Store.Failure { throw duplicate }
+            if error is StoreFailure { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
             throw .storeFailed("\(error)")
         case .stored(.success):

@@ -13,7 +13,7 @@ import Store
 public func uploadAsArtifact(path: String, checksum: String, config: Config, timeout: Double) async throws -> String {
     guard let bucket = Bucket(config: config) else { throw DaemonError("artifacts.store is not s3") }
     let files = try ArtifactFiles(stateDir: config.stateDir)
-    let store = try Store(path: config.stateDir + "/viewportd.sqlite", objectPrefix: config.s3.prefix)
+    let store = try SQLiteStore(path: config.stateDir + "/viewportd.sqlite", objectPrefix: config.s3.prefix)
     let name = URL(fileURLWithPath: path).lastPathComponent
     let relative = try files.runDirectory(organizationID: "org_bench", sessionID: "bs_bench", runID: "wr_bench")
         + "/" + name

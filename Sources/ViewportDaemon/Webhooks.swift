@@ -31,7 +31,7 @@ struct WebhookPayload: Encodable {
 }
 
 final class Webhooks: Sendable {
-    private let store: Store
+    private let store: any Store
     private let loop: EventLoop
     private let logger: Logger
     private let maxAttempts: Int
@@ -51,7 +51,7 @@ final class Webhooks: Sendable {
     private let wakeup = Wakeup()
 
     /// `backoffBase` seconds before the second attempt, doubling for each one after.
-    init(store: Store, loop: EventLoop, config: Config, metrics: DaemonMetrics? = nil, logger: Logger,
+    init(store: any Store, loop: EventLoop, config: Config, metrics: DaemonMetrics? = nil, logger: Logger,
          backoffBase: Double = 1, maxConcurrent: Int = 4) {
         self.store = store
         self.metrics = metrics

@@ -190,6 +190,7 @@ struct ConfigTests {
         (config.limits.retryWebhookPerMinute, config.limits.unauthenticatedPerAddress) = (2, 4)
         config.network.browserAllow = ["10.1.0.0/16"]
         config.network.webhookAllow = ["192.168.7.0/24", "fd00::/8"]
+        config.cluster.databaseURL = "postgres://vp:db-password-env@db.example.com:5433/viewportd"
         return config
     }()
 
@@ -223,12 +224,22 @@ struct ConfigTests {
         let config = Self.everyKeyChanged
         let masked = config.yaml()
         for secret in ["env-key-0123456789", try #require(config.viewerTokenSecret), "webhook-secret-0123456789",
-                       "secret-env", "token-env"] {
+                       "secret-env", "token-env", "db-password-env"] {
             #expect(!masked.contains(secret))
         }
         #expect(masked.contains("organization_id: \"org_env\""))
         #expect(try Config.load(yaml: config.yaml(revealingSecrets: true)) == config)
         #expect(try Config.load(yaml: Config().yaml()) == Config())
+    }
+
+    @Test func theDatabaseURLMustBeAPostgreSQLURLAndItsErrorNamesTheKey() throws {
+        for url in ["mysql://db/viewportd", "postgres:///viewportd", "db.example.com:5432"] {
+            #expect(throws: ConfigError(key: "cluster.database_url", PostgresURL.rule)) {
+                try Config.load(yaml: "cluster: {database_url: \"\(url)\"}")
+            }
+        }
+        let config = try Config.load(yaml: nil, environment: ["VIEWPORTD_CLUSTER_DATABASE_URL": "postgresql://db/vp"])
+        #expect(config.cluster.databaseURL == "postgresql://db/vp")
     }
 
     @Test func anAPIKeyFromTheEnvironmentNeedsItsOrganization() {

@@ -72,7 +72,7 @@ struct OperationsTests {
             }
             return (try await create(5), try await create(60))
         }
-        let store = try Store(path: stateDir + "/viewportd.sqlite")
+        let store = try SQLiteStore(path: stateDir + "/viewportd.sqlite")
         var aged = try #require(try await store.session(id: expiring))
         aged.createdAt = Date().addingTimeInterval(-6 * 60)
         try store.update(aged)

@@ -1,26 +1,33 @@
 import Foundation
+import PostgresStore
 import Store
 import Testing
 import ViewportCore
+@testable import ViewportDaemon
 
-/// The SQLite store on its own: its records as written and read back, and a database of an earlier version.
+/// Both stores on their own, each test on each (SQLite, and a real PostgreSQL 15): records as written and read
+/// back, transactions, and an SQLite database of an earlier version.
 @Suite struct StoreTests {
+    enum Backend: CaseIterable { case sqlite, postgres }
+
     // Whole milliseconds: the store keeps dates to the millisecond.
     static let t0 = Date(timeIntervalSince1970: 1_760_000_000.25)
 
-    @Test func sessionsReadBackAsStoredAndChanged() async throws {
-        try await withTemporaryStore { store in
+    @Test(arguments: Backend.allCases) func sessionsReadBackAsStoredAndChanged(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend) { store in
             var session = SessionRecord(id: "bs_1", organizationID: "org-a", status: .created, createdAt: Self.t0,
                                         modifiedAt: Self.t0, timeoutMinutes: 30, browserAddress: "ws://127.0.0.1:1/x")
-            try store.insert(session)
+            try await offThread { [session] in try store.insert(session) }
             #expect(try await store.session(id: "bs_1") == session)
-            #expect(throws: Store.Failure.duplicateSession("bs_1")) { try store.insert(session) }
+            await #expect(throws: StoreFailure.duplicateSession("bs_1")) {
+                try await offThread { [session] in try store.insert(session) }
+            }
 
             session.status = .closed
             (session.modifiedAt, session.startedAt, session.completedAt) = (Self.t0 + 60, Self.t0 + 1, Self.t0 + 60)
             (session.renewedAt, session.failureReason) = (Self.t0 + 30, "closed by request")
             (session.vncAddress, session.vncPassword) = ("127.0.0.1:5901", "secret")
-            try store.update(session)
+            try await offThread { [session] in try store.update(session) }
             #expect(try await store.session(id: "bs_1") == session)
             #expect(try await store.sessions(organizationID: "org-a", activeOnly: false) == [session])
             #expect(try await store.sessions(organizationID: "org-a", activeOnly: true).isEmpty)
@@ -29,8 +36,8 @@ import ViewportCore
         }
     }
 
-    @Test func runsStepsArtifactsAndSegmentsReadBackAsStored() async throws {
-        try await withTemporaryStore { store in
+    @Test(arguments: Backend.allCases) func runsStepsArtifactsAndSegmentsReadBackAsStored(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend) { store in
             let segment = SegmentRecord(id: "seg_1", sessionID: "bs_1", path: "org-a/seg_1.mp4",
                                         originMicros: 1_760_000_001_000_000)
             try await store.insert(segment)
@@ -46,7 +53,7 @@ import ViewportCore
             try await store.insert(run)
             #expect(try await store.run(id: "tsk_1") == run)
             #expect(try await store.openRuns(sessionID: "bs_1") == [run])
-            await #expect(throws: Store.Failure.duplicateRun("tsk_1")) { try await store.insert(run) }
+            await #expect(throws: StoreFailure.duplicateRun("tsk_1")) { try await store.insert(run) }
 
             let screenshot = Self.artifact("art_1", .screenshot, session: "bs_1", step: 1, at: Self.t0 + 1)
             let step = StepRecord(runID: "tsk_1", index: 1, label: "Opened the page", createdAt: Self.t0 + 1,
@@ -73,8 +80,8 @@ import ViewportCore
         }
     }
 
-    @Test func webhookDeliveriesGetAnIDAndReadBackAsStored() async throws {
-        try await withTemporaryStore { store in
+    @Test(arguments: Backend.allCases) func webhookDeliveriesGetAnIDAndReadBackAsStored(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend) { store in
             var delivery = try await store.insertWebhookDelivery(WebhookDelivery(
                 runID: "tsk_1", organizationID: "org-a", url: "https://example.com/hook", body: Data([0, 1, 2, 255]),
                 createdAt: Self.t0))
@@ -97,7 +104,7 @@ import ViewportCore
 
     /// Fixtures/store-v6.sql is a database as the store wrote it before its records were GRDB records themselves.
     @Test func aDatabaseOfThePreviousVersionOpensWithItsRecords() async throws {
-        try await withTemporaryStore(prepare: { path in
+        try await withTemporaryStore(.sqlite, prepare: { path in
             let loader = Process()
             loader.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
             loader.arguments = ["-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).executescript(open(sys.argv[2]).read())",
@@ -167,8 +174,8 @@ import ViewportCore
         }
     }
 
-    @Test func theFilesOfManySessionsComeFromOneQueryWithoutScreenshotsOrExpiredOnes() async throws {
-        try await withTemporaryStore { store in
+    @Test(arguments: Backend.allCases) func theFilesOfManySessionsComeFromOneQueryWithoutScreenshotsOrExpiredOnes(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend) { store in
             let a1 = Self.artifact("rec_a1", .recording, session: "bs_a", at: Self.t0 + 1)
             let a2 = Self.artifact("dl_a2", .download, session: "bs_a", at: Self.t0 + 2)
             let b1 = Self.artifact("rec_b1", .recording, session: "bs_b", at: Self.t0 + 1)
@@ -178,7 +185,7 @@ import ViewportCore
             }
             try await store.markExpired(artifactIDs: ["rec_c1"], at: Self.t0 + 5)
 
-            // More ids than SQLite binds parameters in one statement (32766).
+            // More ids than SQLite binds parameters in one statement (32766): one array for all.
             let unknown = (0..<40_000).map { "bs_unknown_\($0)" }
             let files = try await store.sessionFiles(sessionIDs: ["bs_a", "bs_b", "bs_c"] + unknown)
             #expect(files == ["bs_a": [a1, a2], "bs_b": [b1]])
@@ -194,20 +201,29 @@ import ViewportCore
                        contentType: kind == .recording ? "video/mp4" : "image/jpeg", createdAt: date, modifiedAt: date)
     }
 
-    /// Runs `body` with a store in a fresh directory (its database file first given to `prepare`), then removes it.
-    func withTemporaryStore(prepare: (String) throws -> Void = { _ in }, objectPrefix: String? = nil,
-                            _ body: (Store) async throws -> Void) async throws
+    /// Runs `body` with a store of `backend` in a fresh database, then removes it: SQLite in a fresh directory (its
+    /// database file first given to `prepare`), or a fresh database of a PostgreSQL server started for the test.
+    func withTemporaryStore(_ backend: Backend, prepare: (String) throws -> Void = { _ in }, objectPrefix: String? = nil,
+                            _ body: (any Store) async throws -> Void) async throws
     {
+        if backend == .postgres {
+            try await PostgresServer.with { server in
+                let store = try PostgresStore(url: try server.createDatabase(), objectPrefix: objectPrefix,
+                                              logger: .init(label: "test"))
+                try await store.run { try await body(store) }
+            }
+            return
+        }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("vp-store-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let path = directory.appendingPathComponent("viewportd.sqlite").path
         try prepare(path)
-        try await body(try Store(path: path, objectPrefix: objectPrefix))
+        try await body(try SQLiteStore(path: path, objectPrefix: objectPrefix))
     }
 
-    @Test func withABucketEveryStoredArtifactIsQueuedForUploadUnderItsKey() async throws {
-        try await withTemporaryStore(objectPrefix: "pre/fix") { store in
+    @Test(arguments: Backend.allCases) func withABucketEveryStoredArtifactIsQueuedForUploadUnderItsKey(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend, objectPrefix: "pre/fix") { store in
             try await store.insert(Self.artifact("art_1", .recording, session: "s1", at: Self.t0))
             try await store.insert(StepRecord(runID: "tsk_1", index: 1, label: "a", createdAt: Self.t0, timeMicros: 1,
                                               artifactID: "art_2"),
@@ -223,14 +239,14 @@ import ViewportCore
             #expect(stored.objectKey == "pre/fix/org-a/tsk_1/art_2" && stored.storedAt != nil)
             #expect(try await store.pendingUploadCount() == 1)
         }
-        try await withTemporaryStore { store in
+        try await withTemporaryStore(backend) { store in
             try await store.insert(Self.artifact("art_1", .recording, session: "s1", at: Self.t0))
             #expect(try await store.pendingUploadCount() == 0, "without a bucket nothing is queued")
         }
     }
 
-    @Test func aHeldWebhookIsQueuedOnceOnlyWhenNoUploadOfItsRunIsPending() async throws {
-        try await withTemporaryStore(objectPrefix: "p") { store in
+    @Test(arguments: Backend.allCases) func aHeldWebhookIsQueuedOnceOnlyWhenNoUploadOfItsRunIsPending(_ backend: Backend) async throws {
+        try await withTemporaryStore(backend, objectPrefix: "p") { store in
             var run = RunRecord(id: "tsk_1", sessionID: "s1", organizationID: "org-a", status: "running", title: nil,
                                 webhookURL: "http://hook", createdAt: Self.t0, startMicros: 1, segmentID: nil)
             try await store.insert(run)
@@ -250,6 +266,30 @@ import ViewportCore
             let delivery = try #require(try await store.latestWebhookDelivery(runID: "tsk_1"))
             #expect(String(decoding: delivery.body, as: UTF8.self) == "p/org-a/tsk_1/art_1", "built from the stored state")
             #expect(try await store.runsAwaitingUploads().isEmpty)
+        }
+    }
+
+    @Test func storesOpeningOneDatabaseAtOnceApplyTheMigrationsOnce() async throws {
+        try await PostgresServer.with { server in
+            let url = try server.createDatabase()
+            let stores = try (0..<4).map { _ in try PostgresStore(url: url, logger: .init(label: "test")) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for store in stores {
+                    group.addTask { try await store.run { try await store.checkWritable() } }
+                }
+                try await group.waitForAll()
+            }
+            // Each migration recorded once, and the schema whole: a fifth store finds nothing to do and works.
+            let (status, output) = try runProcess("/usr/sbin/runuser", ["-u", "postgres", "--",
+                PostgresServer.binaries + "/psql", url, "-Atc", "SELECT identifier FROM viewportd_migrations ORDER BY 1"])
+            try #require(status == 0, "\(output)")
+            #expect(output.split(separator: "\n") == ["v1-sessions", "v2-runs", "v3-webhooks", "v4-lifecycle", "v5-vnc",
+                                                       "v6-recording-error", "v7-session-files", "v8-object-store"])
+            let store = try PostgresStore(url: url, logger: .init(label: "test"))
+            try await store.run {
+                try await store.insert(Self.artifact("art_1", .recording, session: "bs_1", at: Self.t0))
+                #expect(try await store.artifact(id: "art_1") == Self.artifact("art_1", .recording, session: "bs_1", at: Self.t0))
+            }
         }
     }
 }

@@ -196,14 +196,14 @@ extension WebhookTests {
 /// database at `database`, then tears everything down as a stopping daemon would.
 private func withSender(database: String = temporaryDatabase(), start: Bool = true, backoff: Double = 0.1,
                         _ configure: (inout Config) -> Void = { _ in }, logger: Logger? = nil,
-                        _ body: (Webhooks, Store) async throws -> Void) async throws
+                        _ body: (Webhooks, any Store) async throws -> Void) async throws
 {
     var config = Config()
     config.webhooks.secrets = ["org_a": webhookTestSecret]
     config.network.webhookAllow = ["127.0.0.0/8"]
     config.webhooks.timeoutSeconds = 2
     configure(&config)
-    let store = try Store(path: database)
+    let store = try SQLiteStore(path: database)
     let loop = try EventLoop(.init(port: nil))
     loop.start(server: nil)
     var quiet = Logger(label: "webhook-test")
