@@ -4,11 +4,16 @@ public import Store
 public import ViewportCore
 
 // The store's methods, as SQLiteStore's; text ids are ordered bytewise (COLLATE "C"), as SQLite orders them.
+// With a node id, what concerns this host only (sessions to attach, runs a crash left open, recordings, the
+// uploads of its files, the webhooks it sends, retention of its files, the counts it reports) is what this node
+// owns.
 extension PostgresStore {
     // MARK: - Sessions
 
     public func insert(_ session: SessionRecord) throws {
-        try blocking { [self] in
+        var session = session
+        session.nodeID = session.nodeID ?? nodeID
+        try blocking { [self, session] in
             do { try await insert(session, into: "session") } catch let error where Self.isUniqueViolation(error) {
                 throw StoreFailure.duplicateSession(session.id)
             }
@@ -34,19 +39,21 @@ extension PostgresStore {
     public func recentlyEndedSessions(limit: Int) async throws -> [SessionRecord] {
         try await records(SessionRecord.self, """
             SELECT row_to_json(s)::text FROM "session" s WHERE NOT status = ANY(\(Self.activeStatuses.map(\.rawValue)))
-            ORDER BY "modifiedAt" DESC LIMIT \(limit)
+            AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) ORDER BY "modifiedAt" DESC LIMIT \(limit)
             """)
     }
 
     public func activeSessions() async throws -> [SessionRecord] {
         try await records(SessionRecord.self, """
             SELECT row_to_json(s)::text FROM "session" s WHERE status = ANY(\(Self.activeStatuses.map(\.rawValue)))
-            ORDER BY "createdAt"
+            AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) ORDER BY "createdAt"
             """)
     }
 
     public func sessionCounts() async throws -> [SessionStatus: Int] {
-        let rows = try await execute("SELECT status, COUNT(*) FROM \"session\" GROUP BY status")
+        let rows = try await execute("""
+            SELECT status, COUNT(*) FROM "session" WHERE (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) GROUP BY status
+            """)
         return Dictionary(uniqueKeysWithValues: try rows.compactMap { row in
             let (status, count) = try row.decode((String, Int).self)
             return SessionStatus(rawValue: status).map { ($0, count) }
@@ -84,7 +91,7 @@ extension PostgresStore {
     public func openRuns(sessionID: String?) async throws -> [RunRecord] {
         try await records(RunRecord.self, """
             SELECT row_to_json(r)::text FROM run r WHERE status = 'running'
-            AND (\(sessionID)::text IS NULL OR "sessionID" = \(sessionID)) ORDER BY "createdAt"
+            AND (\(sessionID)::text IS NULL OR "sessionID" = \(sessionID)) AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID))) ORDER BY "createdAt"
             """)
     }
 
@@ -111,15 +118,15 @@ extension PostgresStore {
     /// Inserts `artifact` and, when artifacts go to a bucket and it is not there yet, its upload.
     private func insert(_ artifact: ArtifactRecord, on connection: PostgresConnection) async throws {
         try await insert(artifact, into: "artifact", on: connection)
-        if artifact.objectKey == nil, let upload = upload(of: artifact) {
-            try await insert(upload, into: "upload", on: connection)
-        }
+        if artifact.objectKey == nil, let upload = upload(of: artifact) { try await insert([upload], on: connection) }
     }
 
     public func storeRecovered(_ run: RunRecord, session: SessionRecord, artifacts: [ArtifactRecord]) async throws {
         try await transaction { connection in
             // The session's record too, when this store never saw it: retention expires a session's artifacts once
             // it is closed.
+            var session = session
+            session.nodeID = session.nodeID ?? nodeID
             try await insert(session, into: "session", onConflictDoNothing: true, on: connection)
             try await update(run, in: "run", key: ["id"], upsert: true, on: connection)
             for artifact in artifacts { try await insert(artifact, on: connection) }
@@ -154,7 +161,7 @@ extension PostgresStore {
     public func insert(_ segment: SegmentRecord) async throws { try await insert(segment, into: "segment") }
 
     public func markFinished(segmentID: String) async throws {
-        try await execute("UPDATE segment SET finished = true WHERE id = \(segmentID)")
+        try await transaction { try await execute("UPDATE segment SET finished = true WHERE id = \(segmentID)", on: $0) }
     }
 
     public func segment(id: String) async throws -> SegmentRecord? {
@@ -162,13 +169,16 @@ extension PostgresStore {
     }
 
     public func unfinishedSegments() async throws -> [SegmentRecord] {
-        try await records(SegmentRecord.self, "SELECT row_to_json(s)::text FROM segment s WHERE NOT finished")
+        try await records(SegmentRecord.self, """
+            SELECT row_to_json(s)::text FROM segment s WHERE NOT finished AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID)))
+            """)
     }
 
     // MARK: - Webhooks
 
     public func insertWebhookDelivery(_ delivery: WebhookDelivery) async throws -> WebhookDelivery {
         var delivery = delivery
+        delivery.nodeID = delivery.nodeID ?? nodeID
         let rows = try await insert(delivery, into: "webhook_delivery", returning: "id")
         delivery.id = try rows.first?.decode(Int64.self)
         return delivery
@@ -185,7 +195,8 @@ extension PostgresStore {
         try await records(WebhookDelivery.self, """
             SELECT row_to_json(d)::text FROM webhook_delivery d WHERE status = 'pending'
             AND NOT id = ANY(\(Array(excluded))) AND NOT "organizationID" = ANY(\(Array(organizations)))
-            AND "nextAttemptAt" <= \(RowCoding.text(now))::timestamptz ORDER BY "nextAttemptAt", id LIMIT \(limit)
+            AND "nextAttemptAt" <= \(RowCoding.text(now))::timestamptz AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID))
+            ORDER BY "nextAttemptAt", id LIMIT \(limit)
             """)
     }
 
@@ -195,7 +206,7 @@ extension PostgresStore {
         try await record(WebhookDelivery.self, """
             SELECT row_to_json(d)::text FROM webhook_delivery d WHERE status = 'pending'
             AND NOT id = ANY(\(Array(excluded))) AND NOT "organizationID" = ANY(\(Array(organizations)))
-            ORDER BY "nextAttemptAt", id LIMIT 1
+            AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) ORDER BY "nextAttemptAt", id LIMIT 1
             """)?.nextAttemptAt
     }
 
@@ -210,6 +221,7 @@ extension PostgresStore {
     public func liveArtifactBytes() async throws -> Int {
         try await execute("""
             SELECT COALESCE(SUM("fileSize"), 0)::bigint FROM artifact WHERE "expiredAt" IS NULL AND "objectKey" IS NULL
+            AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID)))
             """).first?.decode(Int.self) ?? 0
     }
 
@@ -217,7 +229,7 @@ extension PostgresStore {
         let closed = SessionStatus.allCases.filter { !$0.isActive }.map(\.rawValue)
         return try await records(ArtifactRecord.self, """
             SELECT row_to_json(a)::text FROM artifact a JOIN "session" s ON s.id = a."sessionID"
-            WHERE a."expiredAt" IS NULL AND s.status = ANY(\(closed))
+            WHERE a."expiredAt" IS NULL AND s.status = ANY(\(closed)) AND (\(nodeID)::text IS NULL OR s."nodeID" = \(nodeID))
             AND (\(createdBefore.map(RowCoding.text))::timestamptz IS NULL
                  OR a."createdAt" < \(createdBefore.map(RowCoding.text))::timestamptz)
             ORDER BY COALESCE(s."completedAt", s."modifiedAt"), s.id COLLATE "C", a."createdAt", a.id COLLATE "C"
@@ -251,35 +263,45 @@ extension PostgresStore {
     }
 
     func insert(_ uploads: [UploadRecord], on connection: PostgresConnection) async throws {
-        for upload in uploads { try await insert(upload, into: "upload", on: connection) }
+        for var upload in uploads {
+            upload.nodeID = upload.nodeID ?? nodeID
+            try await insert(upload, into: "upload", on: connection)
+        }
     }
 
     public func dueUploads(now: Date, excluding excluded: Set<Int64>, limit: Int) async throws -> [UploadRecord] {
         try await records(UploadRecord.self, """
             SELECT row_to_json(u)::text FROM upload u WHERE "nextAttemptAt" <= \(RowCoding.text(now))::timestamptz
-            AND NOT id = ANY(\(Array(excluded))) ORDER BY "artifactID" IS NOT NULL, id LIMIT \(limit)
+            AND NOT id = ANY(\(Array(excluded))) AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID))
+            ORDER BY "artifactID" IS NOT NULL, id LIMIT \(limit)
             """)
     }
 
     public func nextUploadDate(excluding excluded: Set<Int64>) async throws -> Date? {
         try await record(UploadRecord.self, """
             SELECT row_to_json(u)::text FROM upload u WHERE NOT id = ANY(\(Array(excluded)))
-            ORDER BY "nextAttemptAt" LIMIT 1
+            AND (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) ORDER BY "nextAttemptAt" LIMIT 1
             """)?.nextAttemptAt
     }
 
     public func pendingUploadCount() async throws -> Int {
-        try await execute("SELECT COUNT(*) FROM upload").first?.decode(Int.self) ?? 0
+        try await execute("""
+            SELECT COUNT(*) FROM upload WHERE (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID))
+            """).first?.decode(Int.self) ?? 0
     }
 
     public func uploadFailed(id: Int64, error: String, retryAt: Date) async throws {
-        try await execute("""
-            UPDATE upload SET attempts = attempts + 1, "lastError" = \(error),
-            "nextAttemptAt" = \(RowCoding.text(retryAt))::timestamptz WHERE id = \(id)
-            """)
+        try await transaction {
+            try await execute("""
+                UPDATE upload SET attempts = attempts + 1, "lastError" = \(error),
+                "nextAttemptAt" = \(RowCoding.text(retryAt))::timestamptz WHERE id = \(id)
+                """, on: $0)
+        }
     }
 
-    public func dropUpload(id: Int64) async throws { try await execute("DELETE FROM upload WHERE id = \(id)") }
+    public func dropUpload(id: Int64) async throws {
+        try await transaction { try await execute("DELETE FROM upload WHERE id = \(id)", on: $0) }
+    }
 
     public func uploadStored(_ upload: UploadRecord, at date: Date) async throws -> ArtifactRecord? {
         try await transaction { connection in
@@ -311,7 +333,9 @@ extension PostgresStore {
                 """, on: connection)
             else { return false }
             let artifacts = try await artifacts(runID: runID, on: connection)
-            try await insert(try make(run, artifacts), into: "webhook_delivery", on: connection)
+            var delivery = try make(run, artifacts)
+            delivery.nodeID = delivery.nodeID ?? nodeID
+            try await insert(delivery, into: "webhook_delivery", on: connection)
             return true
         }
     }
@@ -319,13 +343,14 @@ extension PostgresStore {
     public func runsAwaitingUploads() async throws -> [RunRecord] {
         try await records(RunRecord.self, """
             SELECT row_to_json(r)::text FROM run r WHERE "webhookAwaitsUploads" AND status != 'running'
+            AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID)))
             """)
     }
 
     public func segmentsWithSpentLiveParts(limit: Int) async throws -> [(segment: SegmentRecord, runIDs: [String])] {
         let rows = try await execute("""
             SELECT row_to_json(segment)::text, ARRAY(SELECT id FROM run WHERE "segmentID" = segment.id)
-            FROM segment WHERE finished AND NOT "livePartsDeleted"
+            FROM segment WHERE finished AND NOT "livePartsDeleted" AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID)))
             AND NOT EXISTS (SELECT 1 FROM run WHERE run."segmentID" = segment.id AND (run.status = 'running'
                 OR NOT EXISTS (SELECT 1 FROM artifact WHERE artifact."runID" = run.id AND artifact.kind = 'recording'
                                AND artifact."objectKey" IS NOT NULL)))

@@ -79,5 +79,19 @@ extension PostgresStore {
             #"ALTER TABLE "run" ADD COLUMN "webhookAwaitsUploads" boolean NOT NULL DEFAULT false"#,
             #"ALTER TABLE "segment" ADD COLUMN "livePartsDeleted" boolean NOT NULL DEFAULT false"#,
         ]),
+        ("v9-cluster", [
+            #"ALTER TABLE "session" ADD COLUMN "nodeID" text"#,
+            #"ALTER TABLE "upload" ADD COLUMN "nodeID" text"#,
+            #"ALTER TABLE "webhook_delivery" ADD COLUMN "nodeID" text"#,
+            #"CREATE INDEX "session_on_nodeID" ON "session" ("nodeID")"#,
+            // PostgreSQL only: a single host has no nodes.
+            """
+            CREATE TABLE "node" ("id" text PRIMARY KEY, "advertiseURL" text NOT NULL, "epoch" bigint NOT NULL,
+                "startedAt" timestamptz(3) NOT NULL, "heartbeatAt" timestamptz(3) NOT NULL,
+                "leaseExpiresAt" timestamptz(3) NOT NULL, "lostAt" timestamptz(3), "lostBy" text,
+                "viewers" bigint NOT NULL DEFAULT 0, "relayedViewers" bigint NOT NULL DEFAULT 0,
+                "upstreamStreams" bigint NOT NULL DEFAULT 0)
+            """,
+        ]),
     ]
 }

@@ -13,8 +13,16 @@ import ViewportCore
 /// millisecond as in SQLite.
 ///
 /// Usable only inside ``run(_:)`` (once per store): it runs the connection pool and applies the migrations first.
+///
+/// A cluster node's store has the node's id: what concerns one host is then what this node owns, and once the node
+/// is registered (``register(advertiseURL:leaseSeconds:)``) every transaction is fenced by its epoch, so that a node
+/// whose lease another node took writes nothing more (``StoreFailure/fenced(nodeID:)``).
 public final class PostgresStore: Store {
     public let objectPrefix: String?
+    /// This cluster node; nil: the store of a tool (`recover-run`) or a test, which sees every node's rows.
+    public let nodeID: String?
+    /// The epoch this node registered with; transactions check it is still the node's.
+    let epoch = Mutex<Int64?>(nil)
     let client: PostgresClient
     let logger: Logger
     /// Every table's columns in order, read once the schema is migrated.
@@ -22,8 +30,9 @@ public final class PostgresStore: Store {
 
     /// A store on the database at `url` (`postgres://user:password@host:port/database`, `?sslmode=disable`,
     /// `prefer` (the default) or `require`). Nothing connects until ``run(_:)``.
-    public init(url: String, objectPrefix: String? = nil, logger: Logger) throws {
+    public init(url: String, objectPrefix: String? = nil, nodeID: String? = nil, logger: Logger) throws {
         self.objectPrefix = objectPrefix
+        self.nodeID = nodeID
         self.logger = logger
         var configuration = try Self.configuration(url: url)
         // Dates come back from row_to_json in the session's time zone: UTC keeps them uniform.
@@ -63,11 +72,22 @@ public final class PostgresStore: Store {
     // MARK: - Queries
 
     /// Runs `body` in a transaction on one connection: committed if it returns, rolled back if it throws (its
-    /// error is rethrown as it is).
-    func transaction<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
-        try await client.withConnection { connection in
+    /// error is rethrown as it is). Once the node is registered, `fenced` transactions first check, holding the
+    /// node's row, that its epoch is still the one it registered with (a takeover locks that row to change it).
+    @discardableResult
+    func transaction<Result: Sendable>(fenced: Bool = true, _ body: (PostgresConnection) async throws -> Result)
+        async throws -> Result
+    {
+        let fence = fenced ? epoch.withLock { $0 }.flatMap { epoch in nodeID.map { ($0, epoch) } } : nil
+        return try await client.withConnection { connection in
             try await connection.query("BEGIN", logger: logger)
             do {
+                if let (node, epoch) = fence {
+                    let current = try await execute("""
+                        SELECT 1 FROM node WHERE id = \(node) AND epoch = \(epoch) AND "lostAt" IS NULL FOR SHARE
+                        """, on: connection)
+                    guard !current.isEmpty else { throw StoreFailure.fenced(nodeID: node) }
+                }
                 let result = try await body(connection)
                 try await connection.query("COMMIT", logger: logger)
                 return result
@@ -104,6 +124,11 @@ public final class PostgresStore: Store {
     func insert(_ record: some Encodable, into table: String, onConflictDoNothing: Bool = false,
                 returning: String? = nil, on connection: PostgresConnection? = nil) async throws -> [PostgresRow]
     {
+        guard let connection else {
+            return try await transaction {
+                try await insert(record, into: table, onConflictDoNothing: onConflictDoNothing, returning: returning, on: $0)
+            }
+        }
         let (json, keys) = try RowCoding.encode(record)
         let columns = keys.map(Self.quoted).joined(separator: ", ")
         return try await execute("""
@@ -120,6 +145,9 @@ public final class PostgresStore: Store {
     func update(_ record: some Encodable, in table: String, key: [String], upsert: Bool = false,
                 on connection: PostgresConnection? = nil) async throws -> Bool
     {
+        guard let connection else {
+            return try await transaction { try await update(record, in: table, key: key, upsert: upsert, on: $0) }
+        }
         let (json, keys) = try RowCoding.encode(record)
         let others = try columns(of: table).filter { !key.contains($0) }.map(Self.quoted).joined(separator: ", ")
         let source = "json_populate_record(NULL::\(Self.quoted(table)), $1::json)"

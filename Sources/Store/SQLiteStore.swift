@@ -39,6 +39,7 @@ public final class SQLiteStore: Store {
         registerWebhookMigrations(&migrator)
         registerLifecycleMigrations(&migrator)
         registerUploadMigrations(&migrator)
+        registerClusterMigrations(&migrator)
         return migrator
     }
 

@@ -37,6 +37,8 @@ public struct UploadRecord: Sendable, Equatable, Codable, FetchableRecord, Mutab
     public var nextAttemptAt: Date
     public var lastError: String?
     public var createdAt: Date
+    /// The cluster node whose files these are (only it does the work); nil on a single host.
+    public var nodeID: String?
 
     public init(key: String, path: String?, range: Range<Int64>? = nil, body: Data? = nil, artifactID: String? = nil,
                 segmentID: String? = nil, checksum: String? = nil, contentType: String, now: Date = Date())
@@ -70,6 +72,15 @@ public struct UploadRecord: Sendable, Equatable, Codable, FetchableRecord, Mutab
 }
 
 extension SQLiteStore {
+    static func registerClusterMigrations(_ migrator: inout DatabaseMigrator) {
+        // The owning node of what a cluster shares; nil here, where one host owns everything.
+        migrator.registerMigration("v9-cluster") { db in
+            for table in ["session", "upload", "webhook_delivery"] {
+                try db.alter(table: table) { t in t.add(column: "nodeID", .text) }
+            }
+        }
+    }
+
     static func registerUploadMigrations(_ migrator: inout DatabaseMigrator) {
         migrator.registerMigration("v8-object-store") { db in
             try db.create(table: "upload") { t in

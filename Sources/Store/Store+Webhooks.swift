@@ -20,6 +20,8 @@ public struct WebhookDelivery: Sendable, Equatable, Codable, FetchableRecord, Mu
     public var lastStatusCode: Int?
     public var createdAt: Date
     public var deliveredAt: Date?
+    /// The cluster node that sends it; nil on a single host.
+    public var nodeID: String?
 
     /// A pending delivery, due at once.
     public init(runID: String, organizationID: String, url: String, body: Data, createdAt: Date = Date()) {

@@ -136,6 +136,8 @@ public enum StoreFailure: Error, Equatable {
     case duplicateSession(String)
     /// A run with this id exists already.
     case duplicateRun(String)
+    /// This cluster node's lease was taken by another node: nothing it writes is accepted any more.
+    case fenced(nodeID: String)
 }
 
 // Defaults: a requirement cannot have them, and calls giving every argument still reach the requirement.

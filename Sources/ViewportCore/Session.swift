@@ -42,6 +42,9 @@ public struct SessionRecord: Sendable, Equatable, Codable {
     public var downloadPath: String?
     /// When retention deleted the session's files.
     public var deletedAt: Date?
+    /// The cluster node that owns the session (attached it, or took it over when its node was lost); nil on a
+    /// single host.
+    public var nodeID: String?
 
     public init(id: String, organizationID: String, status: SessionStatus, createdAt: Date, modifiedAt: Date,
                 startedAt: Date? = nil, completedAt: Date? = nil, timeoutMinutes: Int, browserAddress: String,

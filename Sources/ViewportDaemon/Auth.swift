@@ -81,9 +81,13 @@ final class Auth: Sendable {
         Digest.hmacSHA256(key: tokenKey, Data(body.utf8)).base64URLEncoded()
     }
 
-    /// The token secret from the config, else the one in the state directory, generated on first start.
+    /// The token secret from the config, else one derived from the cluster's secret (so that every node accepts
+    /// the tokens and artifact URLs any node signs), else the one in the state directory, generated on first start.
     static func tokenSecret(config: Config) throws -> Data {
         if let secret = config.viewerTokenSecret { return Data(secret.utf8) }
+        if config.cluster.databaseURL != nil, let secret = config.cluster.secret {
+            return Digest.hmacSHA256(key: Data(secret.utf8), Data("viewportd viewer tokens".utf8))
+        }
         let path = URL(fileURLWithPath: config.stateDir).appendingPathComponent("viewer-token.key").path
         if let existing = FileManager.default.contents(atPath: path), existing.count >= 32 { return existing }
         let secret = Digest.randomBytes(32)

@@ -255,8 +255,36 @@ public struct NetworkConfig: Codable, Sendable, Equatable {
 /// Several viewportd nodes sharing their state.
 public struct ClusterConfig: Codable, Sendable, Equatable {
     /// The PostgreSQL database (`postgres://user:password@host:port/database`) that holds sessions, runs, steps,
-    /// artifacts, webhook deliveries, uploads and segments instead of the embedded SQLite; nil: SQLite.
+    /// artifacts, webhook deliveries, uploads, segments and the nodes instead of the embedded SQLite; nil: SQLite,
+    /// one host, and the other keys of this section are unused.
     @PostgresURL public var databaseURL: String? = nil
+    /// This node's name, unique in the cluster and the same across restarts; nil: the host name.
+    @NodeName public var nodeID: String? = nil
+    /// How the other nodes reach this one's API; nil: `public_url`.
+    @PublicURL public var advertiseURL: String? = nil
+    /// Shared by every node: authenticates the requests and streams nodes send each other, and signs viewer tokens
+    /// and artifact URLs so that every node accepts them (unless `viewer_token_secret` is set). Required with
+    /// `database_url`.
+    @Secret<String?, 32> public var secret: String? = nil
+    /// A node that has not renewed its lease for this long is lost: another node fails its sessions and terminates
+    /// their runs.
+    @Within<3, 600> public var leaseSeconds = 15
+}
+
+extension ClusterConfig {
+    /// Checks what cluster mode needs and fills in this node's name.
+    mutating func complete(hostName: String) throws(ConfigError) {
+        guard databaseURL != nil else { return }
+        guard secret != nil else {
+            throw ConfigError(key: "cluster.secret", "must be set (the same on every node) when cluster.database_url is")
+        }
+        if nodeID == nil {
+            guard NodeName.accepts(hostName) else {
+                throw ConfigError(key: "cluster.node_id", "must be set: the host name \(hostName) \(NodeName.rule)")
+            }
+            nodeID = hostName
+        }
+    }
 }
 
 /// A webhook secret in the file.
@@ -331,6 +359,7 @@ extension Config {
             throw ConfigError(key: "(file)", "\(error)")
         }
         try config.s3.complete(for: config.artifacts.store, environment: environment)
+        try config.cluster.complete(hostName: ProcessInfo.processInfo.hostName)
         return config
     }
 

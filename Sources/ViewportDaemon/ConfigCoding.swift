@@ -454,6 +454,16 @@ extension CheckedValue {
     public static func accepts(_ value: String?) -> Bool { value?.isEmpty != true }
 }
 
+/// A cluster node's name, or nil when left out.
+@propertyWrapper public struct NodeName: CheckedValue {
+    public var wrappedValue: String?
+    public init(wrappedValue: String?) { self.wrappedValue = wrappedValue }
+    public static let rule = "must be 1-64 characters of A-Z a-z 0-9 _ . -"
+    public static func accepts(_ value: String?) -> Bool {
+        value.map { $0.range(of: #"^[A-Za-z0-9_.-]{1,64}$"#, options: .regularExpression) != nil } ?? true
+    }
+}
+
 /// An S3 bucket name, or nil when left out.
 @propertyWrapper public struct BucketName: CheckedValue {
     public var wrappedValue: String?

@@ -29,6 +29,8 @@ public final class Daemon: Sendable {
     /// The bucket of `artifacts.store: s3`, and the uploads into it.
     let bucket: Bucket?
     let uploads: Uploads?
+    /// This node of a cluster (`cluster.database_url`); nil on a single host.
+    let cluster: Cluster?
     /// The config as loaded (before defaults filled in), to tell what a reload changed.
     private let loadedConfig: Config
     private let reloadConfig: (@Sendable () throws -> Config)?
@@ -44,6 +46,9 @@ public final class Daemon: Sendable {
         signal(SIGXFSZ, SIG_IGN)
         var config = config
         self.logger = logger
+        do { try config.cluster.complete(hostName: ProcessInfo.processInfo.hostName) } catch {
+            throw DaemonError("\(error)")
+        }
         do {
             try FileManager.default.createDirectory(atPath: config.stateDir, withIntermediateDirectories: true)
         } catch {
@@ -90,8 +95,14 @@ public final class Daemon: Sendable {
             Uploads(store: store, files: files, bucket: bucket, logger: logger,
                     settled: { await runs.uploadSettled(artifactID: $0) })
         }
-        gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
-                                metrics: metrics.stream)
+        let gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
+                                    metrics: metrics.stream)
+        self.gateway = gateway
+        cluster = (store as? PostgresStore).map { store in
+            Cluster(store: store, config: config, runs: runs, logger: logger) {
+                NodeLoad(viewers: gateway.viewerCount)
+            }
+        }
     }
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
@@ -108,8 +119,9 @@ public final class Daemon: Sendable {
         // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
         var services: [any Service] = [
             LoopService(loop: loop, api: api, logger: logger, address: "\(config.listen.host):\(port)"),
-            WebhookService(webhooks: webhooks),
         ]
+        if let cluster { services.append(ClusterService(cluster: cluster)) }
+        services.append(WebhookService(webhooks: webhooks))
         if let uploads { services.append(UploadService(uploads: uploads)) }
         services += [
             RetentionService(retention: retention, interval: .seconds(config.retention.sweepIntervalSeconds)),
@@ -119,11 +131,15 @@ public final class Daemon: Sendable {
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
         // The store's connections (PostgreSQL's pool) outlive every service.
-        try await store.run { [services] in
+        try await store.run { [services, cluster] in
+            try await cluster?.register()  // before anything else is written: it fences this node's writes
             await runs.recover()  // runs a crash left open: terminated, with their recordings published
             await runs.releaseHeldWebhooks()  // runs whose last upload finished just before a stop
             try await sessions.reattach()  // before the listener serves, so no viewer finds an open session missing
-            let group = ServiceGroup(services: services, gracefulShutdownSignals: signals, logger: logger)
+            // A service that fails (a fenced cluster node) stops the others gracefully, and the daemon with its error.
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: services.map { .init(service: $0, failureTerminationBehavior: .gracefullyShutdownGroup) },
+                gracefulShutdownSignals: signals, logger: logger))
             self.group.withLock { $0 = group }
             if shutdownRequested.load(ordering: .acquiring) { await group.triggerGracefulShutdown() }
             try await group.run()
@@ -189,7 +205,7 @@ public func buildDaemon(_ config: Config, logger: Logger = Logger(label: "viewpo
 /// The store `config` names: PostgreSQL at `cluster.database_url`, else SQLite in the state directory.
 func openStore(_ config: Config, objectPrefix: String?, logger: Logger) throws -> any Store {
     if let url = config.cluster.databaseURL {
-        do { return try PostgresStore(url: url, objectPrefix: objectPrefix, logger: logger) } catch {
+        do { return try PostgresStore(url: url, objectPrefix: objectPrefix, nodeID: config.cluster.nodeID, logger: logger) } catch {
             throw DaemonError("cannot use cluster.database_url: \(error)")
         }
     }

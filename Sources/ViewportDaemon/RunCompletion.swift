@@ -175,16 +175,39 @@ extension Runs {
                        finishedAt: run.finishedAt)
     }
 
-    /// Terminates the runs a crash left open: each gets its recording up to the writer's last sign of life.
-    func recover() async {
-        let runs: [RunRecord]
-        do { runs = try await store.openRuns() } catch {
+    /// Terminates the runs a crash left open (at start, every open run of the sessions this host owns) or, with
+    /// `lostSessionIDs`, those of sessions taken over from a lost cluster node. A run whose recording is on this host
+    /// gets it up to the writer's last sign of life; one whose recording was on a lost host is rebuilt from the
+    /// bucket's parts (``RunRecovery``), or ends without a recording when there is no bucket.
+    func recover(lostSessionIDs: [String]? = nil) async {
+        var runs: [RunRecord] = []
+        do {
+            if let lostSessionIDs {
+                for id in lostSessionIDs { runs += try await store.openRuns(sessionID: id) }
+            } else {
+                runs = try await store.openRuns()
+            }
+        } catch {
             logger.error("cannot read open runs", metadata: ["error": "\(error)"])
             return
         }
         for var run in runs {
+            var segment: SegmentRecord?
+            if let segmentID = run.segmentID { segment = try? await store.segment(id: segmentID) }
+            let recordedHere = segment.map { FileManager.default.fileExists(atPath: files.url($0.path).path) } ?? false
+            if lostSessionIDs != nil || (segment != nil && !recordedHere), let bucket {
+                do {
+                    _ = try await RunRecovery(bucket: bucket, store: store, files: files, logger: logger)
+                        .recover(runID: run.id, organizationID: run.organizationID)
+                    continue
+                } catch {
+                    logger.error("cannot rebuild the run's recording from the bucket", metadata: [
+                        "run_id": "\(run.id)", "error": "\(error)",
+                    ])
+                }
+            }
             let steps = (try? await store.steps(runID: run.id)) ?? []
-            if let segmentID = run.segmentID, let segment = try? await store.segment(id: segmentID) {
+            if recordedHere, let segment {
                 do {
                     let summary = try await publishRecording(run, steps: steps, segment: segment, end: nil)
                     run.framesRecorded = summary.frames
@@ -193,16 +216,24 @@ extension Runs {
                 }
             }
             run.status = "terminated"
-            run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
+            if lostSessionIDs == nil {
+                run.failureReason = "viewportd stopped while the run was open; the recording ends where it stopped"
+            } else {
+                run.failureReason = "the run's host was lost"
+                run.recordingError = bucket == nil
+                    ? "its recording was on the lost host (with artifacts.store: s3 it is rebuilt from the bucket)"
+                    : "its recording could not be rebuilt from the bucket"
+            }
             run.finishedAt = Date()
             run.stepCount = steps.count
             run.webhookAwaitsUploads = bucket != nil && run.webhookURL != nil
             do { try await store.update(run, uploads: bucket?.manifestUpload(run).map { [$0] } ?? []) } catch {
                 logger.error("cannot store the run", metadata: ["run_id": "\(run.id)", "error": "\(error)"])
             }
-            logger.warning("run terminated after a restart", metadata: ["run_id": "\(run.id)"])
+            logger.warning("run terminated after a restart or a lost host", metadata: ["run_id": "\(run.id)"])
             await notify(run)
         }
+        guard lostSessionIDs == nil else { return }
         for segment in (try? await store.unfinishedSegments()) ?? [] {
             try? await store.markFinished(segmentID: segment.id)
             await offThread { [files] in files.remove(segment.path) }

@@ -191,6 +191,8 @@ struct ConfigTests {
         config.network.browserAllow = ["10.1.0.0/16"]
         config.network.webhookAllow = ["192.168.7.0/24", "fd00::/8"]
         config.cluster.databaseURL = "postgres://vp:db-password-env@db.example.com:5433/viewportd"
+        (config.cluster.nodeID, config.cluster.advertiseURL) = ("node-7.eu", "http://10.0.3.7:8200")
+        (config.cluster.secret, config.cluster.leaseSeconds) = ("cluster-secret-env-0123456789abcdef", 9)
         return config
     }()
 
@@ -224,7 +226,7 @@ struct ConfigTests {
         let config = Self.everyKeyChanged
         let masked = config.yaml()
         for secret in ["env-key-0123456789", try #require(config.viewerTokenSecret), "webhook-secret-0123456789",
-                       "secret-env", "token-env", "db-password-env"] {
+                       "secret-env", "token-env", "db-password-env", "cluster-secret-env"] {
             #expect(!masked.contains(secret))
         }
         #expect(masked.contains("organization_id: \"org_env\""))
@@ -238,8 +240,22 @@ struct ConfigTests {
                 try Config.load(yaml: "cluster: {database_url: \"\(url)\"}")
             }
         }
-        let config = try Config.load(yaml: nil, environment: ["VIEWPORTD_CLUSTER_DATABASE_URL": "postgresql://db/vp"])
+        let config = try Config.load(yaml: nil, environment: ["VIEWPORTD_CLUSTER_DATABASE_URL": "postgresql://db/vp",
+                                                              "VIEWPORTD_CLUSTER_SECRET": String(repeating: "s", count: 32)])
         #expect(config.cluster.databaseURL == "postgresql://db/vp")
+        #expect(config.cluster.nodeID == ProcessInfo.processInfo.hostName, "the host name when node_id is left out")
+    }
+
+    @Test func clusterModeNeedsASharedSecretAndANodeNameItsErrorsNameTheKeys() throws {
+        #expect(throws: ConfigError(key: "cluster.secret", "must be set (the same on every node) when cluster.database_url is")) {
+            try Config.load(yaml: "cluster: {database_url: \"postgres://db/vp\"}")
+        }
+        #expect(throws: ConfigError(key: "cluster.secret", "must be a string of at least 32 characters")) {
+            try Config.load(yaml: "cluster: {database_url: \"postgres://db/vp\", secret: short}")
+        }
+        let badName = #expect(throws: ConfigError.self) { try Config.load(yaml: "cluster: {node_id: \"a b\"}") }
+        #expect(badName?.key == "cluster.node_id")
+        #expect(try Config.load(yaml: "cluster: {secret: null}").cluster.nodeID == nil, "a single host needs neither")
     }
 
     @Test func anAPIKeyFromTheEnvironmentNeedsItsOrganization() {

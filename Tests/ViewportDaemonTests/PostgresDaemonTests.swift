@@ -12,7 +12,10 @@ struct PostgresDaemonTests {
         try await PostgresServer.with { server in
             let url = try server.createDatabase()
             var (sessionID, stateDir) = ("", "")
-            try await withLiveSession({ $0.cluster.databaseURL = url }) { daemon, _, id in
+            try await withLiveSession({
+                $0.cluster.databaseURL = url
+                $0.cluster.secret = String(repeating: "s", count: 32)
+            }) { daemon, _, id in
                 (sessionID, stateDir) = (id, daemon.stateDir)
                 let (status, run) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/runs",
                                                              json: ["run_id": "wr_pg1", "title": "on postgres"])

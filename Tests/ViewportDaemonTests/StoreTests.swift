@@ -284,7 +284,7 @@ import ViewportCore
                 PostgresServer.binaries + "/psql", url, "-Atc", "SELECT identifier FROM viewportd_migrations ORDER BY 1"])
             try #require(status == 0, "\(output)")
             #expect(output.split(separator: "\n") == ["v1-sessions", "v2-runs", "v3-webhooks", "v4-lifecycle", "v5-vnc",
-                                                       "v6-recording-error", "v7-session-files", "v8-object-store"])
+                                                       "v6-recording-error", "v7-session-files", "v8-object-store", "v9-cluster"])
             let store = try PostgresStore(url: url, logger: .init(label: "test"))
             try await store.run {
                 try await store.insert(Self.artifact("art_1", .recording, session: "bs_1", at: Self.t0))

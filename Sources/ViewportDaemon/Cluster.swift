@@ -1,0 +1,97 @@
+import Foundation
+import Logging
+import PostgresStore
+import ServiceLifecycle
+import Store
+
+/// This node of a cluster (`cluster.database_url`): its registration, its lease and the takeover of lost nodes.
+///
+/// At start the node registers with a new epoch (the fencing token of everything it writes). Every third of
+/// `cluster.lease_seconds` it renews its lease, reporting its viewers, and takes over the nodes whose lease expired:
+/// their open sessions become failed and owned here, and ``Runs`` terminates their open runs with recordings rebuilt
+/// from the bucket. A node takes others over only once its own lease has been renewed without a gap for a whole
+/// lease: after a database outage every node gets that long to renew before anyone is declared lost. A node that
+/// finds its own lease taken (it was cut off longer than its lease) writes nothing more and stops the daemon with
+/// an error; restarted, it registers anew, owning nothing of what was taken.
+final class Cluster: Sendable {
+    let store: PostgresStore
+    let nodeID: String
+    /// Where the other nodes reach this node's API.
+    let advertiseURL: String
+    let leaseSeconds: Int
+    private let load: @Sendable () -> NodeLoad
+    private let runs: Runs
+    private let logger: Logger
+
+    init(store: PostgresStore, config: Config, runs: Runs, logger: Logger, load: @escaping @Sendable () -> NodeLoad) {
+        self.store = store
+        nodeID = store.nodeID ?? ""
+        advertiseURL = config.cluster.advertiseURL ?? config.effectivePublicURL
+        leaseSeconds = config.cluster.leaseSeconds
+        self.runs = runs
+        self.load = load
+        self.logger = logger
+    }
+
+    /// Registers this node; before anything else uses the store.
+    func register() async throws {
+        let epoch = try await store.register(advertiseURL: advertiseURL, leaseSeconds: leaseSeconds)
+        logger.notice("cluster node registered", metadata: [
+            "node_id": "\(nodeID)", "epoch": "\(epoch)", "advertise_url": "\(advertiseURL)",
+        ])
+    }
+
+    /// Renews the lease and takes over lost nodes until shutdown; throws when this node is fenced.
+    func run() async throws {
+        let tick = Duration.milliseconds(max(1000, leaseSeconds * 1000 / 3))
+        var renewedSince: ContinuousClock.Instant?
+        var failures = 0
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                guard try await store.renewLease(leaseSeconds: leaseSeconds, load: load()) else {
+                    throw DaemonError("cluster node \(nodeID) lost its lease to another node, which took over its sessions; "
+                                      + "it stops (restarted, it rejoins owning none of them)")
+                }
+                if failures > 0 { logger.notice("cluster database reachable again", metadata: ["failed_renewals": "\(failures)"]) }
+                failures = 0
+                let now = ContinuousClock.now
+                let since = renewedSince ?? now
+                renewedSince = since
+                if since.duration(to: now) >= .seconds(leaseSeconds) { await takeOverLostNodes() }
+            } catch let error as DaemonError {
+                throw error
+            } catch {
+                renewedSince = nil
+                failures += 1
+                if failures.nonzeroBitCount == 1 {
+                    logger.error("cannot renew this node's lease", metadata: ["error": "\(error)", "failures": "\(failures)"])
+                }
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: tick) }
+        }
+    }
+
+    private func takeOverLostNodes() async {
+        let lost: [LostNode]
+        do {
+            lost = try await store.takeOverLostNodes { node in
+                "the host of viewportd node \(node) was lost (its lease expired)"
+            }
+        } catch {
+            logger.error("cannot take over lost nodes", metadata: ["error": "\(error)"])
+            return
+        }
+        for node in lost {
+            logger.warning("took over a lost node", metadata: [
+                "lost_node_id": "\(node.id)", "failed_sessions": "\(node.failedSessionIDs.count)",
+            ])
+            await runs.recover(lostSessionIDs: node.failedSessionIDs)
+        }
+    }
+}
+
+/// The cluster's lease loop as a service; fenced, it fails, and the group shuts down gracefully with its error.
+struct ClusterService: Service {
+    let cluster: Cluster
+    func run() async throws { try await cluster.run() }
+}
