@@ -1,7 +1,9 @@
+import Digests
 import Foundation
 import Logging
 import PostgresStore
 import ServiceLifecycle
+import ViewportCore
 import Store
 
 /// This node of a cluster (`cluster.database_url`): its registration, its lease and the takeover of lost nodes.
@@ -94,4 +96,69 @@ final class Cluster: Sendable {
 struct ClusterService: Service {
     let cluster: Cluster
     func run() async throws { try await cluster.run() }
+}
+
+/// A session whose owner cannot be reached: answered 503 with `{"detail"}`.
+struct OwnerUnavailable: DomainError {
+    let detail: String
+    var kind: FailureKind { .unavailable }
+}
+
+/// Where a session's actions and live streams are served.
+enum Placement: Equatable, Sendable {
+    /// This node owns the session (or there is no cluster).
+    case here
+    /// Another live node owns it: its id and the URL its API is reached at.
+    case owner(nodeID: String, url: String)
+}
+
+extension Cluster {
+    /// Where `session` is served: here, or at its owner while that node's lease runs. An owner whose lease expired
+    /// or that was lost (the session then failed or is about to) is ``OwnerUnavailable``.
+    func placement(of session: SessionRecord) async throws -> Placement {
+        guard let owner = session.nodeID, owner != nodeID else { return .here }
+        guard let status = try await store.node(id: owner) else {
+            throw OwnerUnavailable(detail: "session \(session.id) is owned by viewportd node \(owner), which is unknown")
+        }
+        guard status.isAlive else {
+            throw OwnerUnavailable(detail: "session \(session.id) is owned by viewportd node \(owner), whose lease expired")
+        }
+        return .owner(nodeID: owner, url: status.node.advertiseURL)
+    }
+}
+
+/// What one node sends another carries its name, a time and an HMAC of both with the method and path under a key
+/// derived from `cluster.secret`: `x-viewportd-node`, `x-viewportd-node-time`, `x-viewportd-node-signature`.
+/// Valid for a minute either way (nodes' clocks are close; the database keeps leases).
+struct NodeCredential: Sendable {
+    static let nodeHeader = "x-viewportd-node"
+    static let timeHeader = "x-viewportd-node-time"
+    static let signatureHeader = "x-viewportd-node-signature"
+    private let key: Data
+
+    init(secret: String) {
+        key = Digest.hmacSHA256(key: Data(secret.utf8), Data("viewportd node requests".utf8))
+    }
+
+    /// The headers of a request from node `nodeID`.
+    func headers(nodeID: String, method: String, path: String, now: Date = Date()) -> [(name: String, value: String)] {
+        let time = "\(Int(now.timeIntervalSince1970))"
+        return [(Self.nodeHeader, nodeID), (Self.timeHeader, time),
+                (Self.signatureHeader, signature(nodeID: nodeID, method: method, path: path, time: time))]
+    }
+
+    /// The node a request comes from, when it carries a valid credential; nil otherwise.
+    func verify(_ headers: (String) -> String?, method: String, path: String, now: Date = Date()) -> String? {
+        guard let node = headers(Self.nodeHeader), let time = headers(Self.timeHeader),
+              let presented = headers(Self.signatureHeader), let seconds = Int(time),
+              abs(now.timeIntervalSince1970 - Double(seconds)) <= 60,
+              Digest.constantTimeEqual(Data(presented.utf8),
+                                       Data(signature(nodeID: node, method: method, path: path, time: time).utf8))
+        else { return nil }
+        return node
+    }
+
+    private func signature(nodeID: String, method: String, path: String, time: String) -> String {
+        Digest.hmacSHA256(key: key, Data("\(nodeID)\n\(method)\n\(path)\n\(time)".utf8)).base64URLEncoded()
+    }
 }
