@@ -16,6 +16,7 @@ packages=(
   libvncserver-dev tigervnc-standalone-server tigervnc-tools   # VNC bridge and RFB source; Xvnc for the tests
   postgresql-15                                 # cluster.database_url tests: each initdb's its own server (the
                                                 # `main` cluster Debian creates on 5432 is left alone, unused)
+  iproute2                                      # cluster tests: each node a host in a network namespace (ip, tc)
 )
 missing=()
 for p in "${packages[@]}"; do

