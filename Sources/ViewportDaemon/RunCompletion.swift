@@ -233,6 +233,7 @@ extension Runs {
             logger.warning("run terminated after a restart or a lost host", metadata: ["run_id": "\(run.id)"])
             await notify(run)
         }
+        webhooks.wake()
         guard lostSessionIDs == nil else { return }
         for segment in (try? await store.unfinishedSegments()) ?? [] {
             try? await store.markFinished(segmentID: segment.id)

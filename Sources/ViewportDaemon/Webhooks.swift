@@ -153,6 +153,10 @@ final class Webhooks: Sendable {
         wakeup.signal()
     }
 
+    /// Looks for due deliveries now: some were queued or handed to this node by another way than ``enqueue``
+    /// (a run rebuilt from the bucket, a lost cluster node's deliveries).
+    func wake() { wakeup.signal() }
+
     /// Sends due deliveries, at most `maxConcurrent` at once, until cancelled; starts with those a previous process
     /// left pending. Attempts in flight when cancelled still finish (within the timeout) and are recorded.
     func run() async {
