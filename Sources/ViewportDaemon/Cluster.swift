@@ -45,6 +45,19 @@ final class Cluster: Sendable {
 
     /// Renews the lease and takes over lost nodes until shutdown; throws when this node is fenced.
     func run() async throws {
+        // Rebuilding a lost node's runs takes as long as their recordings take to download and cut: it runs beside
+        // the lease loop, never delaying a renewal.
+        let (lostNodes, found) = AsyncStream.makeStream(of: LostNode.self)
+        async let recoveries: Void = {
+            for await node in lostNodes { await runs.recover(lostSessionIDs: node.failedSessionIDs) }
+        }()
+        defer { found.finish() }
+        try await renewLeases { found.yield($0) }
+        found.finish()
+        await recoveries
+    }
+
+    private func renewLeases(tookOver: (LostNode) -> Void) async throws {
         let tick = Duration.milliseconds(max(1000, leaseSeconds * 1000 / 3))
         var renewedSince: ContinuousClock.Instant?
         var failures = 0
@@ -59,7 +72,7 @@ final class Cluster: Sendable {
                 let now = ContinuousClock.now
                 let since = renewedSince ?? now
                 renewedSince = since
-                if since.duration(to: now) >= .seconds(leaseSeconds) { await takeOverLostNodes() }
+                if since.duration(to: now) >= .seconds(leaseSeconds) { await takeOverLostNodes().forEach(tookOver) }
             } catch let error as DaemonError {
                 throw error
             } catch {
@@ -73,7 +86,7 @@ final class Cluster: Sendable {
         }
     }
 
-    private func takeOverLostNodes() async {
+    private func takeOverLostNodes() async -> [LostNode] {
         let lost: [LostNode]
         do {
             lost = try await store.takeOverLostNodes { node in
@@ -81,14 +94,14 @@ final class Cluster: Sendable {
             }
         } catch {
             logger.error("cannot take over lost nodes", metadata: ["error": "\(error)"])
-            return
+            return []
         }
         for node in lost {
             logger.warning("took over a lost node", metadata: [
                 "lost_node_id": "\(node.id)", "failed_sessions": "\(node.failedSessionIDs.count)",
             ])
-            await runs.recover(lostSessionIDs: node.failedSessionIDs)
         }
+        return lost
     }
 }
 

@@ -43,6 +43,10 @@ import ViewportCore
             var delivery = try await a.insertWebhookDelivery(WebhookDelivery(runID: "wr_old", organizationID: "org-a",
                                                                               url: "https://example.com/h", body: Data("{}".utf8)))
             #expect(try await a.session(id: "bs_a1")?.nodeID == "a" && delivery.nodeID == "a")
+            var renewed = Self.session("bs_a1")
+            renewed.renewedAt = Date()
+            try await offThread { [renewed] in try a.update(renewed) }
+            #expect(try await a.session(id: "bs_a1")?.nodeID == "a", "a record written without its owner keeps it")
             #expect(try await b.activeSessions().isEmpty, "b attaches only what it owns")
             #expect(try await b.dueWebhookDeliveries(limit: 10).isEmpty, "b sends only what it owns")
             #expect(try await b.takeOverLostNodes { _ in "lost" }.isEmpty, "a's lease runs")
