@@ -7,7 +7,8 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "viewportd-bench",
         abstract: "Benchmarks that print figures (not tests). Build with -c release.",
-        subcommands: [Fanout.self, Capture.self, Record.self, RecordWorker.self, VNCBench.self, S3Bench.self])
+        subcommands: [Fanout.self, Capture.self, Record.self, RecordWorker.self, VNCBench.self, S3Bench.self,
+                      ClusterBench.self])
 }
 
 struct Fanout: AsyncParsableCommand {
