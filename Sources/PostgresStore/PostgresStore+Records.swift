@@ -21,6 +21,7 @@ extension PostgresStore {
     }
 
     public func update(_ session: SessionRecord) throws {
+        // The daemon's records do not carry their owner: the row keeps this node's.
         var session = session
         session.nodeID = session.nodeID ?? nodeID
         try blocking { [self, session] in try await update(session, in: "session", key: ["id"]) }

@@ -79,7 +79,7 @@ public final class PostgresStore: Store {
         async throws -> Result
     {
         let fence = fenced ? epoch.withLock { $0 }.flatMap { epoch in nodeID.map { ($0, epoch) } } : nil
-        return try await client.withConnection { connection in
+        return try await withConnection { connection in
             try await connection.query("BEGIN", logger: logger)
             do {
                 if let (node, epoch) = fence {
@@ -102,7 +102,76 @@ public final class PostgresStore: Store {
     @discardableResult
     func execute(_ query: PostgresQuery, on connection: PostgresConnection? = nil) async throws -> [PostgresRow] {
         if let connection { return try await connection.query(query, logger: logger).collect() }
-        return try await client.query(query, logger: logger).collect()
+        return try await withConnection { [logger] in try await $0.query(query, logger: logger).collect() }
+    }
+
+    /// How long a query waits for a connection: while PostgreSQL is down the pool keeps trying to connect for a
+    /// minute before it fails anything, and an API request must not wait that long.
+    static let connectionWait = Duration.seconds(5)
+
+    /// Runs `body` on a connection of the pool. No connection within ``connectionWait``, a connection that cannot
+    /// be made, or one the server drops is ``StoreFailure/unavailable(_:)``; `body` never starts once the wait is
+    /// over, so a request answered "unavailable" wrote nothing. Other errors are rethrown as they are.
+    func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+        let lease = Lease()
+        do {
+            return try await withoutActuallyEscaping(body) { body in
+                let work = Work(body: body)
+                return try await withThrowingTaskGroup(of: Result?.self) { group in
+                    group.addTask { [client] in
+                        try await client.withConnection { connection in
+                            guard lease.state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged else {
+                                throw CancellationError()
+                            }
+                            return try await work.body(connection)
+                        }
+                    }
+                    group.addTask {
+                        try await Task.sleep(for: Self.connectionWait)
+                        return nil
+                    }
+                    while let result = try await group.next() {
+                        if let result {
+                            group.cancelAll()
+                            return result
+                        }
+                        if lease.state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged {
+                            group.cancelAll()
+                            throw StoreFailure.unavailable("no connection to PostgreSQL within \(Self.connectionWait)")
+                        }
+                    }
+                    throw CancellationError()
+                }
+            }
+        } catch let error as PSQLError where lease.state.load(ordering: .relaxed) == 0 || Self.isConnectionFailure(error) {
+            throw StoreFailure.unavailable(Self.reason(error))
+        } catch where lease.state.load(ordering: .relaxed) == 0 && !(error is StoreFailure) && !Task.isCancelled {
+            throw StoreFailure.unavailable("\(error)")  // the pool gave up connecting (its circuit breaker)
+        }
+    }
+
+    /// Where ``withConnection(_:)`` is: 0 waiting for a connection, 1 leased, 2 the wait is over.
+    private final class Lease: Sendable {
+        let state = Atomic(0)
+    }
+
+    /// The body of ``withConnection(_:)``, run in a child task while the caller waits for it.
+    private struct Work<Result>: @unchecked Sendable {
+        let body: (PostgresConnection) async throws -> Result
+    }
+
+    /// Whether `error` is the connection failing rather than the server refusing a query: no connection, a
+    /// dropped one, or the server shutting down (SQLSTATE classes 08 and 57P).
+    static func isConnectionFailure(_ error: PSQLError) -> Bool {
+        if let state = error.serverInfo?[.sqlState] { return state.hasPrefix("08") || state.hasPrefix("57P") }
+        return [.connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed,
+                .sslUnsupported, .failedToAddSSLHandler].contains(error.code)
+    }
+
+    /// What went wrong, without the query (PSQLError's own description is deliberately empty).
+    static func reason(_ error: PSQLError) -> String {
+        if let message = error.serverInfo?[.message] { return message }
+        return error.underlying.map { "\(error.code): \($0)" } ?? "\(error.code)"
     }
 
     /// The records of a query whose only column is `row_to_json(...)::text`.

@@ -138,6 +138,20 @@ public enum StoreFailure: Error, Equatable {
     case duplicateRun(String)
     /// This cluster node's lease was taken by another node: nothing it writes is accepted any more.
     case fenced(nodeID: String)
+    /// The database cannot be reached now (down, refusing or dropping connections, no connection within the
+    /// store's wait): nothing was read or written. Says why.
+    case unavailable(String)
+}
+
+extension StoreFailure: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .duplicateSession(let id): "browser session \(id) already exists"
+        case .duplicateRun(let id): "run \(id) already exists"
+        case .fenced(let node): "cluster node \(node) lost its lease: the database takes nothing more from it"
+        case .unavailable(let reason): "the database is unavailable: \(reason)"
+        }
+    }
 }
 
 // Defaults: a requirement cannot have them, and calls giving every argument still reach the requirement.

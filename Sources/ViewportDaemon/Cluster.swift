@@ -147,6 +147,8 @@ struct NodeCredential: Sendable {
     static let nodeHeader = "x-viewportd-node"
     static let timeHeader = "x-viewportd-node-time"
     static let signatureHeader = "x-viewportd-node-signature"
+    /// The three, for the listener to capture.
+    static let headerNames = [nodeHeader, timeHeader, signatureHeader]
     private let key: Data
 
     init(secret: String) {

@@ -62,7 +62,7 @@ public final class Daemon: Sendable {
         self.metrics = metrics
         do {
             var options = EventLoop.Configuration(host: config.listen.host, port: config.listen.port,
-                                                  customHeaders: ["x-api-key"],
+                                                  customHeaders: ["x-api-key"] + NodeCredential.headerNames,
                                                   maxPendingPerAddress: config.limits.unauthenticatedPerAddress)
             let refusalLog = RateLimit(every: 1)
             options.onRefusedConnection = { [logger] address in
@@ -109,12 +109,16 @@ public final class Daemon: Sendable {
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
         let viewers = ViewerRoutes(sessions: sessions, gateway: gateway, auth: auth, config: config, loop: loop,
                                    logger: logger)
-        let routes = OperatorRoutes(sessions: sessions, gateway: gateway, metrics: metrics).routes
-            + SessionRoutes(sessions: sessions, runs: runs, auth: auth, config: config).routes
+        let forwarding = cluster.map { cluster in
+            Forwarding(cluster: cluster, credential: NodeCredential(secret: config.cluster.secret ?? ""), loop: loop,
+                       spoolDirectory: config.stateDir)
+        }
+        let routes = OperatorRoutes(sessions: sessions, gateway: gateway, metrics: metrics, cluster: cluster).routes
+            + SessionRoutes(sessions: sessions, runs: runs, auth: auth, config: config, forwarding: forwarding).routes
             + RunRoutes(runs: runs, auth: auth, config: config).routes
             + ArtifactRoutes(runs: runs, files: files, auth: auth).routes
             + viewers.routes
-        let api = Router(routes: routes, viewers: viewers, auth: auth, metrics: metrics)
+        let api = Router(routes: routes, viewers: viewers, auth: auth, metrics: metrics, forwarding: forwarding)
         // Started in this order, shut down in reverse: systemd hears STOPPING=1, viewers are told, runs are
         // finalized and sources stop, webhooks still due are left in the store, then the loop stops.
         var services: [any Service] = [

@@ -1,3 +1,5 @@
+import Store
+
 /// What went wrong in a service, in the service's terms. The routes map each kind to one HTTP status
 /// (``Router/status(of:)``); `detail` is what the client reads.
 protocol DomainError: Error, Sendable {
@@ -16,4 +18,16 @@ enum FailureKind: Sendable {
     case limited
     /// The daemon cannot do it now (its store or disk fails).
     case unavailable
+}
+
+/// A store's refusal that reaches a route as it is: the database unavailable is 503, a duplicate 409.
+extension StoreFailure: DomainError {
+    var kind: FailureKind {
+        switch self {
+        case .duplicateSession, .duplicateRun: .conflict
+        case .fenced, .unavailable: .unavailable
+        }
+    }
+
+    var detail: String { description }
 }

@@ -165,7 +165,7 @@ extension Runs {
 
     /// The body of the run's webhook.
     nonisolated func webhookPayload(_ run: RunRecord) async -> WebhookPayload {
-        Self.webhookPayload(run, links: await links(run))
+        Self.webhookPayload(run, links: (try? await links(run)) ?? (nil, []))
     }
 
     static func webhookPayload(_ run: RunRecord, links: (recording: String?, screenshots: [String])) -> WebhookPayload {

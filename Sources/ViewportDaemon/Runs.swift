@@ -225,8 +225,10 @@ actor Runs {
     }
 
     /// Signed links to a run's recording and screenshots (newest first), valid for `artifacts.url_ttl_seconds`.
-    nonisolated func links(_ run: RunRecord) async -> (recording: String?, screenshots: [String]) {
-        links((try? await store.artifacts(runID: run.id)) ?? [])
+    nonisolated func links(_ run: RunRecord) async throws(RunError) -> (recording: String?, screenshots: [String]) {
+        do { return links(try await store.artifacts(runID: run.id)) } catch {
+            throw .storageFailed(what: "read the run's artifacts", error: "\(error)")
+        }
     }
 
     /// The same, from a run's artifacts already read (oldest first).
@@ -263,19 +265,24 @@ actor Runs {
         let steps: [StepRecord]
     }
 
-    func replay(runID: String) async -> Replay? {
-        let run: RunRecord? = if let open = open[runID]?.record { open } else { (try? await store.run(id: runID)) ?? nil }
+    func replay(runID: String) async throws -> Replay? {
+        let run: RunRecord? = if let open = open[runID]?.record { open } else { try await store.run(id: runID) }
         guard let run else { return nil }
-        return Replay(run: run, artifacts: (try? await store.artifacts(runID: runID)) ?? [],
-                      steps: (try? await store.steps(runID: runID)) ?? [])
+        return Replay(run: run, artifacts: try await store.artifacts(runID: runID), steps: try await store.steps(runID: runID))
     }
 
     /// An artifact by id, whoever owns it (the caller checks).
-    func artifact(id: String) async -> ArtifactRecord? { (try? await store.artifact(id: id)) ?? nil }
+    func artifact(id: String) async throws(RunError) -> ArtifactRecord? {
+        do { return try await store.artifact(id: id) } catch {
+            throw .storageFailed(what: "read the artifact", error: "\(error)")
+        }
+    }
 
     /// The files each session lists (its runs' recordings, its downloads), oldest first.
-    func sessionFiles(sessionIDs: [String]) async -> [String: [ArtifactRecord]] {
-        (try? await store.sessionFiles(sessionIDs: sessionIDs)) ?? [:]
+    func sessionFiles(sessionIDs: [String]) async throws(RunError) -> [String: [ArtifactRecord]] {
+        do { return try await store.sessionFiles(sessionIDs: sessionIDs) } catch {
+            throw .storageFailed(what: "read the sessions' files", error: "\(error)")
+        }
     }
 
     /// The run open in each session that has one (the newest when several are).
@@ -291,7 +298,9 @@ actor Runs {
     /// Artifacts of a run, oldest first.
     func artifacts(runID: String, organizationID: String) async throws(RunError) -> [ArtifactRecord] {
         _ = try await run(id: runID, organizationID: organizationID)
-        return (try? await store.artifacts(runID: runID)) ?? []
+        do { return try await store.artifacts(runID: runID) } catch {
+            throw .storageFailed(what: "read the run's artifacts", error: "\(error)")
+        }
     }
 
     /// A URL of an artifact's content that works without a key: the bucket's (presigned, or through its CDN) once
@@ -336,9 +345,9 @@ actor Runs {
     }
 
     func stored(_ id: String, organizationID: String) async throws(RunError) -> RunRecord {
-        guard let record = (try? await store.run(id: id)) ?? nil, record.organizationID == organizationID else {
-            throw .notFound(id: id)
-        }
+        let record: RunRecord?
+        do { record = try await store.run(id: id) } catch { throw .storageFailed(what: "read the run", error: "\(error)") }
+        guard let record, record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 

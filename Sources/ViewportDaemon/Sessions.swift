@@ -21,7 +21,8 @@ enum SessionError: DomainError, Equatable {
     case vncDisabled
     case noFreeVNCPort(id: String)
     case tooManyVNCScreens(organizationID: String, limit: Int)
-    case storeFailed(String)
+    /// The store failed doing `what` (the database unavailable, a disk error).
+    case storeFailed(what: String, error: String)
 
     var kind: FailureKind {
         switch self {
@@ -46,7 +47,7 @@ enum SessionError: DomainError, Equatable {
         case .noFreeVNCPort(let id): "browser session \(id) has no VNC screen (no free port in vnc.port_range)"
         case .tooManyVNCScreens(let organization, let limit):
             "organization \(organization) has \(limit) VNC screens, the most it may have (config limits.vnc_screens_per_organization)"
-        case .storeFailed(let error): "cannot store the session: \(error)"
+        case .storeFailed(let what, let error): "cannot \(what): \(error)"
         }
     }
 }
@@ -192,7 +193,7 @@ final class Sessions: Sendable {
         }
         let record = draft
         let duplicate = SessionError.alreadyExists(id: record.id)
-        if (try? await store.session(id: record.id)) != nil { throw duplicate }
+        if try await read("read the session", { try await store.session(id: record.id) }) != nil { throw duplicate }
         let limit = config.limits.sessionsPerOrganization
         let overLimit = SessionError.tooManySessions(organizationID: organizationID, limit: limit)
         guard openCount(organizationID: organizationID) < limit else { throw overLimit }
@@ -221,9 +222,9 @@ final class Sessions: Sendable {
         case .stored(.failure(let error)):
             state.withLock { $0.open[record.id] = nil }
             session.stop()
-            if error is StoreFailure { throw duplicate }
+            if case StoreFailure.duplicateSession = error { throw duplicate }
             logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
-            throw .storeFailed("\(error)")
+            throw .storeFailed(what: "store the session", error: "\(error)")
         case .stored(.success):
             break
         }
@@ -235,13 +236,19 @@ final class Sessions: Sendable {
 
     /// The session if it exists and belongs to `organizationID`.
     func session(id: String, organizationID: String) async throws(SessionError) -> SessionRecord {
-        guard let record = await lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
+        guard let record = try await lookup(id), record.organizationID == organizationID else { throw .notFound(id: id) }
         return record
     }
 
-    private func lookup(_ id: String) async -> SessionRecord? {
+    private func lookup(_ id: String) async throws(SessionError) -> SessionRecord? {
         if let record = state.withLock({ $0.open[id]?.record ?? $0.ended[id] }) { return record }
-        return (try? await store.session(id: id)) ?? nil
+        return try await read("read the session") { try await store.session(id: id) }
+    }
+
+    /// What `query` reads from the store; its failure (the database unavailable) is ``SessionError/storeFailed(what:error:)``
+    /// rather than an answer made without it.
+    private func read<T>(_ what: String, _ query: () async throws -> T) async throws(SessionError) -> T {
+        do { return try await query() } catch { throw .storeFailed(what: what, error: "\(error)") }
     }
 
     /// The session if it is open and belongs to `organizationID`.
@@ -273,10 +280,16 @@ final class Sessions: Sendable {
         state.withLock { $0.open.values.count { $0.record.organizationID == organizationID } }
     }
 
-    /// Open sessions of `organizationID`, newest first.
-    func active(organizationID: String) -> [SessionRecord] {
-        state.withLock { $0.open.values.map(\.record) }.filter { $0.organizationID == organizationID }
-            .sorted { $0.createdAt > $1.createdAt }
+    /// Open sessions of `organizationID`, newest first: those open here as they are now, and (in a cluster) those
+    /// other nodes hold, as the store has them.
+    func active(organizationID: String) async throws(SessionError) -> [SessionRecord] {
+        let stored = try await read("list the sessions") {
+            try await store.sessions(organizationID: organizationID, activeOnly: true)
+        }
+        return state.withLock { state in
+            state.open.values.map(\.record).filter { $0.organizationID == organizationID }
+                + stored.filter { state.open[$0.id] == nil && state.ended[$0.id] == nil }
+        }.sorted { $0.createdAt > $1.createdAt }
     }
 
     /// Closes a session (viewers are told) and returns once its runs are terminated; closing a closed session
@@ -286,7 +299,7 @@ final class Sessions: Sendable {
         guard record.status.isActive else { return record }
         var ended: SessionRecord?
         await withCheckedContinuation { done in ended = finish(id, .closed, reason: nil, done: done) }
-        let closed = if let ended { ended } else { await lookup(id) ?? record }
+        let closed = if let ended { ended } else { try await lookup(id) ?? record }
         await flushWrites()
         return closed
     }
@@ -305,7 +318,7 @@ final class Sessions: Sendable {
             return session.record
         }
         guard let renewed else {
-            throw .cannotRenew(id: id, status: await lookup(id)?.status ?? .closed)
+            throw .cannotRenew(id: id, status: try await lookup(id)?.status ?? .closed)
         }
         await flushWrites()
         logger.info("session renewed", metadata: ["browser_session_id": "\(id)", "timeout_minutes": "\(renewed.timeoutMinutes)"])

@@ -23,11 +23,33 @@ extension EventLoop {
                             headers: [(name: String, value: String)] = [], body: Data? = nil, timeout: Double = 10)
         async throws -> (status: Int, body: Data)
     {
+        let response = try await httpExchange(method, url, connectingTo: address, headers: headers, body: body,
+                                              timeout: timeout)
+        return (response.status, response.body)
+    }
+
+    /// Performs an HTTP request as ``httpRequest(_:_:connectingTo:headers:body:timeout:)`` does, and returns the
+    /// response headers named in `responseHeaders` (lower-case) too. With `bodyFile`, the body is written to that
+    /// file (created or truncated, whatever its size) rather than returned (at most 16 MiB). The whole exchange
+    /// takes at most `timeout` seconds.
+    public func httpExchange(_ method: String, _ url: String, connectingTo address: String? = nil,
+                             headers: [(name: String, value: String)] = [], body: Data? = nil,
+                             responseHeaders: [String] = [], bodyFile: String? = nil, timeout: Double = 10)
+        async throws -> HTTPClientResponse
+    {
         var target = try Endpoint(url)
         target.connectAddress = address
         let endpoint = target
+        var file: Int32 = -1
+        if let bodyFile {
+            file = open(bodyFile, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard file >= 0 else { throw NetworkError("cannot write \(bodyFile): \(String(cString: strerror(errno)))") }
+        }
+        // Closed once the request has ended: the connection writes to it only before that.
+        defer { if file >= 0 { close(file) } }
         return try await withCheckedThrowingContinuation { continuation in
             let connection = HTTPClientConnection(loop: self, headers: headers, body: body,
+                                                  responseHeaders: responseHeaders, bodyFile: file,
                                                   continuation: continuation)
             connect(connection, to: endpoint, method: method)
             // Not through the loop: the request must end even if the loop is gone by then.
@@ -36,6 +58,15 @@ extension EventLoop {
             }
         }
     }
+}
+
+/// What an HTTP client request got back.
+public struct HTTPClientResponse: Sendable {
+    public var status: Int
+    /// The response headers asked for that the response had, by lower-case name.
+    public var headers: [String: String]
+    /// Empty when the body went to a file.
+    public var body: Data
 }
 
 /// A client WebSocket on lws's raw socket role: the upgrade handshake and RFC 6455 framing are done here.
@@ -164,16 +195,21 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
 final class HTTPClientConnection: Connection, @unchecked Sendable {
     private let headers: [(name: String, value: String)]
     private let body: Data?
-    private var status = 0
-    private var received = Data()
+    private let responseHeaders: [String]
+    /// Where the body goes, or -1 (then into `received`). Written only while the request has not ended (under the
+    /// continuation's lock), as its owner closes it once the request ended.
+    private let bodyFile: Int32
+    private var response = HTTPClientResponse(status: 0, headers: [:], body: Data())
     private let maxBodyBytes = 16 << 20
-    private let continuation: Mutex<CheckedContinuation<(status: Int, body: Data), any Error>?>
+    private let continuation: Mutex<CheckedContinuation<HTTPClientResponse, any Error>?>
 
-    init(loop: EventLoop, headers: [(name: String, value: String)], body: Data?,
-         continuation: CheckedContinuation<(status: Int, body: Data), any Error>)
+    init(loop: EventLoop, headers: [(name: String, value: String)], body: Data?, responseHeaders: [String] = [],
+         bodyFile: Int32 = -1, continuation: CheckedContinuation<HTTPClientResponse, any Error>)
     {
         self.headers = headers
         self.body = body
+        self.responseHeaders = responseHeaders
+        self.bodyFile = bodyFile
         self.continuation = Mutex(continuation)
         super.init(loop: loop, wsi: nil)
     }
@@ -186,7 +222,7 @@ final class HTTPClientConnection: Connection, @unchecked Sendable {
         }
     }
 
-    private func finish(_ result: Result<(status: Int, body: Data), any Error>) {
+    private func finish(_ result: Result<HTTPClientResponse, any Error>) {
         continuation.withLock { $0.take() }?.resume(with: result)
     }
 
@@ -221,7 +257,10 @@ final class HTTPClientConnection: Connection, @unchecked Sendable {
             lws_client_http_body_pending(wsi, 0)
             return written < 0 ? -1 : 0
         case LWS_CALLBACK_ESTABLISHED_CLIENT_HTTP:
-            status = Int(lws_http_client_http_response(wsi))
+            response.status = Int(lws_http_client_http_response(wsi))
+            for name in responseHeaders {
+                if let value = Self.header(wsi, name) { response.headers[name] = value }
+            }
             return 0
         case LWS_CALLBACK_RECEIVE_CLIENT_HTTP:
             var buffer = [CChar](repeating: 0, count: EventLoop.requiredHeadroom + 16 * 1024)
@@ -232,17 +271,24 @@ final class HTTPClientConnection: Connection, @unchecked Sendable {
             }
         case LWS_CALLBACK_RECEIVE_CLIENT_HTTP_READ:
             guard let input else { return 0 }
-            if received.count + length > maxBodyBytes {
+            if bodyFile >= 0 {
+                let written = continuation.withLock { pending in
+                    pending == nil || Self.write(bodyFile, UnsafeRawBufferPointer(start: input, count: length))
+                }
+                if !written { finish(.failure(NetworkError("cannot write the response body: \(String(cString: strerror(errno)))"))) }
+                return written ? 0 : -1
+            }
+            if response.body.count + length > maxBodyBytes {
                 finish(.failure(NetworkError("response body over \(maxBodyBytes) bytes")))
                 return -1
             }
-            received.append(input.assumingMemoryBound(to: UInt8.self), count: length)
+            response.body.append(input.assumingMemoryBound(to: UInt8.self), count: length)
             return 0
         case LWS_CALLBACK_COMPLETED_CLIENT_HTTP:
-            finish(.success((status, received)))
+            finish(.success(response))
             return 0
         case LWS_CALLBACK_CLOSED_CLIENT_HTTP:
-            finish(status > 0 ? .success((status, received)) : .failure(NetworkError("connection closed")))
+            finish(response.status > 0 ? .success(response) : .failure(NetworkError("connection closed")))
             return 0
         case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
             finish(.failure(NetworkError(WebSocketClientConnection.errorText(input, length) ?? "connection failed")))
@@ -258,4 +304,40 @@ final class HTTPClientConnection: Connection, @unchecked Sendable {
     }
 
     override func connectFailed(_ reason: String) { finish(.failure(NetworkError(reason))) }
+
+    /// Response headers lws keeps under a token of its own; any other is read by name.
+    private static let tokens: [String: lws_token_indexes] = [
+        "content-type": WSI_TOKEN_HTTP_CONTENT_TYPE, "content-range": WSI_TOKEN_HTTP_CONTENT_RANGE,
+        "content-disposition": WSI_TOKEN_HTTP_CONTENT_DISPOSITION, "etag": WSI_TOKEN_HTTP_ETAG,
+        "accept-ranges": WSI_TOKEN_HTTP_ACCEPT_RANGES, "cache-control": WSI_TOKEN_HTTP_CACHE_CONTROL,
+        "location": WSI_TOKEN_HTTP_LOCATION, "allow": WSI_TOKEN_HTTP_ALLOW,
+    ]
+
+    private static func header(_ wsi: OpaquePointer, _ name: String) -> String? {
+        if let token = tokens[name] {
+            let count = Int(lws_hdr_total_length(wsi, token))
+            guard count > 0 else { return nil }
+            var buffer = [CChar](repeating: 0, count: count + 1)
+            guard lws_hdr_copy(wsi, &buffer, Int32(buffer.count), token) >= 0 else { return nil }
+            return String(nullTerminated: buffer)
+        }
+        let key = name + ":"
+        let count = Int(lws_hdr_custom_length(wsi, key, Int32(key.utf8.count)))
+        guard count >= 0 else { return nil }
+        var buffer = [CChar](repeating: 0, count: count + 1)
+        guard lws_hdr_custom_copy(wsi, &buffer, Int32(buffer.count), key, Int32(key.utf8.count)) >= 0 else { return nil }
+        return String(nullTerminated: buffer)
+    }
+
+    /// Writes all of `bytes` to `file`; false when it cannot.
+    private static func write(_ file: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(file, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
 }

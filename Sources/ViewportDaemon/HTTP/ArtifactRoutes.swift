@@ -9,12 +9,13 @@ struct ArtifactRoutes {
     let auth: Auth
 
     var routes: [Route] {
-        [Route("GET", "v1/artifacts/*/content", .open) { try await content($0) }]
+        // The file of an artifact not in the bucket is on the node that made it: the owner of its session.
+        [Route("GET", "v1/artifacts/*/content", .open, owner: .artifactFile) { try await content($0) }]
     }
 
     private func content(_ request: RouteRequest) async throws -> HTTPResponse {
         let id = request.ids[0]
-        let artifact = await runs.artifact(id: id)
+        let artifact = try await runs.artifact(id: id)
         if let key = request.http.headers["x-api-key"], !key.isEmpty {
             guard let organization = auth.organization(apiKey: key) else {
                 throw HTTPFailure(status: 401, detail: "invalid API key")
@@ -39,7 +40,7 @@ struct ArtifactRoutes {
         if artifact.objectKey != nil { return redirect(to: artifact) }
         if let response = serve(artifact, request) { return response }
         // The upload may have finished and deleted the local copy since the record was read.
-        if let stored = await runs.artifact(id: artifact.id), stored.objectKey != nil { return redirect(to: stored) }
+        if let stored = try await runs.artifact(id: artifact.id), stored.objectKey != nil { return redirect(to: stored) }
         return Router.error(404, "artifact file missing")
     }
 

@@ -1,13 +1,15 @@
 import Foundation
+import PostgresStore
 import ViewerGateway
 import WebSocketIO
 
-/// What operators and their tools read, without credentials: liveness, readiness, metrics and this API's
-/// OpenAPI document.
+/// What operators and their tools read, without credentials: liveness, readiness, metrics, the cluster's nodes
+/// and this API's OpenAPI document.
 struct OperatorRoutes {
     let sessions: Sessions
     let gateway: ViewerGateway
     let metrics: DaemonMetrics
+    let cluster: Cluster?
 
     var routes: [Route] {
         [
@@ -19,7 +21,15 @@ struct OperatorRoutes {
                                                            viewers: gateway.viewerCount)))
             },
             Route("GET", "v1/openapi.yaml", .open) { _ in Self.openAPIDocument },
+            Route("GET", "v1/cluster/nodes", .open) { _ in try await nodes() },
         ]
+    }
+
+    /// Every node that registered, by id: its lease, open sessions and viewers (as of its last heartbeat); 404 on
+    /// a single host.
+    private func nodes() async throws -> HTTPResponse {
+        guard let cluster else { throw HTTPFailure(status: 404, detail: "not a cluster: cluster.database_url is not set") }
+        return .json(200, encoding: try await cluster.store.nodes().map(NodeView.init))
     }
 
     /// docs/openapi.yaml, compiled in.
@@ -32,5 +42,33 @@ struct OperatorRoutes {
             return .json(503, encoding: ["status": "not ready", "detail": "the store does not take writes: \(error)"])
         }
         return .json(200, encoding: ["status": "ready"])
+    }
+}
+
+/// A cluster node as `GET /v1/cluster/nodes` lists it.
+struct NodeView: Encodable {
+    let nodeID: String
+    let advertiseURL: String
+    let epoch: Int64
+    let startedAt: Date
+    let heartbeatAt: Date
+    let leaseExpiresAt: Date
+    /// `alive`, `expired` (its lease ran out, nobody took it over yet) or `lost` (taken over).
+    let status: String
+    @Nullable var lostAt: Date?
+    @Nullable var lostBy: String?
+    let activeSessions: Int
+    let viewers: Int
+    let relayedViewers: Int
+    let upstreamStreams: Int
+
+    init(_ status: NodeStatus) {
+        let node = status.node
+        (nodeID, advertiseURL, epoch) = (node.id, node.advertiseURL, node.epoch)
+        (startedAt, heartbeatAt, leaseExpiresAt) = (node.startedAt, node.heartbeatAt, node.leaseExpiresAt)
+        self.status = node.lostAt != nil ? "lost" : status.leaseExpired ? "expired" : "alive"
+        (lostAt, lostBy) = (node.lostAt, node.lostBy)
+        (activeSessions, viewers) = (status.activeSessions, node.viewers)
+        (relayedViewers, upstreamStreams) = (node.relayedViewers, node.upstreamStreams)
     }
 }

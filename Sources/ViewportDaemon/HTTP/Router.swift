@@ -24,17 +24,27 @@ struct Route: Sendable {
         case open
     }
 
+    /// In a cluster, the node that answers a request whose first captured id names: the owner of that session
+    /// (of an open one only: `openSession`), of that run's session, or of the session an artifact's file was made
+    /// in while the file is not in the bucket (``Forwarding``).
+    enum Owner: Sendable {
+        case session, openSession, run, artifactFile
+    }
+
     let method: String
     let pattern: [String]
     let access: Access
+    /// nil: any node answers.
+    let owner: Owner?
     let handler: @Sendable (RouteRequest) async throws -> HTTPResponse
 
-    init(_ method: String, _ path: String, _ access: Access = .apiKey,
+    init(_ method: String, _ path: String, _ access: Access = .apiKey, owner: Owner? = nil,
          _ handler: @escaping @Sendable (RouteRequest) async throws -> HTTPResponse)
     {
         self.method = method
         pattern = path.split(separator: "/").map(String.init)
         self.access = access
+        self.owner = owner
         self.handler = handler
     }
 
@@ -59,9 +69,9 @@ struct ErrorBody: Encodable {
     let detail: String
 }
 
-/// The HTTP side of the daemon: finds the route of a request, checks its API key, and turns what the route
-/// throws into a status and `{"detail"}` (the one place where domain errors become HTTP). WebSocket upgrades go
-/// to the viewer routes.
+/// The HTTP side of the daemon: finds the route of a request, checks its API key, has the owner answer what
+/// another cluster node owns (``Forwarding``), and turns what the route throws into a status and `{"detail"}` (the
+/// one place where domain errors become HTTP). WebSocket upgrades go to the viewer routes.
 ///
 /// REST answers JSON in snake_case with ISO-8601 UTC times. Paths are served under `/v1/...` and `/api/v1/...`;
 /// viewers connect to `/stream/browser/{id}` (also under `/v1` and `/api/v1`).
@@ -70,12 +80,14 @@ final class Router: HTTPServerDelegate {
     private let viewers: ViewerRoutes
     private let auth: Auth
     private let metrics: DaemonMetrics
+    private let forwarding: Forwarding?
 
-    init(routes: [Route], viewers: ViewerRoutes, auth: Auth, metrics: DaemonMetrics) {
+    init(routes: [Route], viewers: ViewerRoutes, auth: Auth, metrics: DaemonMetrics, forwarding: Forwarding? = nil) {
         self.routes = routes
         self.viewers = viewers
         self.auth = auth
         self.metrics = metrics
+        self.forwarding = forwarding
     }
 
     func respond(to request: HTTPRequest) async -> HTTPResponse {
@@ -118,6 +130,11 @@ final class Router: HTTPServerDelegate {
             return response
         }
         let organizationID = route.access == .apiKey ? try organization(request) : ""
+        if let owner = route.owner, let forwarding,
+           let answer = try await forwarding.answer(request, owner: owner, id: ids[0], organizationID: organizationID)
+        {
+            return answer
+        }
         return try await route.handler(RouteRequest(http: request, ids: ids, organizationID: organizationID))
     }
 

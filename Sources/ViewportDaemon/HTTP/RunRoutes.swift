@@ -11,34 +11,34 @@ struct RunRoutes {
 
     var routes: [Route] {
         [
-            Route("POST", "v1/browser_sessions/*/runs") { request in
+            Route("POST", "v1/browser_sessions/*/runs", owner: .session) { request in
                 let body = try request.body(StartRun.self)
                 let run = try await runs.start(sessionID: request.ids[0], organizationID: request.organizationID,
                                                runID: body.runID?.value, webhookURL: body.webhookURL?.value,
                                                title: body.title?.value)
-                return .json(201, encoding: await view(run))
+                return .json(201, encoding: try await view(run))
             },
             Route("GET", "v1/runs/*") { request in
-                .json(200, encoding: await view(try await runs.run(id: request.ids[0], organizationID: request.organizationID)))
+                .json(200, encoding: try await view(try await runs.run(id: request.ids[0], organizationID: request.organizationID)))
             },
-            Route("POST", "v1/runs/*/steps") { request in
+            Route("POST", "v1/runs/*/steps", owner: .run) { request in
                 let body = try request.body(MarkStep.self)
                 let (step, artifact) = try await runs.step(runID: request.ids[0], organizationID: request.organizationID,
                                                            label: body.label.value)
                 return .json(201, encoding: StepView(runID: step.runID, step: step.index, label: step.label,
                                                      createdAt: step.createdAt, screenshot: view(artifact)))
             },
-            Route("POST", "v1/runs/*/complete") { request in
+            Route("POST", "v1/runs/*/complete", owner: .run) { request in
                 let body = try request.body(CompleteRun.self)
                 let run = try await runs.complete(runID: request.ids[0], organizationID: request.organizationID,
                                                   status: body.status.value, failureReason: body.failureReason?.value)
-                return .json(200, encoding: await view(run))
+                return .json(200, encoding: try await view(run))
             },
             Route("GET", "v1/runs/*/artifacts") { request in
                 let artifacts = try await runs.artifacts(runID: request.ids[0], organizationID: request.organizationID)
                 return .json(200, encoding: artifacts.map(view))
             },
-            Route("POST", "v1/runs/*/retry_webhook") { request in
+            Route("POST", "v1/runs/*/retry_webhook", owner: .run) { request in
                 try await runs.retryWebhook(runID: request.ids[0], organizationID: request.organizationID)
                 return .json(202, encoding: WebhookQueued(runID: request.ids[0], status: "queued"))
             },
@@ -49,7 +49,11 @@ struct RunRoutes {
     /// The replay page, for a token of the run or of its session.
     private func replayPage(_ request: RouteRequest) async -> HTTPResponse {
         let runID = request.ids[0]
-        guard let replay = await runs.replay(runID: runID) else { return .message(404, "No run \(runID).") }
+        let found: Runs.Replay?
+        do { found = try await runs.replay(runID: runID) } catch {
+            return .message(503, "This replay cannot be shown now: \(error)")
+        }
+        guard let replay = found else { return .message(404, "No run \(runID).") }
         guard let token = request.http.query["token"], !token.isEmpty else {
             return .message(401, "This replay link has no token.")
         }
@@ -66,8 +70,8 @@ struct RunRoutes {
                                                      videoURL: runs.links(replay.artifacts).recording, steps: steps)))
     }
 
-    func view(_ run: RunRecord) async -> RunView {
-        let links = await runs.links(run)
+    func view(_ run: RunRecord) async throws(RunError) -> RunView {
+        let links = try await runs.links(run)
         let token = auth.viewerToken(sessionID: run.id,
                                      expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return RunView(

@@ -10,24 +10,26 @@ struct SessionRoutes {
     let runs: Runs
     let auth: Auth
     let config: Config
+    let forwarding: Forwarding?
 
     var routes: [Route] {
         [
             Route("POST", "v1/browser_sessions") { try await create($0) },
-            Route("GET", "v1/browser_sessions") { try await views(sessions.active(organizationID: $0.organizationID)) },
-            Route("GET", "v1/browser_sessions/*") { request in
+            Route("GET", "v1/browser_sessions") { try await list($0) },
+            // An open session's owner answers: what only it knows (its VNC screen, its open run) is live.
+            Route("GET", "v1/browser_sessions/*", owner: .openSession) { request in
                 try await view(sessions.session(id: request.ids[0], organizationID: request.organizationID))
             },
-            Route("POST", "v1/browser_sessions/*/close") { request in
+            Route("POST", "v1/browser_sessions/*/close", owner: .session) { request in
                 try await view(sessions.close(id: request.ids[0], organizationID: request.organizationID))
             },
-            Route("POST", "v1/browser_sessions/*/renew") { request in
+            Route("POST", "v1/browser_sessions/*/renew", owner: .session) { request in
                 let body = try request.body(RenewSession.self)
                 return try await view(sessions.renew(id: request.ids[0], organizationID: request.organizationID,
                                                      timeoutMinutes: body.timeout?.value))
             },
-            Route("POST", "v1/browser_sessions/*/viewer_tokens") { try await mintViewerToken($0) },
-            Route("POST", "v1/browser_sessions/*/vnc") { try await mintVNCPassword($0) },
+            Route("POST", "v1/browser_sessions/*/viewer_tokens", owner: .session) { try await mintViewerToken($0) },
+            Route("POST", "v1/browser_sessions/*/vnc", owner: .session) { try await mintVNCPassword($0) },
         ]
     }
 
@@ -77,14 +79,25 @@ struct SessionRoutes {
         .json(200, encoding: try await sessionViews([record])[0])
     }
 
-    private func views(_ records: [SessionRecord]) async throws -> HTTPResponse {
-        .json(200, encoding: try await sessionViews(records))
+    /// The organization's open sessions, newest first. In a cluster each is as its owner shows it: the others'
+    /// come from their owners (a node asked by another lists only its own).
+    private func list(_ request: RouteRequest) async throws -> HTTPResponse {
+        let records = try await sessions.active(organizationID: request.organizationID)
+        let (here, elsewhere) = records.reduce(into: ([SessionRecord](), [SessionRecord]())) { split, record in
+            if record.nodeID == nil || record.nodeID == forwarding?.cluster.nodeID { split.0.append(record) } else { split.1.append(record) }
+        }
+        guard let forwarding else { return .json(200, encoding: try await sessionViews(here)) }
+        let local = try JSONSerialization.jsonObject(with: APIJSON.encoder().encode(try await sessionViews(here))) as? [Any] ?? []
+        let all = local + (try await forwarding.lists(request.http, owning: elsewhere))
+        return .json(200, all.sorted {
+            (($0 as? [String: Any])?["created_at"] as? String ?? "") > (($1 as? [String: Any])?["created_at"] as? String ?? "")
+        })
     }
 
     /// The sessions as the API shows them, their files and open runs read once for all.
     func sessionViews(_ records: [SessionRecord]) async throws -> [SessionView] {
         let ids = records.map(\.id)
-        let files = await runs.sessionFiles(sessionIDs: ids)
+        let files = try await runs.sessionFiles(sessionIDs: ids)
         let openRuns = await runs.openRunIDs(sessionIDs: ids)
         return records.map { record in
             let runnable = openRuns[record.id]
