@@ -48,9 +48,9 @@ struct Forwarding: Sendable {
         return try await forward(request, to: node, at: url, spool: owner == .artifactFile)
     }
 
-    /// What the other nodes that own some of `sessions` list of them: each node's answer to `request` (a list,
-    /// which a node answers with its own sessions when forwarded), asked concurrently. A node that does not
-    /// answer 200 makes it 503.
+    /// What the other nodes that own some of `sessions` list: each one's answer to `request` (a list, which a
+    /// node answers with its own sessions only when forwarded), asked concurrently. A node that does not answer
+    /// 200 makes it 503.
     func lists(_ request: HTTPRequest, owning sessions: [SessionRecord]) async throws -> [Any] {
         guard sender(of: request) == nil else { return [] }
         let owners = Dictionary(sessions.compactMap { session in session.nodeID.map { ($0, session) } }) { first, _ in first }

@@ -83,12 +83,10 @@ struct SessionRoutes {
     /// come from their owners (a node asked by another lists only its own).
     private func list(_ request: RouteRequest) async throws -> HTTPResponse {
         let records = try await sessions.active(organizationID: request.organizationID)
-        let (here, elsewhere) = records.reduce(into: ([SessionRecord](), [SessionRecord]())) { split, record in
-            if record.nodeID == nil || record.nodeID == forwarding?.cluster.nodeID { split.0.append(record) } else { split.1.append(record) }
-        }
+        let here = records.filter { $0.nodeID == nil || $0.nodeID == forwarding?.cluster.nodeID }
         guard let forwarding else { return .json(200, encoding: try await sessionViews(here)) }
         let local = try JSONSerialization.jsonObject(with: APIJSON.encoder().encode(try await sessionViews(here))) as? [Any] ?? []
-        let all = local + (try await forwarding.lists(request.http, owning: elsewhere))
+        let all = local + (try await forwarding.lists(request.http, owning: records))
         return .json(200, all.sorted {
             (($0 as? [String: Any])?["created_at"] as? String ?? "") > (($1 as? [String: Any])?["created_at"] as? String ?? "")
         })
