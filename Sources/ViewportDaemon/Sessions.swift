@@ -122,6 +122,7 @@ final class Sessions: Sendable {
     /// Store writes run here one after another; they are queued under the state lock, so they land in the order
     /// the changes happened.
     private let writes = DispatchQueue(label: "viewportd.store-writes")
+    static let unavailableRetrySeconds = 120
 
     /// A session that ended; `done` (when its closer waits) is resumed once whoever reads ``endings`` is done with it.
     struct Ending: Sendable {
@@ -520,10 +521,28 @@ final class Sessions: Sendable {
     // MARK: - Store
 
     /// Queues a write of `record`; call under the state lock. Once written, an ended record leaves memory.
+    /// While the database is unavailable (a cluster's PostgreSQL restarting) the write is retried every second for
+    /// up to `unavailableRetrySeconds`, holding the writes behind it so that they still land in order.
     private func save(_ record: SessionRecord) {
         writes.async { [self] in
-            do { try store.update(record) } catch {
-                logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
+            let deadline = Date().addingTimeInterval(Double(Self.unavailableRetrySeconds))
+            var retried = false
+            while true {
+                do {
+                    try store.update(record)
+                } catch StoreFailure.unavailable(let reason) where Date() < deadline {
+                    if !retried {
+                        logger.warning("session not stored yet: the database is unavailable; retrying", metadata: [
+                            "browser_session_id": "\(record.id)", "error": "\(reason)",
+                        ])
+                    }
+                    retried = true
+                    Thread.sleep(forTimeInterval: 1)
+                    continue
+                } catch {
+                    logger.error("cannot store session", metadata: ["browser_session_id": "\(record.id)", "error": "\(error)"])
+                }
+                break
             }
             if !record.status.isActive { state.withLock { _ = $0.ended.removeValue(forKey: record.id) } }
         }
