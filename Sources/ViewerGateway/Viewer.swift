@@ -1,7 +1,7 @@
 public import Logging
 public import ViewportCore
 public import WebSocketIO
-import Foundation
+public import Foundation
 import Synchronization
 
 /// How a viewer wants frames.
@@ -11,6 +11,29 @@ public enum ViewerFormat: String, Sendable {
     /// Text messages shaped like the platform's existing viewer expects, with the JPEG in base64.
     case json
 }
+
+/// What a WebSocket connection to a session's stream serves.
+public enum ViewerKind: Sendable {
+    /// A person's viewer: connected here, to a session open here or relayed from its owner (docs/architecture.md).
+    case viewer
+    /// Another node's one stream of a session open here, which it fans out to its own viewers.
+    case upstream
+    /// Another node's line for the control messages of one of its viewers: no frames, the answers go back.
+    case controlLine
+}
+
+/// The line that takes one relayed viewer's control messages to the node that owns its session, which decides on
+/// them as on its own viewers' (one controller at a time, across nodes). Its refusals come back through the
+/// callback it was opened with.
+public protocol ControlLine: AnyObject {
+    /// Sends a control message (`take-control`, `cede-control`, input) as the viewer sent it.
+    func send(_ message: Data)
+    /// The viewer left: the owner gives control back to the agent if this viewer held it.
+    func close()
+}
+
+/// Opens a relayed viewer's ``ControlLine``; its argument tells the viewer what the owner refused.
+public typealias ControlLineOpener = (_ refused: @escaping (String) -> Void) -> any ControlLine
 
 /// Feeds WebSocket viewers from their sessions' frame hubs.
 ///
@@ -32,6 +55,8 @@ public final class ViewerGateway: @unchecked Sendable {
     private var closingAll = false
     /// The viewer in control of each session (absent: the agent is).
     private var controllers: [String: ObjectIdentifier] = [:]
+    /// Relayed sessions whose owner says a viewer is in control.
+    private var relayedControlled: Set<String> = []
     /// Bytes of replies (pongs, errors, statuses) one viewer may leave unread before it is closed with 1008.
     fileprivate let maxPendingBytes: Int
     private let metrics: StreamMetrics
@@ -44,19 +69,22 @@ public final class ViewerGateway: @unchecked Sendable {
     }
 
     /// Accepts an authenticated viewer of `hub`; call from the upgrade callback. With `control` permission and an
-    /// `input` target, the viewer may take control of the browser.
+    /// `input` target, the viewer may take control of the browser. A viewer of a session another node owns has a
+    /// `controlLine` instead: its control messages go to the owner, and ``setRelayedController(_:of:)`` says who
+    /// controls. `maxViewers` counts the session's viewers of kind ``ViewerKind/viewer`` (the others are nodes').
     public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int, control: Bool = false,
-                       input: (any InputTarget)? = nil, maxViewers: Int = .max) -> WebSocketUpgrade
+                       input: (any InputTarget)? = nil, maxViewers: Int = .max, kind: ViewerKind = .viewer,
+                       controlLine: ControlLineOpener? = nil) -> WebSocketUpgrade
     {
         guard !closingAll else {
             return .reject(.json(503, ["detail": "viewportd is shutting down"]))
         }
-        guard viewers.withLock({ $0.values.count { $0.sessionID == sessionID } }) < maxViewers else {
+        guard kind != .viewer || viewers.withLock({ $0.values.count { $0.sessionID == sessionID && $0.kind == .viewer } }) < maxViewers else {
             metrics.peerLimited(.viewersPerSession)
             return .reject(.json(429, ["detail": "browser session \(sessionID) has \(maxViewers) viewers, the most it may have (config limits.viewers_per_session)"]))
         }
         let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames,
-                            mayControl: control, input: input)
+                            mayControl: control, input: input, kind: kind, openControlLine: controlLine)
         return .accept(viewer, maxMessageBytes: control ? Self.maxControlMessageBytes : Self.maxInboundMessageBytes)
     }
 
@@ -68,20 +96,37 @@ public final class ViewerGateway: @unchecked Sendable {
     }
 
     /// Who controls `sessionID`'s browser.
-    fileprivate func controller(of sessionID: String) -> ViewerEvent.Controller { controllers[sessionID] == nil ? .agent : .viewer }
+    fileprivate func controller(of sessionID: String) -> ViewerEvent.Controller {
+        controllers[sessionID] == nil && !relayedControlled.contains(sessionID) ? .agent : .viewer
+    }
 
     fileprivate func isController(_ viewer: Viewer) -> Bool { controllers[viewer.sessionID] == ObjectIdentifier(viewer) }
 
     /// Gives control to `viewer` (nil: back to the agent) and tells every viewer of the session.
     fileprivate func setController(_ viewer: Viewer?, of sessionID: String) {
         controllers[sessionID] = viewer.map(ObjectIdentifier.init)
-        let controller = controller(of: sessionID)
-        for other in viewers.withLock({ Array($0.values) }) where other.sessionID == sessionID { other.send(.control(controller)) }
-        logger.info("control changed", metadata: ["browser_session_id": "\(sessionID)", "controller": "\(controller.rawValue)"])
+        controlChanged(sessionID)
+        logger.info("control changed", metadata: ["browser_session_id": "\(sessionID)", "controller": "\(controller(of: sessionID).rawValue)"])
     }
 
-    /// Number of connected viewers.
-    public var viewerCount: Int { viewers.withLock { $0.count } }
+    /// Who controls a session relayed from its owner, as the owner says; every viewer of it here is told of a
+    /// change. Call on the service thread.
+    public func setRelayedController(_ controller: ViewerEvent.Controller, of sessionID: String) {
+        guard (controller == .viewer) != relayedControlled.contains(sessionID) else { return }
+        if controller == .viewer { relayedControlled.insert(sessionID) } else { relayedControlled.remove(sessionID) }
+        controlChanged(sessionID)
+    }
+
+    private func controlChanged(_ sessionID: String) {
+        let controller = controller(of: sessionID)
+        for other in viewers.withLock({ Array($0.values) }) where other.sessionID == sessionID { other.send(.control(controller)) }
+    }
+
+    /// Number of connected viewers (of kind ``ViewerKind/viewer``).
+    public var viewerCount: Int { count(.viewer) }
+
+    /// Number of connections of `kind`.
+    public func count(_ kind: ViewerKind) -> Int { viewers.withLock { $0.values.count { $0.kind == kind } } }
 
     /// Queue statistics of every viewer of `sessionID`.
     public func viewerStats(sessionID: String) -> [FrameSubscription.Stats] {
@@ -96,12 +141,13 @@ public final class ViewerGateway: @unchecked Sendable {
             self.closingAll = true
             for viewer in self.viewers.withLock({ Array($0.values) }) { viewer.goAway() }
         }
-        while viewerCount > 0, Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
+        while viewers.withLock({ !$0.isEmpty }), Date() < deadline { try? await Task.sleep(for: .milliseconds(20)) }
     }
 
     fileprivate func opened(_ viewer: Viewer) {
         viewers.withLock { $0[ObjectIdentifier(viewer)] = viewer }
-        logger.debug("viewer joined", metadata: ["browser_session_id": "\(viewer.sessionID)", "format": "\(viewer.format.rawValue)"])
+        logger.debug("viewer joined", metadata: ["browser_session_id": "\(viewer.sessionID)", "format": "\(viewer.format.rawValue)",
+                                                 "kind": "\(viewer.kind)"])
     }
 
     fileprivate func closed(_ viewer: Viewer, code: UInt16?, stats: FrameSubscription.Stats?) {
@@ -138,6 +184,9 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     let queueFrames: Int
     let mayControl: Bool
     let input: (any InputTarget)?
+    let kind: ViewerKind
+    private let openControlLine: ControlLineOpener?
+    private var controlLine: (any ControlLine)?
     private var subscription: FrameSubscription? {
         didSet { subscriptionForStats.withLock { $0 = subscription } }
     }
@@ -154,7 +203,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     private var closeAfterControl: (code: UInt16, reason: String)?
 
     init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int,
-         mayControl: Bool, input: (any InputTarget)?)
+         mayControl: Bool, input: (any InputTarget)?, kind: ViewerKind, openControlLine: ControlLineOpener?)
     {
         self.gateway = gateway
         self.sessionID = sessionID
@@ -163,6 +212,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         self.queueFrames = queueFrames
         self.mayControl = mayControl
         self.input = input
+        self.kind = kind
+        self.openControlLine = openControlLine
     }
 
     /// Says the daemon is going away, then closes with 1001 once that message is out.
@@ -177,6 +228,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         let latest = hub.latest
         send(.hello(sessionID: sessionID, width: latest?.width ?? 0, height: latest?.height ?? 0, controlPermitted: mayControl))
         send(.control(gateway.controller(of: sessionID)))
+        guard kind != .controlLine else { return }
         subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
     }
 
@@ -184,6 +236,12 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         guard !overBudget else { return }
         guard !message.isBinary, let request = try? ViewerRequest.decode(message.data) else {
             return refuse(ViewerRequest.malformed)
+        }
+        if request.isControl, let openControlLine {
+            guard mayControl else { return refuse("this viewer has no control permission") }
+            let line = controlLine ?? openControlLine { [weak self] in self?.refuse($0) }
+            controlLine = line
+            return line.send(message.data)
         }
         switch request {
         case .ping(let t):
@@ -249,6 +307,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         let stats = subscription?.stats
         subscription?.cancel()
         subscription = nil
+        controlLine?.close()
         gateway.closed(self, code: code, stats: stats)
     }
 

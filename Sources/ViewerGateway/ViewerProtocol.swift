@@ -16,6 +16,14 @@ public enum ViewerRequest: Decodable, Sendable, Equatable {
     /// Any other `type`.
     case unknown(type: String)
 
+    /// True for the messages that drive the browser or ask to: `take-control`, `cede-control` and input.
+    public var isControl: Bool {
+        switch self {
+        case .takeControl, .cedeControl, .input: true
+        case .ping, .unknown: false
+        }
+    }
+
     /// Answer to a message that is not a JSON object with a string `type`.
     public static let malformed = "expected a JSON text message with a \"type\""
 

@@ -55,16 +55,19 @@ public final class FrameHub: Sendable {
     }
 
     /// Publishes a captured JPEG, with its uncompressed RGBX `pixels` when the source has them. The capture time
-    /// is raised to the previous frame's if it went backwards. Returns the frame, or nil once the stream has ended.
+    /// is raised to the previous frame's if it went backwards. The frame's sequence number is the previous one + 1,
+    /// or `sequence` when that is higher (a relay keeps the numbers of the hub it relays). Returns the frame, or
+    /// nil once the stream has ended.
     @discardableResult
     public func publish(jpeg: FrameBytes, width: Int, height: Int, captureTime: UInt64, url: String?,
-                        pixels: FrameBytes? = nil) -> Frame? {
+                        pixels: FrameBytes? = nil, sequence: UInt64? = nil) -> Frame? {
         let result: (Frame, [FrameSubscription], UInt64?)? = state.withLock { s in
             guard !s.status.isFinal else { return nil }
             let time = max(captureTime, s.lastCaptureTime)
-            let frame = Frame(sequence: s.nextSequence, captureTime: time, width: width, height: height, url: url,
+            let number = max(sequence ?? 0, s.nextSequence)
+            let frame = Frame(sequence: number, captureTime: time, width: width, height: height, url: url,
                               jpeg: jpeg, pixels: pixels)
-            s.nextSequence += 1
+            s.nextSequence = number + 1
             s.lastCaptureTime = time
             s.latest = frame
             defer { s.inputSentAt = nil }

@@ -31,6 +31,8 @@ public final class Daemon: Sendable {
     let uploads: Uploads?
     /// This node of a cluster (`cluster.database_url`); nil on a single host.
     let cluster: Cluster?
+    /// Viewers of sessions other nodes own (with `cluster`).
+    let relay: ViewerRelay?
     /// The config as loaded (before defaults filled in), to tell what a reload changed.
     private let loadedConfig: Config
     private let reloadConfig: (@Sendable () throws -> Config)?
@@ -98,22 +100,40 @@ public final class Daemon: Sendable {
         let gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                     metrics: metrics.stream)
         self.gateway = gateway
-        cluster = (store as? PostgresStore).map { store in
+        let relayCounts = RelayCounts()
+        let cluster = (store as? PostgresStore).map { store in
             Cluster(store: store, config: config, runs: runs, logger: logger) {
-                NodeLoad(viewers: gateway.viewerCount)
+                NodeLoad(viewers: gateway.viewerCount, relayedViewers: relayCounts.relayedViewers.load(ordering: .relaxed),
+                         upstreamStreams: relayCounts.upstreamStreams.load(ordering: .relaxed))
             }
         }
+        self.cluster = cluster
+        if let cluster {
+            relay = ViewerRelay(cluster: cluster, gateway: gateway, auth: auth, config: config, loop: loop,
+                                counts: relayCounts, metrics: metrics.stream, logger: logger)
+        } else {
+            relay = nil
+        }
+    }
+
+    /// The viewers and streams this node serves, for `/metrics`.
+    var viewerCounts: DaemonMetrics.ViewerCounts {
+        DaemonMetrics.ViewerCounts(
+            viewers: gateway.viewerCount, relayedViewers: relay?.counts.relayedViewers.load(ordering: .relaxed) ?? 0,
+            upstreamStreams: relay?.counts.upstreamStreams.load(ordering: .relaxed) ?? 0,
+            upstreamStreamsServed: gateway.count(.upstream))
     }
 
     /// Runs until a graceful shutdown: SIGTERM or SIGINT (when in `signals`) or ``shutdown()``.
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws {
-        let viewers = ViewerRoutes(sessions: sessions, gateway: gateway, auth: auth, config: config, loop: loop,
-                                   logger: logger)
         let forwarding = cluster.map { cluster in
             Forwarding(cluster: cluster, credential: NodeCredential(secret: config.cluster.secret ?? ""), loop: loop,
                        spoolDirectory: config.stateDir)
         }
-        let routes = OperatorRoutes(sessions: sessions, gateway: gateway, metrics: metrics, cluster: cluster).routes
+        let viewers = ViewerRoutes(sessions: sessions, gateway: gateway, relay: relay, forwarding: forwarding, auth: auth,
+                                   config: config, loop: loop, logger: logger)
+        let routes = OperatorRoutes(sessions: sessions, viewerCounts: { [self] in viewerCounts }, metrics: metrics,
+                                    cluster: cluster).routes
             + SessionRoutes(sessions: sessions, runs: runs, auth: auth, config: config, forwarding: forwarding).routes
             + RunRoutes(runs: runs, auth: auth, config: config).routes
             + ArtifactRoutes(runs: runs, files: files, auth: auth).routes
@@ -130,7 +150,7 @@ public final class Daemon: Sendable {
         services += [
             RetentionService(retention: retention, interval: .seconds(config.retention.sweepIntervalSeconds)),
             SessionService(sessions: sessions, runs: runs),
-            ViewerService(gateway: gateway),
+            ViewerService(gateway: gateway, relay: relay),
         ]
         if reloadConfig != nil { services.append(ReloadService(daemon: self)) }
         services.append(SystemdService(loop: loop, logger: logger))
@@ -273,12 +293,15 @@ private struct ReloadService: Service {
     }
 }
 
-/// Tells viewers the daemon is going away (close 1001) before anything else stops.
+/// Tells viewers the daemon is going away (close 1001) before anything else stops, then closes the streams
+/// relayed from other nodes.
 private struct ViewerService: Service {
     let gateway: ViewerGateway
+    let relay: ViewerRelay?
 
     func run() async throws {
         try? await gracefulShutdown()
         await gateway.closeAll()
+        relay?.stop()
     }
 }

@@ -41,14 +41,32 @@ final class DaemonMetrics: Sendable {
     /// A request or viewer was refused for a missing, unknown, expired or tampered credential.
     func authFailed(_ kind: AuthFailure) { authFailures[kind]?.increment() }
 
+    /// The viewers and streams a node serves.
+    struct ViewerCounts: Sendable {
+        /// WebSocket viewers connected here, relayed ones included.
+        var viewers: Int
+        /// Viewers here of sessions another node owns.
+        var relayedViewers: Int
+        /// Streams this node holds from sessions' owners (one per session owned elsewhere that is watched here).
+        var upstreamStreams: Int
+        /// Streams other nodes hold from this node's sessions.
+        var upstreamStreamsServed: Int
+    }
+
     /// The Prometheus text exposition, with the state gauges read now.
-    func exposition(sessions: [SessionStatus: Int], viewers: Int) -> [UInt8] {
+    func exposition(sessions: [SessionStatus: Int], viewers: ViewerCounts) -> [UInt8] {
         for status in SessionStatus.allCases {
             registry.makeGauge(name: "viewportd_sessions", labels: [("status", status.rawValue)],
                                help: "Browser sessions by status")
                 .set(Double(sessions[status] ?? 0))
         }
-        registry.makeGauge(name: "viewportd_viewers", help: "Connected WebSocket viewers").set(Double(viewers))
+        registry.makeGauge(name: "viewportd_viewers", help: "Connected WebSocket viewers").set(Double(viewers.viewers))
+        registry.makeGauge(name: "viewportd_relayed_viewers", help: "Viewers of sessions another node owns")
+            .set(Double(viewers.relayedViewers))
+        registry.makeGauge(name: "viewportd_upstream_streams", help: "Streams held from the nodes owning sessions watched here")
+            .set(Double(viewers.upstreamStreams))
+        registry.makeGauge(name: "viewportd_upstream_streams_served", help: "Streams of this node's sessions held by other nodes")
+            .set(Double(viewers.upstreamStreamsServed))
         return registry.emitToBuffer()
     }
 }

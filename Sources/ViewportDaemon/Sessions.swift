@@ -90,8 +90,7 @@ final class Sessions: Sendable {
 
         mutating func remember(_ record: SessionRecord) {
             guard recentlyEnded[record.id] == nil else { return }
-            recentlyEnded[record.id] = (record.organizationID,
-                                        record.status == .failed ? .failed(reason: record.failureReason ?? "failed") : .closed)
+            recentlyEnded[record.id] = (record.organizationID, record.streamEnd)
             recentlyEndedOrder.append(record.id)
             if recentlyEndedOrder.count > Sessions.maxRememberedEnded {
                 recentlyEnded[recentlyEndedOrder.removeFirst()] = nil

@@ -3,16 +3,17 @@ public import Foundation
 import Synchronization
 
 extension EventLoop {
-    /// Opens a WebSocket to a `ws://` URL (connecting to `address` instead of the URL's host when given). The
-    /// delegate hears `webSocketDidOpen` or, if the connection fails or the handshake takes longer than
-    /// `handshakeTimeout` seconds, `webSocketDidClose` with a nil code.
-    public func connectWebSocket(to url: String, connectingTo address: String? = nil, delegate: any WebSocketDelegate,
+    /// Opens a WebSocket to a `ws://` URL (connecting to `address` instead of the URL's host when given), sending
+    /// `headers` with the upgrade request. The delegate hears `webSocketDidOpen` or, if the connection fails or the
+    /// handshake takes longer than `handshakeTimeout` seconds, `webSocketDidClose` with a nil code.
+    public func connectWebSocket(to url: String, connectingTo address: String? = nil,
+                                 headers: [(name: String, value: String)] = [], delegate: any WebSocketDelegate,
                                  maxMessageBytes: Int, handshakeTimeout: Double = 10) throws -> WebSocket
     {
         var endpoint = try Endpoint(url)
         endpoint.connectAddress = address
         let socket = WebSocket(loop: self, delegate: delegate, maxMessageBytes: maxMessageBytes, request: nil)
-        connect(WebSocketClientConnection(loop: self, socket: socket, endpoint: endpoint,
+        connect(WebSocketClientConnection(loop: self, socket: socket, endpoint: endpoint, headers: headers,
                                           handshakeTimeout: handshakeTimeout), to: endpoint, method: "RAW")
         return socket
     }
@@ -73,15 +74,18 @@ public struct HTTPClientResponse: Sendable {
 final class WebSocketClientConnection: Connection, @unchecked Sendable {
     private let socket: WebSocket
     private let endpoint: Endpoint
+    private let headers: [(name: String, value: String)]
     private let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
     private var handshakeSent = false
     private var response: [UInt8]?  // the handshake response until it is complete
     private var framing: ClientFraming
     private let handshakeTimeout: Double
 
-    init(loop: EventLoop, socket: WebSocket, endpoint: Endpoint, handshakeTimeout: Double) {
+    init(loop: EventLoop, socket: WebSocket, endpoint: Endpoint, headers: [(name: String, value: String)],
+         handshakeTimeout: Double) {
         self.socket = socket
         self.endpoint = endpoint
+        self.headers = headers
         self.handshakeTimeout = handshakeTimeout
         framing = ClientFraming(maxMessageBytes: socket.maxMessageBytes)
         super.init(loop: loop, wsi: nil)
@@ -103,7 +107,7 @@ final class WebSocketClientConnection: Connection, @unchecked Sendable {
                 handshakeSent = true
                 let request = "GET \(endpoint.path) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUpgrade: websocket\r\n"
                     + "Connection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n"
-                    + "User-Agent: viewportd\r\n\r\n"
+                    + "User-Agent: viewportd\r\n" + headers.map { "\($0.name): \($0.value)\r\n" }.joined() + "\r\n"
                 return socket.writeRaw(wsi, Array(request.utf8)) ? 0 : -1
             }
             return socket.isOpen ? socket.writable(wsi) : 0

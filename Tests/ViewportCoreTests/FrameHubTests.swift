@@ -34,6 +34,16 @@ struct FrameHubTests {
         #expect(subscription.stats == .init(delivered: 2, dropped: 3, queued: 0))
     }
 
+    @Test func aRelayKeepsItsOriginsNumbersAndStillOnlyCountsUp() {
+        let hub = FrameHub()
+        let numbers = [40, 41, 45, 3, 46].compactMap { origin in
+            hub.publish(jpeg: FrameBytes(copying: tinyJPEG), width: 48, height: 16, captureTime: 1, url: nil,
+                        sequence: UInt64(origin))?.sequence
+        }
+        // 3: the origin restarted its numbering; the relay's viewers still see numbers go up.
+        #expect(numbers == [40, 41, 45, 46, 47])
+    }
+
     @Test func aConsumerThatNeverReadsBlocksNeitherTheSourceNorOtherConsumers() async {
         let hub = FrameHub()
         let stalled = hub.subscribe(kind: .viewer, capacity: 2) {}

@@ -1,13 +1,12 @@
 import Foundation
 import PostgresStore
-import ViewerGateway
 import WebSocketIO
 
 /// What operators and their tools read, without credentials: liveness, readiness, metrics, the cluster's nodes
 /// and this API's OpenAPI document.
 struct OperatorRoutes {
     let sessions: Sessions
-    let gateway: ViewerGateway
+    let viewerCounts: @Sendable () -> DaemonMetrics.ViewerCounts
     let metrics: DaemonMetrics
     let cluster: Cluster?
 
@@ -18,7 +17,7 @@ struct OperatorRoutes {
             Route("GET", "metrics", .open) { _ in
                 HTTPResponse(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", headers: [],
                              body: Data(metrics.exposition(sessions: await sessions.statusCounts(),
-                                                           viewers: gateway.viewerCount)))
+                                                           viewers: viewerCounts())))
             },
             Route("GET", "v1/openapi.yaml", .open) { _ in Self.openAPIDocument },
             Route("GET", "v1/cluster/nodes", .open) { _ in try await nodes() },

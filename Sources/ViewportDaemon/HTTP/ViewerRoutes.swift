@@ -6,10 +6,13 @@ import ViewportCore
 import WebSocketIO
 
 /// Viewers: the watch page, the viewer WebSocket (`/stream/browser/{id}`) and noVNC's RFB over WebSocket
-/// (`/stream/vnc/browser/{id}`). Upgrades are decided on the service thread, from memory only.
+/// (`/stream/vnc/browser/{id}`). Upgrades are decided on the service thread, from memory only. In a cluster, those
+/// of sessions open on another node go to the relay.
 struct ViewerRoutes {
     let sessions: Sessions
     let gateway: ViewerGateway
+    let relay: ViewerRelay?
+    let forwarding: Forwarding?
     let auth: Auth
     let config: Config
     let loop: EventLoop
@@ -42,6 +45,18 @@ struct ViewerRoutes {
         guard let format = ViewerFormat(rawValue: request.query["format"] ?? "binary") else {
             throw HTTPFailure(status: 400, detail: "format must be binary or json")
         }
+        // Another node's connection carries its credential; `relay` says what the owner serves it.
+        let node = forwarding?.sender(of: request)
+        let kind: ViewerKind
+        switch request.query["relay"] {
+        case nil: kind = .viewer
+        case "stream": kind = .upstream
+        case "control": kind = .controlLine
+        default: throw HTTPFailure(status: 400, detail: "relay must be stream or control")
+        }
+        guard kind == .viewer || node != nil else {
+            throw HTTPFailure(status: 401, detail: "relay connections need a valid node credential")
+        }
         var organization: String?
         let control: Bool
         if let key = request.headers["x-api-key"], !key.isEmpty {
@@ -65,8 +80,12 @@ struct ViewerRoutes {
         case .found(let owner, let hub) where organization == nil || organization == owner:
             return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewer.queueFrames,
                                   control: control, input: sessions.inputTarget(id: id),
-                                  maxViewers: config.limits.viewersPerSession)
-        case .found, .notFound:
+                                  maxViewers: config.limits.viewersPerSession, kind: kind)
+        case .notFound:
+            // A node's connection is never relayed on: two nodes that disagreed about an owner would loop.
+            guard let relay, node == nil else { throw HTTPFailure(status: 404, detail: "browser session \(id) not found") }
+            return relay.accept(sessionID: id, rfb: rfb, format: format, control: control, organizationID: organization)
+        case .found:
             throw HTTPFailure(status: 404, detail: "browser session \(id) not found")
         }
     }

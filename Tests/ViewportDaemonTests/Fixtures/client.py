@@ -105,6 +105,49 @@ async def cdp(args):
                 return
 
 
+async def rfb(args):
+    """noVNC's side of RFB over the WebSocket: the handshake (security None), then the colour of one pixel."""
+    async with connect(args.url, additional_headers=headers_of(args), subprotocols=["binary"], max_size=None,
+                       open_timeout=10) as ws:
+        buffer = bytearray()
+
+        async def read(count):
+            while len(buffer) < count:
+                buffer.extend(await asyncio.wait_for(ws.recv(), 10))
+            data = bytes(buffer[:count])
+            del buffer[:count]
+            return data
+
+        version = await read(12)
+        await ws.send(b"RFB 003.008\n")
+        types = await read((await read(1))[0])
+        await ws.send(b"\x01")
+        result = struct.unpack(">I", await read(4))[0]
+        await ws.send(b"\x01")  # ClientInit, shared
+        width, height = struct.unpack(">HH", await read(4))
+        await read(16)
+        name = (await read(struct.unpack(">I", await read(4))[0])).decode()
+        # 32 bits per pixel, depth 24, little-endian true colour, R at bit 16, G at 8, B at 0; Raw encoding only.
+        await ws.send(struct.pack(">B3xBBBBHHHBBB3x", 0, 32, 24, 0, 1, 255, 255, 255, 16, 8, 0))
+        await ws.send(struct.pack(">BxHi", 2, 1, 0))
+        await ws.send(struct.pack(">BBHHHH", 3, 0, args.x, args.y, 1, 1))
+        while True:
+            kind = (await read(1))[0]
+            if kind != 0:
+                continue  # Bell (2) and the like carry no more bytes in this exchange
+            await read(1)
+            rects = struct.unpack(">H", await read(2))[0]
+            for _ in range(rects):
+                x, y, w, h, encoding = struct.unpack(">HHHHi", await read(12))
+                pixels = await read(w * h * 4) if encoding == 0 else b""
+                if encoding == 0 and w * h > 0:
+                    value = struct.unpack("<I", pixels[:4])[0]
+                    print(json.dumps({"version": version.decode().strip(), "security_types": list(types),
+                                      "security_result": result, "width": width, "height": height, "name": name,
+                                      "pixel": [(value >> 16) & 255, (value >> 8) & 255, value & 255]}))
+                    return
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,11 +168,18 @@ def main():
     c.add_argument("method")
     c.add_argument("params", nargs="?", default="{}")
     c.add_argument("--page")
+    r = sub.add_parser("rfb")
+    r.add_argument("url")
+    r.add_argument("--header", action="append")
+    r.add_argument("--x", type=int, default=0)
+    r.add_argument("--y", type=int, default=0)
     args = parser.parse_args()
     if args.command == "watch":
         asyncio.run(watch(args))
     elif args.command == "stall":
         stall(args)
+    elif args.command == "rfb":
+        asyncio.run(rfb(args))
     else:
         asyncio.run(cdp(args))
 

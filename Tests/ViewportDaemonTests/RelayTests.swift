@@ -1,0 +1,184 @@
+import Foundation
+import Testing
+@testable import ViewportDaemon
+
+/// Three nodes in this process on one PostgreSQL database (the same secret, distinct node ids) and a live session of
+/// a real Chromium attached on the first, `a`; `b` and `c` serve its viewers from `a`.
+private func withCluster(page: String = "anim.html", leaseSeconds: Int = 15,
+                         _ body: (_ a: TestDaemon, _ b: TestDaemon, _ c: TestDaemon, Chromium, _ sessionID: String) async throws -> Void)
+    async throws
+{
+    try await PostgresServer.with { server in
+        let url = try server.createDatabase()
+        let browser = try await Chromium.launch(url: Fixtures.url(page))
+        defer { browser.terminate() }
+        var nodes: [TestDaemon] = []
+        do {
+            for name in ["a", "b", "c"] {
+                nodes.append(try await TestDaemon.start {
+                    $0.cluster.databaseURL = url
+                    $0.cluster.nodeID = name
+                    $0.cluster.secret = String(repeating: "s", count: 32)
+                    $0.cluster.leaseSeconds = leaseSeconds
+                })
+            }
+            try await body(nodes[0], nodes[1], nodes[2], browser, try await nodes[0].createSession(browser))
+        } catch {
+            for node in nodes.reversed() { await node.stop() }
+            throw error
+        }
+        // The owner last: the others' streams from it end with their viewers, not with it.
+        for node in nodes.reversed() { await node.stop() }
+    }
+}
+
+/// A gauge of `/metrics`.
+private func metric(_ node: TestDaemon, _ name: String) async throws -> Double? {
+    let (status, body) = try await httpRaw("GET", node.base + "/metrics")
+    try #require(status == 200)
+    return prometheusSamples(String(decoding: body, as: UTF8.self), name)[""]
+}
+
+private func increasing(_ sequences: [UInt64]) -> Bool { zip(sequences, sequences.dropFirst()).allSatisfy { $0 < $1 } }
+
+private func texts(_ viewer: ViewerResult, _ type: String) -> [JSON] { viewer.texts.filter { $0["type"].string == type } }
+
+@Suite("Viewers relayed from any cluster node", .serialized)
+struct RelayTests {
+    @Test func twentyViewersOnEachOfTwoOtherNodesAreServedByOneUpstreamStreamPerNode() async throws {
+        try await withCluster { a, b, c, _, id in
+            async let onBBinary = Client.watch(b.streamURL(id), key: keyA, viewers: 10, seconds: 6)
+            async let onBJSON = Client.watch(b.streamURL(id, query: "format=json"), key: keyA, viewers: 10, seconds: 6)
+            // c's stream starts once a's session has been streaming for a while.
+            try await Task.sleep(for: .seconds(2))
+            async let onCBinary = Client.watch(c.streamURL(id), key: keyA, viewers: 10, seconds: 12)
+            async let onCJSON = Client.watch(c.streamURL(id, query: "format=json"), key: keyA, viewers: 10, seconds: 12)
+            try await eventually("40 viewers relayed") {
+                b.daemon.viewerCounts.relayedViewers == 20 && c.daemon.viewerCounts.relayedViewers == 20
+            }
+            #expect(try await metric(a, "viewportd_upstream_streams_served") == 2, "one stream per edge node")
+            #expect(try await metric(a, "viewportd_viewers") == 0, "the edge nodes' streams are not viewers of a")
+            #expect(try await metric(b, "viewportd_upstream_streams") == 1)
+            #expect(try await metric(b, "viewportd_relayed_viewers") == 20)
+            #expect(try await metric(b, "viewportd_viewers") == 20)
+
+            let onB = try await onBBinary + onBJSON
+            // b's viewers left: its stream closes after the linger, c's stays.
+            try await eventually("b's upstream stream closed") { a.daemon.viewerCounts.upstreamStreamsServed == 1 }
+            #expect(b.daemon.viewerCounts.upstreamStreams == 0 && c.daemon.viewerCounts.upstreamStreams == 1)
+            let onC = try await onCBinary + onCJSON
+
+            func sequences(_ viewer: ViewerResult) -> [UInt64] {
+                viewer.sequences.isEmpty ? viewer.jsonFrames.compactMap { $0["sequence"].int.map(UInt64.init) } : viewer.sequences
+            }
+            for viewer in onB + onC {
+                #expect(viewer.handshakeStatus == 101)
+                #expect(viewer.hello?["browser_session_id"].string == id)
+                #expect(sequences(viewer).count >= 20, "an animated page gives tens of frames a second: \(sequences(viewer).count)")
+                #expect(increasing(sequences(viewer)))
+            }
+            #expect(onB.filter { !$0.jsonFrames.isEmpty }.count == 10 && onC.filter { !$0.jsonFrames.isEmpty }.count == 10)
+            #expect(onB.first?.pages.first?.hasSuffix("anim.html") == true, "the page URL is announced through the relay")
+            // The owner's numbering, kept by the edge nodes: c's fresh stream goes on from where b's viewers were.
+            let (firstOnB, firstOnC) = (try #require(onB.first.flatMap { sequences($0).first }), try #require(onC.first.flatMap { sequences($0).first }))
+            #expect(firstOnC > firstOnB + 10, "c's first frame is numbered by a: \(firstOnB), \(firstOnC)")
+            try await eventually("c's upstream stream closed") {
+                a.daemon.viewerCounts.upstreamStreamsServed == 0 && c.daemon.viewerCounts.upstreamStreams == 0
+            }
+
+            let unknown = try #require(try await Client.watch(b.streamURL("pbs_404"), key: keyA, seconds: 5).first)
+            #expect(unknown.closeCode == 4404 && unknown.closeReason == "browser session pbs_404 not found", "\(unknown)")
+            let otherOrganization = try #require(try await Client.watch(b.streamURL(id), key: keyB, seconds: 5).first)
+            #expect(otherOrganization.closeCode == 4404 && otherOrganization.hello == nil)
+        }
+    }
+
+    @Test func aViewerThroughOneNodeTakesControlAndClicksInTheOwnersBrowserWhileViewersElsewhereSeeIt() async throws {
+        try await withCluster(page: "vnc.html") { a, b, c, browser, id in
+            let click = [
+                #"{"type":"mouse","event":"mousePressed","x":200,"y":440,"button":"left","click_count":1}"#,
+                #"{"type":"mouse","event":"mouseReleased","x":200,"y":440,"button":"left","click_count":1}"#,
+            ]
+            async let watched = Client.watch(c.streamURL(id), key: keyA, seconds: 9)
+            try await Task.sleep(for: .seconds(1.5))
+            async let drove = Client.watch(b.streamURL(id), key: keyA, seconds: 4, send: [#"{"type":"take-control"}"#] + click)
+            try await eventually("b's viewer is in control") { a.daemon.gateway.count(.controlLine) == 1 }
+            try await Task.sleep(for: .seconds(1))
+            let contender = try #require(try await Client.watch(c.streamURL(id), key: keyA, seconds: 1,
+                                                                send: [#"{"type":"take-control"}"#] + click).first)
+            let driver = try #require(try await drove.first)
+            let watcher = try #require(try await watched.first)
+
+            #expect(texts(driver, "error").isEmpty, "\(texts(driver, "error"))")
+            #expect(texts(driver, "control").map { $0["controller"].string } == ["agent", "viewer"])
+            #expect(texts(contender, "control").map { $0["controller"].string } == ["viewer"])
+            #expect(texts(contender, "error").map { $0["message"].string } == ["another viewer is in control", "take control first", "take control first"],
+                    "one controller at a time, across nodes")
+            #expect(texts(watcher, "control").map { $0["controller"].string } == ["agent", "viewer", "agent"],
+                    "a viewer through another node sees a viewer take control, and control return when it leaves")
+            let clicks = try await Client.cdp(browser, "Runtime.evaluate", ["expression": "window.clicks", "returnByValue": true],
+                                              page: "vnc.html")["result"]["value"]
+            #expect(clicks.int == 1, "the one click of the controller reached a's browser")
+            try await eventually("the control lines closed") { a.daemon.gateway.count(.controlLine) == 0 }
+        }
+    }
+
+    @Test func noVNCThroughAnotherNodeReachesTheOwnersScreen() async throws {
+        try await withCluster(page: "vnc.html") { _, b, _, _, id in
+            let url = b.streamURL(id).replacingOccurrences(of: "/stream/browser/", with: "/stream/vnc/browser/")
+            var probe = JSON.null
+            try await eventually("the red block through b", timeout: 20) {
+                let output = try? await Client.run(["rfb", url, "--header", "x-api-key:\(keyA)", "--x", "160", "--y", "100"])
+                probe = output.flatMap { try? JSONDecoder().decode(JSON.self, from: $0) } ?? .null
+                return probe["pixel"].array.compactMap(\.int).elementsEqual([255, 0, 0]) { abs($0 - $1) <= 24 }
+            }
+            #expect(probe["security_types"].array == [.number(1)], "authenticated by b's credential check: None")
+            #expect(probe["width"].int == 1280 && (probe["height"].int ?? 0) > 0, "a's screen, the page's size: \(probe)")
+            let anonymous = try #require(try await Client.watch(url, seconds: 1).first)
+            #expect(anonymous.handshakeStatus == 401)
+        }
+    }
+
+    @Test func viewersThroughAnotherNodeStayWhileTheOwnerRestartsAndWatchOnAfterwards() async throws {
+        try await withCluster { a, b, _, _, id in
+            let watching = Task { try await Client.watch(b.streamURL(id), key: keyA, viewers: 2, seconds: 16) }
+            try await eventually("relayed") { b.daemon.viewerCounts.relayedViewers == 2 }
+            try await Task.sleep(for: .seconds(1))
+            await a.stop()
+            try await withDaemon(stateDir: a.stateDir, { $0.cluster = a.daemon.config.cluster }) { restarted in
+                let started = Date()
+                try await eventually("the stream from the restarted owner", timeout: 12) {
+                    restarted.daemon.viewerCounts.upstreamStreamsServed == 1
+                }
+                let reconnected = Date().timeIntervalSince(started)
+                let late = try #require(try await Client.watch(b.streamURL(id), key: keyA, seconds: 2).first)
+                #expect(late.frames >= 10, "frames flow again: \(late.frames)")
+                for viewer in try await watching.value {
+                    #expect((viewer.closedAfter ?? 0) >= 15, "stayed connected (\(viewer.closeCode ?? 0) \(viewer.closeReason ?? ""))")
+                    #expect(viewer.statuses == ["reconnecting", "running"], "reconnected after \(reconnected) s")
+                    #expect(increasing(viewer.sequences), "numbers go on up though the owner's start again")
+                }
+            }
+        }
+    }
+
+    @Test func viewersThroughAnotherNodeAreToldWhenTheOwnerIsGone() async throws {
+        try await withCluster(leaseSeconds: 3) { a, b, _, _, id in
+            async let watching = Client.watch(b.streamURL(id), key: keyA, viewers: 2, seconds: 25)
+            try await eventually("relayed") { b.daemon.viewerCounts.relayedViewers == 2 }
+            try await Task.sleep(for: .seconds(1))
+            await a.stop()
+            for viewer in try await watching {
+                #expect(viewer.frames > 0)
+                #expect(viewer.statuses.first == "reconnecting", "told at once: \(viewer.statuses)")
+                // Closed clearly once a's lease expired: 4503 naming the owner, or, once another node took its
+                // sessions over, the session's failure.
+                let failed = viewer.closeCode == 1000 && viewer.statuses.last == "failed"
+                    && texts(viewer, "status").last?["reason"].string?.contains("was lost") == true
+                #expect(viewer.closeCode == 4503 && viewer.closeReason?.contains("node a") == true || failed, "\(viewer)")
+                #expect((viewer.closedAfter ?? 99) < 20, "within the lease and a few seconds")
+            }
+            #expect(b.daemon.viewerCounts.upstreamStreams == 0)
+        }
+    }
+}
