@@ -60,25 +60,35 @@ struct ClusterBench: AsyncParsableCommand {
                   + pad(String(format: "%6.1f %%", 100 * edgeUsed / seconds), 11)
                   + pad(String(format: "%11.3f %%", 100 * edgeUsed / seconds / Double(count)), 18)
                   + pad("\(ms(n.latency(0.5)))/\(ms(n.latency(0.99))) ms", 25)
-                  + pad("\(ms(f.latency(0.5)))/\(ms(f.latency(0.99))) ms", 13)
+                  + pad("\(ms(f.latency(0.5)))/\(ms(f.latency(0.99))) ms", 17)
                   + "\(f.viewersWithoutGaps) of \(count)")
             near.close()
             far.close()
             try await Task.sleep(for: .seconds(2))
         }
         print("""
-          origin bytes out: everything the origin process wrote (its viewer streams; the database's share is small)
+          origin bytes out: bytes acknowledged on the connections to the origin's port (the edge's stream, the direct viewer)
           targets: origin CPU and bytes flat in N (one upstream stream per session per edge)
         """)
     }
 }
 
 extension DaemonProcess {
-    /// Bytes the process has written (sockets and files), from /proc/PID/io.
+    /// Bytes the kernel has sent (acknowledged) on the TCP connections accepted on the daemon's port: its viewer
+    /// streams, from `ss -ti`.
     func bytesWritten() -> Int {
-        let text = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/io", encoding: .utf8)) ?? ""
-        let line = text.split(separator: "\n").first { $0.hasPrefix("wchar:") }
-        return line.flatMap { Int($0.dropFirst(6).trimmingCharacters(in: .whitespaces)) } ?? 0
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/ss")
+        process.arguments = ["-tinH", "state", "established", "( sport = :\(port) )"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return 0 }
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return output.split(whereSeparator: \.isWhitespace).reduce(0) { sum, field in
+            field.hasPrefix("bytes_acked:") ? sum + (Int(field.dropFirst(12)) ?? 0) : sum
+        }
     }
 }
 
@@ -117,17 +127,21 @@ struct BenchPostgres {
         try Self.run("/usr/sbin/runuser", ["-u", "postgres", "--", executable] + arguments)
     }
 
+    /// Runs a command to its end with /dev/null for its output, through posix_spawn and waitpid: Foundation's
+    /// Process never sees pg_ctl end once it has left the server running.
     private static func run(_ executable: String, _ arguments: [String]) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        // pg_ctl leaves the server running with these inherited: /dev/null never holds the bench up.
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw BenchError("\(executable) \(arguments.joined(separator: " ")) exited with \(process.terminationStatus)")
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for fd in Int32(0)...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+        var argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t(0)
+        guard posix_spawn(&pid, executable, &actions, nil, &argv, environ) == 0 else { throw BenchError("cannot run \(executable)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard status == 0 else {
+            throw BenchError("\(executable) \(arguments.joined(separator: " ")) exited with status \(status)")
         }
     }
 }
