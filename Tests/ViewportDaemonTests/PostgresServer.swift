@@ -51,10 +51,11 @@ final class PostgresServer: Sendable {
 
     func url(database: String) -> String { "postgres://postgres@\(host):\(port)/\(database)?sslmode=disable" }
 
-    /// Stops the server at once (as a crash would: `pg_ctl stop -m immediate`) and starts it again on the same data
-    /// and port.
-    func restart() throws {
+    /// Stops the server at once (as a crash would: `pg_ctl stop -m immediate`), leaves it down for `seconds` (an
+    /// outage), and starts it again on the same data and port.
+    func restart(downFor seconds: Double = 0) async throws {
         try asPostgres([Self.binaries + "/pg_ctl", "-D", directory + "/data", "stop", "-m", "immediate", "-w"])
+        try await Task.sleep(for: .seconds(seconds))
         try start()
     }
 
