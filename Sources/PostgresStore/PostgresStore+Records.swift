@@ -21,7 +21,10 @@ extension PostgresStore {
     }
 
     public func update(_ session: SessionRecord) throws {
-        try blocking { [self] in try await update(session, in: "session", key: ["id"]) }
+        // The daemon's record of a session it created does not name its owner: this node still is.
+        var session = session
+        session.nodeID = session.nodeID ?? nodeID
+        try blocking { [self, session] in try await update(session, in: "session", key: ["id"]) }
     }
 
     public func session(id: String) async throws -> SessionRecord? {

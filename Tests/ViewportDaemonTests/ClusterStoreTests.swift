@@ -43,6 +43,9 @@ import ViewportCore
             var delivery = try await a.insertWebhookDelivery(WebhookDelivery(runID: "wr_old", organizationID: "org-a",
                                                                               url: "https://example.com/h", body: Data("{}".utf8)))
             #expect(try await a.session(id: "bs_a1")?.nodeID == "a" && delivery.nodeID == "a")
+            // The daemon updates the record it created, which does not name the node.
+            try await offThread { try a.update(Self.session("bs_a1")) }
+            #expect(try await a.session(id: "bs_a1")?.nodeID == "a", "an update leaves the session its node's")
             #expect(try await b.activeSessions().isEmpty, "b attaches only what it owns")
             #expect(try await b.dueWebhookDeliveries(limit: 10).isEmpty, "b sends only what it owns")
             #expect(try await b.takeOverLostNodes { _ in "lost" }.isEmpty, "a's lease runs")
