@@ -99,52 +99,79 @@ struct RunRecovery: Sendable {
         guard runID.range(of: #"^[A-Za-z0-9_-]{1,200}$"#, options: .regularExpression) != nil else {
             throw RecoveryError("a run id is 1-200 characters of A-Z a-z 0-9 _ -")
         }
-        if let run = try await store.run(id: runID), !run.isOpen { return run }
-        let manifest = try await manifest(runID: runID, organizationID: organizationID)
-        let session = SessionRecord(id: manifest.browserSessionID, organizationID: manifest.organizationID,
-                                    status: .failed, createdAt: manifest.createdAt, modifiedAt: Date(),
-                                    completedAt: Date(), timeoutMinutes: 0, browserAddress: "",
-                                    failureReason: "its host was lost")
-        var run = try await store.run(id: runID) ?? RunRecord(
-            id: runID, sessionID: manifest.browserSessionID, organizationID: manifest.organizationID,
-            status: "running", title: manifest.title, webhookURL: manifest.webhookURL, createdAt: manifest.createdAt,
-            startMicros: manifest.startMicros, segmentID: nil)
-        var artifacts = try await storedScreenshots(of: run)
-        let published = try await storedRecording(of: run)
-        if manifest.status != "running" {
-            // Completed on its host, which published it: adopted as it is, its webhook already its host's.
-            (run.status, run.finishedAt, run.failureReason) = (manifest.status, manifest.finishedAt, manifest.failureReason)
-            run.stepCount = manifest.stepCount
-            artifacts += published.map { [$0] } ?? []
-            try await store.storeRecovered(run, session: session, artifacts: artifacts)
-            logger.notice("run adopted from the bucket: its host completed it", metadata: ["run_id": "\(runID)"])
-            return run
-        }
-        var end = manifest.startMicros
-        if let published {
-            artifacts.append(published)
+        let stored = try await store.run(id: runID).flatMap { organizationID == nil || $0.organizationID == organizationID ? $0 : nil }
+        if let stored, !stored.isOpen { return stored }
+        var run: RunRecord
+        var session: SessionRecord
+        let segmentPrefix: String?
+        // The artifacts of the run the store has already (a cluster's, where the run's host stored its steps).
+        var known: [ArtifactRecord] = []
+        if let stored {
+            // The store is the one its host used (a cluster's shared database, or the host's own): it has the run as
+            // it was, so the manifest has nothing more to say.
+            run = stored
+            known = try await store.artifacts(runID: runID)
+            segmentPrefix = stored.segmentID.map {
+                bucket.segmentPrefix(organizationID: stored.organizationID, sessionID: stored.sessionID, segmentID: $0)
+            }
+            session = try await store.session(id: stored.sessionID) ?? Self.lostSession(
+                id: stored.sessionID, organizationID: stored.organizationID, createdAt: stored.createdAt)
         } else {
-            let (recording, summary, last) = try await rebuildRecording(of: run, from: manifest.segmentPrefix)
+            let manifest = try await manifest(runID: runID, organizationID: organizationID)
+            session = Self.lostSession(id: manifest.browserSessionID, organizationID: manifest.organizationID,
+                                       createdAt: manifest.createdAt)
+            run = RunRecord(
+                id: runID, sessionID: manifest.browserSessionID, organizationID: manifest.organizationID,
+                status: "running", title: manifest.title, webhookURL: manifest.webhookURL, createdAt: manifest.createdAt,
+                startMicros: manifest.startMicros, segmentID: nil)
+            segmentPrefix = manifest.segmentPrefix
+            if manifest.status != "running" {
+                // Completed on its host, which published it: adopted as it is, its webhook already its host's.
+                (run.status, run.finishedAt, run.failureReason) = (manifest.status, manifest.finishedAt, manifest.failureReason)
+                run.stepCount = manifest.stepCount
+                let artifacts = try await storedScreenshots(of: run) + (try await storedRecording(of: run).map { [$0] } ?? [])
+                try await store.storeRecovered(run, session: session, artifacts: artifacts)
+                logger.notice("run adopted from the bucket: its host completed it", metadata: ["run_id": "\(runID)"])
+                return run
+            }
+        }
+        // What the bucket holds that the store does not know of yet.
+        let knownPaths = Set(known.map(\.path))
+        var artifacts = try await storedScreenshots(of: run).filter { !knownPaths.contains($0.path) }
+        var end = run.startMicros
+        if let published = try await storedRecording(of: run) {
+            if !knownPaths.contains(published.path) { artifacts.append(published) }
+        } else if let segmentPrefix {
+            let (recording, summary, last) = try await rebuildRecording(of: run, from: segmentPrefix)
             if let recording { artifacts.append(recording) }
             run.framesRecorded = summary?.frames ?? 0
             end = max(end, last ?? end)
             if recording == nil { run.recordingError = "no part of the recording reached the bucket" }
         }
+        let all = known + artifacts
         run.status = "terminated"
         run.failureReason = Self.failureReason
-        run.stepCount = max(run.stepCount, artifacts.count { $0.step != nil })
+        run.stepCount = max(run.stepCount, all.count { $0.step != nil })
         run.finishedAt = Date(timeIntervalSince1970: Double(end) / 1_000_000)
         try await store.storeRecovered(run, session: session, artifacts: artifacts)
         if let url = run.webhookURL {
-            let links = Runs.links(artifacts, url: { bucket.url(key: $0.objectKey ?? "") })
+            // Only what is in the bucket has a link that works from anywhere.
+            let links = Runs.links(all.filter { $0.objectKey != nil }, url: { bucket.url(key: $0.objectKey ?? "") })
             let payload = Runs.webhookPayload(run, links: links)
             _ = try await store.insertWebhookDelivery(WebhookDelivery(
                 runID: run.id, organizationID: run.organizationID, url: url, body: try Webhooks.body(payload)))
         }
         logger.notice("run recovered from the bucket", metadata: [
-            "run_id": "\(runID)", "frames": "\(run.framesRecorded)", "artifacts": "\(artifacts.count)",
+            "run_id": "\(runID)", "frames": "\(run.framesRecorded)", "artifacts": "\(all.count)",
         ])
         return run
+    }
+
+    /// The record of a session whose host was lost, for a store that never saw it: retention expires a session's
+    /// artifacts once it is closed.
+    private static func lostSession(id: String, organizationID: String, createdAt: Date) -> SessionRecord {
+        SessionRecord(id: id, organizationID: organizationID, status: .failed, createdAt: createdAt, modifiedAt: Date(),
+                      completedAt: Date(), timeoutMinutes: 0, browserAddress: "", failureReason: "its host was lost")
     }
 
     private func manifest(runID: String, organizationID: String?) async throws -> RunManifest {

@@ -223,7 +223,8 @@ extension Result where Failure == any Error {
     }
 }
 
-/// Fixtures/webhook_receiver.py, started on a free port, checking signatures with ``webhookTestSecret``.
+/// Fixtures/webhook_receiver.py, started on a free port of `host` (127.0.0.1 unless given: a ``ClusterNet``'s
+/// `rootAddress` lets its hosts reach it), checking signatures with ``webhookTestSecret``.
 final class Receiver {
     /// One POST as the receiver saw it.
     struct Request: Decodable {
@@ -241,14 +242,17 @@ final class Receiver {
 
     private let process: Process
     private let input = Pipe()
+    let host: String
     let port: Int
-    var url: String { "http://127.0.0.1:\(port)/hooks/run" }
+    var url: String { "http://\(host):\(port)/hooks/run" }
 
-    init(statuses: [Int]) throws {
+    init(statuses: [Int], host: String = "127.0.0.1") throws {
+        self.host = host
         process = Process()
         process.executableURL = URL(fileURLWithPath: Client.python)
         process.arguments = [Fixtures.directory.appendingPathComponent("webhook_receiver.py").path,
-                             "--statuses", statuses.map(String.init).joined(separator: ","), "--secret", webhookTestSecret]
+                             "--statuses", statuses.map(String.init).joined(separator: ","), "--secret", webhookTestSecret,
+                             "--host", host]
         let output = Pipe()
         process.standardOutput = output
         process.standardInput = input  // the receiver exits when it closes, even if the tests crash
@@ -266,7 +270,7 @@ final class Receiver {
     }
 
     func requests() async throws -> [Request] {
-        let (status, data) = try await httpRaw("GET", "http://127.0.0.1:\(port)/requests")
+        let (status, data) = try await httpRaw("GET", "http://\(host):\(port)/requests")
         try #require(status == 200)
         return try JSONDecoder().decode([Request].self, from: data)
     }

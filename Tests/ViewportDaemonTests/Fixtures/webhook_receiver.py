@@ -1,9 +1,9 @@
 """A webhook receiver for the tests.
 
-Listens on 127.0.0.1 (port 0: the kernel picks one, printed as the first line of output), records every POST and
-answers it with the --statuses in turn (the last one repeats). It checks x-viewportd-signature against --secret
-itself, so the check does not share code with the daemon. GET /requests returns the records as JSON. Exits when
-stdin closes, so it never outlives the tests.
+Listens on --host (127.0.0.1 unless given) at port 0: the kernel picks one, printed as the first line of output. It
+records every POST and answers it with the --statuses in turn (the last one repeats). It checks x-viewportd-signature
+against --secret itself, so the check does not share code with the daemon. GET /requests returns the records as JSON.
+Exits when stdin closes, so it never outlives the tests.
 """
 import argparse
 import base64
@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 parser = argparse.ArgumentParser()
 parser.add_argument("--statuses", default="500,200", help="comma-separated status codes, in turn; the last repeats")
 parser.add_argument("--secret", default="")
+parser.add_argument("--host", default="127.0.0.1", help="the address to listen on")
 args = parser.parse_args()
 statuses = [int(s) for s in args.statuses.split(",")]
 received = []
@@ -65,7 +66,7 @@ def exit_with_stdin():
     os._exit(0)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server = ThreadingHTTPServer((args.host, 0), Handler)
 threading.Thread(target=exit_with_stdin, daemon=True).start()
 print(server.server_address[1], flush=True)
 server.serve_forever()
