@@ -98,10 +98,14 @@ public final class Daemon: Sendable {
         let gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
                                     metrics: metrics.stream)
         self.gateway = gateway
-        cluster = (store as? PostgresStore).map { store in
-            Cluster(store: store, config: config, runs: runs, logger: logger) {
-                NodeLoad(viewers: gateway.viewerCount)
+        do {
+            cluster = try (store as? PostgresStore).map { store in
+                try Cluster(store: store, config: config, runs: runs, logger: logger) {
+                    NodeLoad(viewers: gateway.viewerCount)
+                }
             }
+        } catch {
+            throw DaemonError("cannot use cluster.database_url: \(error)")
         }
     }
 

@@ -51,12 +51,16 @@ final class PostgresServer: Sendable {
 
     func url(database: String) -> String { "postgres://postgres@\(host):\(port)/\(database)?sslmode=disable" }
 
-    /// Stops the server at once (as a crash would: `pg_ctl stop -m immediate`), leaves it down for `seconds` (an
-    /// outage), and starts it again on the same data and port.
-    func restart(downFor seconds: Double = 0) async throws {
-        try asPostgres([Self.binaries + "/pg_ctl", "-D", directory + "/data", "stop", "-m", "immediate", "-w"])
-        try await Task.sleep(for: .seconds(seconds))
+    /// Stops the server at once (as a crash would: `pg_ctl stop -m immediate`) and starts it again on the same data
+    /// and port.
+    func restart() throws {
+        try halt()
         try start()
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`), keeping its data for ``start()``.
+    func halt() throws {
+        try asPostgres([Self.binaries + "/pg_ctl", "-D", directory + "/data", "stop", "-m", "immediate", "-w"])
     }
 
     /// Stops the server at once and removes its directory.
@@ -65,7 +69,8 @@ final class PostgresServer: Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private func start() throws {
+    /// Starts the server on its data and port (again, after ``halt()``).
+    func start() throws {
         let addresses = host == "127.0.0.1" ? host : "127.0.0.1,\(host)"
         let options = "-p \(port) -k \(directory) -c listen_addresses=\(addresses) -c fsync=off -c full_page_writes=off"
         // Its output goes to postgres.log only: the server it leaves running would hold a pipe open forever.
