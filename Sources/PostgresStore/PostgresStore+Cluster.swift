@@ -54,6 +54,9 @@ public struct NodeLoad: Sendable, Equatable {
 public struct LostNode: Sendable, Equatable {
     public var id: String
     public var failedSessionIDs: [String]
+    /// Its sessions with runs still open, failed ones included: a node lost while it was terminating the runs of
+    /// a node it had taken over leaves them so.
+    public var openRunSessionIDs: [String]
 }
 
 // Leases are timed by the database's clock, so that nodes' clocks need not agree.
@@ -120,7 +123,8 @@ extension PostgresStore {
 
     /// Takes over every node whose lease expired, in one transaction per call: each is marked lost (its epoch
     /// raised, so that whatever it still writes is refused), its open sessions are failed with `reason(node)` and
-    /// owned here, as are its other sessions and its pending webhook deliveries. Of nodes racing to take over the
+    /// owned here, as are its other sessions (those with runs still open are named) and its pending webhook
+    /// deliveries. Of nodes racing to take over the
     /// same node, one does (its row is locked and skipped by the others).
     public func takeOverLostNodes(reason: @Sendable (String) -> String) async throws -> [LostNode] {
         guard let nodeID else { return [] }
@@ -140,13 +144,15 @@ extension PostgresStore {
                         "modifiedAt" = now(), "nodeID" = \(nodeID)
                     WHERE "nodeID" = \(id) AND status = ANY(\(active)) RETURNING id
                     """, on: connection).map { try $0.decode(String.self) }
-                try await execute("""
-                    UPDATE "session" SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id)
-                    """, on: connection)
+                let openRuns = try await execute("""
+                    WITH taken AS (UPDATE "session" SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id) RETURNING id)
+                    SELECT DISTINCT "sessionID" FROM run WHERE status = 'running'
+                    AND ("sessionID" IN (SELECT id FROM taken) OR "sessionID" = ANY(\(failed))) ORDER BY 1
+                    """, on: connection).map { try $0.decode(String.self) }
                 try await execute("""
                     UPDATE webhook_delivery SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id) AND status = 'pending'
                     """, on: connection)
-                taken.append(LostNode(id: id, failedSessionIDs: failed))
+                taken.append(LostNode(id: id, failedSessionIDs: failed, openRunSessionIDs: openRuns))
             }
             return taken
         }

@@ -105,7 +105,7 @@ final class Cluster: Sendable {
             logger.warning("took over a lost node", metadata: [
                 "lost_node_id": "\(node.id)", "failed_sessions": "\(node.failedSessionIDs.count)",
             ])
-            await runs.recover(lostSessionIDs: node.failedSessionIDs)
+            await runs.recover(lostSessionIDs: node.openRunSessionIDs)
         }
     }
 }

@@ -60,6 +60,7 @@ import ViewportCore
             async let byC = c.takeOverLostNodes { "host \($0) lost" }
             let taken = try await byB + byC
             #expect(taken.map(\.id) == ["a"] && taken.map(\.failedSessionIDs) == [["bs_a1"]])
+            #expect(taken.map(\.openRunSessionIDs) == [["bs_a1"]])
             let session = try #require(try await b.session(id: "bs_a1"))
             #expect(session.status == .failed && session.failureReason == "host a lost")
             #expect(session.nodeID == "b" || session.nodeID == "c")
@@ -103,6 +104,27 @@ import ViewportCore
             #expect(try await new.activeSessions().map(\.id) == ["bs_1"], "a restart within its lease keeps its sessions")
             #expect(try await old.renewLease(leaseSeconds: 60, load: NodeLoad(), on: lease) == false)
             await #expect(throws: StoreFailure.fenced(nodeID: "a")) { try await offThread { try old.insert(Self.session("bs_2")) } }
+        }
+    }
+
+    @Test func theRunsANodeWasTerminatingWhenItWasLostAreTheNextTakersToTerminate() async throws {
+        try await withNodes(["a", "b", "c"]) { stores, _ in
+            let (a, b, c) = (stores[0], stores[1], stores[2])
+            try await a.register(advertiseURL: "http://10.0.0.1:8200", leaseSeconds: 1)
+            try await b.register(advertiseURL: "http://10.0.0.2:8200", leaseSeconds: 3)
+            try await c.register(advertiseURL: "http://10.0.0.3:8200", leaseSeconds: 60)
+            try await offThread { try a.insert(Self.session("bs_a1")) }
+            try await a.insert(RunRecord(id: "wr_a", sessionID: "bs_a1", organizationID: "org-a", status: "running",
+                                         title: nil, webhookURL: nil, createdAt: Date(), startMicros: 0, segmentID: nil))
+            try await offThread { try a.insert(Self.session("bs_a2", status: .closed)) }
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(try await b.takeOverLostNodes { _ in "lost" }.map(\.openRunSessionIDs) == [["bs_a1"]])
+
+            // b is lost before it terminated a's run: c finds it among b's sessions, failed already.
+            try await Task.sleep(for: .milliseconds(3000))
+            let taken = try await c.takeOverLostNodes { _ in "lost" }
+            #expect(taken.map(\.id) == ["b"] && taken.map(\.failedSessionIDs) == [[]])
+            #expect(taken.map(\.openRunSessionIDs) == [["bs_a1"]])
         }
     }
 
