@@ -124,8 +124,8 @@ extension PostgresStore {
     /// Takes over every node whose lease expired, in one transaction per call: each is marked lost (its epoch
     /// raised, so that whatever it still writes is refused), its open sessions are failed with `reason(node)` and
     /// owned here, as are its other sessions (those with runs still open are named) and its pending webhook
-    /// deliveries. Of nodes racing to take over the
-    /// same node, one does (its row is locked and skipped by the others).
+    /// deliveries. Of nodes racing to take over the same node, one does (its row is locked and skipped by the
+    /// others).
     public func takeOverLostNodes(reason: @Sendable (String) -> String) async throws -> [LostNode] {
         guard let nodeID else { return [] }
         let active = Self.activeStatuses.map(\.rawValue)
