@@ -1,6 +1,8 @@
 public import Foundation
-import PostgresNIO
+public import Logging
+public import PostgresNIO
 public import Store
+import Synchronization
 import ViewportCore
 
 /// A viewportd node of a cluster, as its row in the `node` table.
@@ -52,6 +54,9 @@ public struct NodeLoad: Sendable, Equatable {
 public struct LostNode: Sendable, Equatable {
     public var id: String
     public var failedSessionIDs: [String]
+    /// Its sessions with runs still open, failed ones included: a node lost while it was terminating the runs of
+    /// a node it had taken over leaves them so.
+    public var openRunSessionIDs: [String]
 }
 
 // Leases are timed by the database's clock, so that nodes' clocks need not agree.
@@ -77,18 +82,19 @@ extension PostgresStore {
         return epoch
     }
 
-    /// Extends this node's lease by `leaseSeconds` from now and records its load. False: the lease was taken by
-    /// another node (or the node re-registered elsewhere): this node is fenced.
-    public func renewLease(leaseSeconds: Int, load: NodeLoad) async throws -> Bool {
+    /// Extends this node's lease by `leaseSeconds` from now and records its load, on `lease` (the node's own
+    /// connection), failing after `timeout`. False: the lease was taken by another node (or the node re-registered
+    /// elsewhere): this node is fenced.
+    public func renewLease(leaseSeconds: Int, load: NodeLoad, on lease: LeaseConnection,
+                           within timeout: Duration = .seconds(5)) async throws -> Bool
+    {
         guard let nodeID, let epoch = epoch.withLock({ $0 }) else { return false }
-        let rows = try await transaction(fenced: false) { connection in
-            try await execute("""
-                UPDATE node SET "leaseExpiresAt" = now() + make_interval(secs => \(leaseSeconds)), "heartbeatAt" = now(),
-                    viewers = \(load.viewers), "relayedViewers" = \(load.relayedViewers),
-                    "upstreamStreams" = \(load.upstreamStreams)
-                WHERE id = \(nodeID) AND epoch = \(epoch) AND "lostAt" IS NULL RETURNING 1
-                """, on: connection)
-        }
+        let rows = try await lease.query("""
+            UPDATE node SET "leaseExpiresAt" = now() + make_interval(secs => \(leaseSeconds)), "heartbeatAt" = now(),
+                viewers = \(load.viewers), "relayedViewers" = \(load.relayedViewers),
+                "upstreamStreams" = \(load.upstreamStreams)
+            WHERE id = \(nodeID) AND epoch = \(epoch) AND "lostAt" IS NULL RETURNING 1
+            """, within: timeout)
         return !rows.isEmpty
     }
 
@@ -117,8 +123,9 @@ extension PostgresStore {
 
     /// Takes over every node whose lease expired, in one transaction per call: each is marked lost (its epoch
     /// raised, so that whatever it still writes is refused), its open sessions are failed with `reason(node)` and
-    /// owned here, as are its other sessions and its pending webhook deliveries. Of nodes racing to take over the
-    /// same node, one does (its row is locked and skipped by the others).
+    /// owned here, as are its other sessions (those with runs still open are named) and its pending webhook
+    /// deliveries. Of nodes racing to take over the same node, one does (its row is locked and skipped by the
+    /// others).
     public func takeOverLostNodes(reason: @Sendable (String) -> String) async throws -> [LostNode] {
         guard let nodeID else { return [] }
         let active = Self.activeStatuses.map(\.rawValue)
@@ -137,15 +144,98 @@ extension PostgresStore {
                         "modifiedAt" = now(), "nodeID" = \(nodeID)
                     WHERE "nodeID" = \(id) AND status = ANY(\(active)) RETURNING id
                     """, on: connection).map { try $0.decode(String.self) }
-                try await execute("""
-                    UPDATE "session" SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id)
-                    """, on: connection)
+                let openRuns = try await execute("""
+                    WITH taken AS (UPDATE "session" SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id) RETURNING id)
+                    SELECT DISTINCT "sessionID" FROM run WHERE status = 'running'
+                    AND ("sessionID" IN (SELECT id FROM taken) OR "sessionID" = ANY(\(failed))) ORDER BY 1
+                    """, on: connection).map { try $0.decode(String.self) }
                 try await execute("""
                     UPDATE webhook_delivery SET "nodeID" = \(nodeID) WHERE "nodeID" = \(id) AND status = 'pending'
                     """, on: connection)
-                taken.append(LostNode(id: id, failedSessionIDs: failed))
+                taken.append(LostNode(id: id, failedSessionIDs: failed, openRunSessionIDs: openRuns))
             }
             return taken
         }
+    }
+}
+
+/// The connection a node renews its lease on: its own, not one of the store's pool. After an outage the pool waits
+/// longer and longer between its attempts to reconnect (up to a minute), which may be longer than a lease: other
+/// nodes, back sooner, would take this one over meanwhile. This connection is made again at every renewal that
+/// finds none, and dropped after any failure or a renewal that takes too long (a hung server, a cut network).
+public final class LeaseConnection: Sendable {
+    private let configuration: PostgresConnection.Configuration
+    private let logger: Logger
+    private let current = Mutex<PostgresConnection?>(nil)
+
+    /// For the database at `url` (as ``PostgresStore/init(url:objectPrefix:nodeID:logger:)`` takes it); nothing
+    /// connects until the first query.
+    public init(url: String, logger: Logger) throws {
+        let pool = try PostgresStore.configuration(url: url)
+        let mode = URLComponents(string: url)?.queryItems?.last { $0.name == "sslmode" }?.value ?? "prefer"
+        let tls: PostgresConnection.Configuration.TLS = switch mode {
+        case "disable": .disable
+        case "require", "verify-ca", "verify-full": .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        default: .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        }
+        var configuration = PostgresConnection.Configuration(
+            host: pool.host ?? "", port: pool.port ?? 5432, username: pool.username, password: pool.password,
+            database: pool.database, tls: tls)
+        configuration.options.additionalStartupParameters = [("TimeZone", "UTC")]
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    deinit { current.withLock { $0 }?.close().whenComplete { _ in } }
+
+    /// Runs `query`, connecting first if needed; throws once `timeout` has passed, the connection then dropped.
+    func query(_ query: PostgresQuery, within timeout: Duration) async throws -> [PostgresRow] {
+        try await withThrowingTaskGroup(of: [PostgresRow]?.self) { group in
+            group.addTask {
+                let connection: PostgresConnection
+                do { connection = try await self.connection(within: timeout) } catch { throw Self.described(error) }
+                do { return try await connection.rows(query, logger: self.logger) } catch {
+                    await self.drop(connection)
+                    throw Self.described(error)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let rows = try await group.next() ?? nil else {
+                // Closing fails the query still waiting on it, so that the group can end.
+                await close()
+                throw PostgresStoreError("no answer from PostgreSQL within \(timeout)")
+            }
+            return rows
+        }
+    }
+
+    /// Closes the connection, if there is one.
+    public func close() async {
+        guard let connection = current.withLock({ let connection = $0; $0 = nil; return connection }) else { return }
+        try? await connection.close()
+    }
+
+    private func connection(within timeout: Duration) async throws -> PostgresConnection {
+        if let connection = current.withLock({ $0 }), !connection.isClosed { return connection }
+        var configuration = configuration
+        configuration.options.connectTimeout = .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
+            + timeout.components.attoseconds / 1_000_000_000)
+        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        if let replaced = current.withLock({ let old = $0; $0 = connection; return old }) { try? await replaced.close() }
+        return connection
+    }
+
+    /// PSQLError's description is deliberately empty; its details name nothing secret here (the lease's query).
+    private static func described(_ error: any Error) -> any Error {
+        error is PSQLError ? PostgresStoreError(String(reflecting: error)) : error
+    }
+
+    private func drop(_ connection: PostgresConnection) async {
+        current.withLock { if $0 === connection { $0 = nil } }
+        try? await connection.close()
     }
 }

@@ -80,7 +80,7 @@ public final class PostgresStore: Store {
     {
         let fence = fenced ? epoch.withLock { $0 }.flatMap { epoch in nodeID.map { ($0, epoch) } } : nil
         return try await withConnection { connection in
-            try await connection.query("BEGIN", logger: logger)
+            try await execute("BEGIN", on: connection)
             do {
                 if let (node, epoch) = fence {
                     let current = try await execute("""
@@ -89,10 +89,10 @@ public final class PostgresStore: Store {
                     guard !current.isEmpty else { throw StoreFailure.fenced(nodeID: node) }
                 }
                 let result = try await body(connection)
-                try await connection.query("COMMIT", logger: logger)
+                try await execute("COMMIT", on: connection)
                 return result
             } catch {
-                _ = try? await connection.query("ROLLBACK", logger: logger)
+                _ = try? await execute("ROLLBACK", on: connection)
                 throw error
             }
         }
@@ -101,8 +101,8 @@ public final class PostgresStore: Store {
     /// Runs `query` on `connection`, or on any connection of the pool.
     @discardableResult
     func execute(_ query: PostgresQuery, on connection: PostgresConnection? = nil) async throws -> [PostgresRow] {
-        if let connection { return try await connection.query(query, logger: logger).collect() }
-        return try await withConnection { [logger] in try await $0.query(query, logger: logger).collect() }
+        if let connection { return try await connection.rows(query, logger: logger) }
+        return try await withConnection { [logger] in try await $0.rows(query, logger: logger) }
     }
 
     /// How long a query waits for a connection: while PostgreSQL is down the pool keeps trying to connect for a

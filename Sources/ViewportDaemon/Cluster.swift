@@ -9,10 +9,11 @@ import Store
 /// This node of a cluster (`cluster.database_url`): its registration, its lease and the takeover of lost nodes.
 ///
 /// At start the node registers with a new epoch (the fencing token of everything it writes). Every third of
-/// `cluster.lease_seconds` it renews its lease, reporting its viewers, and takes over the nodes whose lease expired:
-/// their open sessions become failed and owned here, and ``Runs`` terminates their open runs with recordings rebuilt
-/// from the bucket. A node takes others over only once its own lease has been renewed without a gap for a whole
-/// lease: after a database outage every node gets that long to renew before anyone is declared lost. A node that
+/// `cluster.lease_seconds` it renews its lease on a connection of its own (``LeaseConnection``), reporting its
+/// viewers, and takes over the nodes whose lease expired: their open sessions become failed and owned here, and
+/// ``Runs`` terminates their open runs with recordings rebuilt from the bucket. A node takes others over only once
+/// its own lease has been renewed without a gap for a whole lease: after a database outage (or anything else that
+/// held this node's renewals up) every node gets that long to renew before anyone is declared lost. A node that
 /// finds its own lease taken (it was cut off longer than its lease) writes nothing more and stops the daemon with
 /// an error; restarted, it registers anew, owning nothing of what was taken.
 final class Cluster: Sendable {
@@ -21,15 +22,19 @@ final class Cluster: Sendable {
     /// Where the other nodes reach this node's API.
     let advertiseURL: String
     let leaseSeconds: Int
+    private let lease: LeaseConnection
     private let load: @Sendable () -> NodeLoad
     private let runs: Runs
     private let logger: Logger
 
-    init(store: PostgresStore, config: Config, runs: Runs, logger: Logger, load: @escaping @Sendable () -> NodeLoad) {
+    init(store: PostgresStore, config: Config, runs: Runs, logger: Logger, load: @escaping @Sendable () -> NodeLoad)
+        throws
+    {
         self.store = store
         nodeID = store.nodeID ?? ""
         advertiseURL = config.cluster.advertiseURL ?? config.effectivePublicURL
         leaseSeconds = config.cluster.leaseSeconds
+        lease = try LeaseConnection(url: config.cluster.databaseURL ?? "", logger: logger)
         self.runs = runs
         self.load = load
         self.logger = logger
@@ -49,27 +54,36 @@ final class Cluster: Sendable {
         // the lease loop, never delaying a renewal.
         let (lostNodes, found) = AsyncStream.makeStream(of: LostNode.self)
         async let recoveries: Void = {
-            for await node in lostNodes { await runs.recover(lostSessionIDs: node.failedSessionIDs) }
+            for await node in lostNodes { await runs.recover(lostSessionIDs: node.openRunSessionIDs) }
         }()
         defer { found.finish() }
-        try await renewLeases { found.yield($0) }
+        do { try await renewLeases { found.yield($0) } } catch {
+            await lease.close()
+            throw error
+        }
+        await lease.close()
         found.finish()
         await recoveries
     }
 
     private func renewLeases(tookOver: (LostNode) -> Void) async throws {
         let tick = Duration.milliseconds(max(1000, leaseSeconds * 1000 / 3))
+        // Since when the lease has been renewed without a gap, and when it was last.
         var renewedSince: ContinuousClock.Instant?
+        var renewedAt: ContinuousClock.Instant?
         var failures = 0
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
-                guard try await store.renewLease(leaseSeconds: leaseSeconds, load: load()) else {
+                guard try await store.renewLease(leaseSeconds: leaseSeconds, load: load(), on: lease, within: tick) else {
                     throw DaemonError("cluster node \(nodeID) lost its lease to another node, which took over its sessions; "
                                       + "it stops (restarted, it rejoins owning none of them)")
                 }
                 if failures > 0 { logger.notice("cluster database reachable again", metadata: ["failed_renewals": "\(failures)"]) }
                 failures = 0
                 let now = ContinuousClock.now
+                // A renewal that comes late (a database that hung, this process stopped) ends a run of renewals too.
+                if let last = renewedAt, last.duration(to: now) > tick * 2 { renewedSince = nil }
+                renewedAt = now
                 let since = renewedSince ?? now
                 renewedSince = since
                 if since.duration(to: now) >= .seconds(leaseSeconds) { await takeOverLostNodes().forEach(tookOver) }

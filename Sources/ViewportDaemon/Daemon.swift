@@ -101,11 +101,17 @@ public final class Daemon: Sendable {
                                     metrics: metrics.stream)
         self.gateway = gateway
         let relayCounts = RelayCounts()
-        let cluster = (store as? PostgresStore).map { store in
-            Cluster(store: store, config: config, runs: runs, logger: logger) {
-                NodeLoad(viewers: gateway.viewerCount, relayedViewers: relayCounts.relayedViewers.load(ordering: .relaxed),
-                         upstreamStreams: relayCounts.upstreamStreams.load(ordering: .relaxed))
+        let cluster: Cluster?
+        do {
+            cluster = try (store as? PostgresStore).map { store in
+                try Cluster(store: store, config: config, runs: runs, logger: logger) {
+                    NodeLoad(viewers: gateway.viewerCount,
+                             relayedViewers: relayCounts.relayedViewers.load(ordering: .relaxed),
+                             upstreamStreams: relayCounts.upstreamStreams.load(ordering: .relaxed))
+                }
             }
+        } catch {
+            throw DaemonError("cannot use cluster.database_url: \(error)")
         }
         self.cluster = cluster
         if let cluster {

@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import PostgresStore
+@testable import PostgresStore
 import Store
 import Testing
 import ViewportCore
@@ -10,18 +10,21 @@ import ViewportCore
 @Suite(.serialized) struct ClusterStoreTests {
     static let logger = Logger(label: "test")
 
-    /// Stores of nodes `ids` on one new database, each run for the length of `body`.
-    private func withNodes(_ ids: [String], _ body: @escaping @Sendable ([PostgresStore]) async throws -> Void)
+    /// Stores of nodes `ids` on one new database, each run for the length of `body`, and a lease connection to it.
+    private func withNodes(_ ids: [String],
+                           _ body: @escaping @Sendable ([PostgresStore], LeaseConnection) async throws -> Void)
         async throws
     {
         try await PostgresServer.with { server in
             let url = try server.createDatabase()
             let stores = try ids.map { try PostgresStore(url: url, nodeID: $0, logger: Self.logger) }
+            let lease = try LeaseConnection(url: url, logger: Self.logger)
             func nest(_ index: Int) async throws {
-                guard index < stores.count else { return try await body(stores) }
+                guard index < stores.count else { return try await body(stores, lease) }
                 try await stores[index].run { try await nest(index + 1) }
             }
             try await nest(0)
+            await lease.close()
         }
     }
 
@@ -31,7 +34,7 @@ import ViewportCore
     }
 
     @Test func aNodeWhoseLeaseExpiresIsTakenOverOnceItsSessionsFailedAndItsWritesRefused() async throws {
-        try await withNodes(["a", "b", "c"]) { stores in
+        try await withNodes(["a", "b", "c"]) { stores, lease in
             let (a, b, c) = (stores[0], stores[1], stores[2])
             #expect(try await a.register(advertiseURL: "http://10.0.0.1:8200", leaseSeconds: 2) == 1)
             try await b.register(advertiseURL: "http://10.0.0.2:8200", leaseSeconds: 60)
@@ -58,6 +61,7 @@ import ViewportCore
             async let byC = c.takeOverLostNodes { "host \($0) lost" }
             let taken = try await byB + byC
             #expect(taken.map(\.id) == ["a"] && taken.map(\.failedSessionIDs) == [["bs_a1"]])
+            #expect(taken.map(\.openRunSessionIDs) == [["bs_a1"]])
             let session = try #require(try await b.session(id: "bs_a1"))
             #expect(session.status == .failed && session.failureReason == "host a lost")
             #expect(session.nodeID == "b" || session.nodeID == "c")
@@ -70,7 +74,7 @@ import ViewportCore
             #expect(lostNode.node.lostAt != nil && lostNode.node.lostBy == session.nodeID && lostNode.node.epoch == 2)
 
             // a, cut off meanwhile, comes back: its lease is gone and nothing it writes lands.
-            #expect(try await a.renewLease(leaseSeconds: 2, load: NodeLoad()) == false)
+            #expect(try await a.renewLease(leaseSeconds: 2, load: NodeLoad(), on: lease) == false)
             var stale = Self.session("bs_a1")
             stale.nodeID = "a"
             await #expect(throws: StoreFailure.fenced(nodeID: "a")) { try await offThread { [stale] in try a.update(stale) } }
@@ -93,14 +97,55 @@ import ViewportCore
     }
 
     @Test func aNodeRegisteringAgainFencesItsEarlierIncarnation() async throws {
-        try await withNodes(["a", "a"]) { stores in
+        try await withNodes(["a", "a"]) { stores, lease in
             let (old, new) = (stores[0], stores[1])
             try await old.register(advertiseURL: "http://10.0.0.1:8200", leaseSeconds: 60)
             try await offThread { try old.insert(Self.session("bs_1")) }
             try await new.register(advertiseURL: "http://10.0.0.1:8200", leaseSeconds: 60)
             #expect(try await new.activeSessions().map(\.id) == ["bs_1"], "a restart within its lease keeps its sessions")
-            #expect(try await old.renewLease(leaseSeconds: 60, load: NodeLoad()) == false)
+            #expect(try await old.renewLease(leaseSeconds: 60, load: NodeLoad(), on: lease) == false)
             await #expect(throws: StoreFailure.fenced(nodeID: "a")) { try await offThread { try old.insert(Self.session("bs_2")) } }
+        }
+    }
+
+    @Test func theRunsANodeWasTerminatingWhenItWasLostAreTheNextTakersToTerminate() async throws {
+        try await withNodes(["a", "b", "c"]) { stores, _ in
+            let (a, b, c) = (stores[0], stores[1], stores[2])
+            try await a.register(advertiseURL: "http://10.0.0.1:8200", leaseSeconds: 1)
+            try await b.register(advertiseURL: "http://10.0.0.2:8200", leaseSeconds: 3)
+            try await c.register(advertiseURL: "http://10.0.0.3:8200", leaseSeconds: 60)
+            try await offThread { try a.insert(Self.session("bs_a1")) }
+            try await a.insert(RunRecord(id: "wr_a", sessionID: "bs_a1", organizationID: "org-a", status: "running",
+                                         title: nil, webhookURL: nil, createdAt: Date(), startMicros: 0, segmentID: nil))
+            try await offThread { try a.insert(Self.session("bs_a2", status: .closed)) }
+            try await Task.sleep(for: .milliseconds(1500))
+            #expect(try await b.takeOverLostNodes { _ in "lost" }.map(\.openRunSessionIDs) == [["bs_a1"]])
+
+            // b is lost before it terminated a's run: c finds it among b's sessions, failed already.
+            try await Task.sleep(for: .milliseconds(3000))
+            let taken = try await c.takeOverLostNodes { _ in "lost" }
+            #expect(taken.map(\.id) == ["b"] && taken.map(\.failedSessionIDs) == [[]])
+            #expect(taken.map(\.openRunSessionIDs) == [["bs_a1"]])
+        }
+    }
+
+    /// The pool may lease a connection the server has just closed (PostgreSQL restarting); PostgresNIO never
+    /// answers a query written to it, and the node's lease, uploads or webhooks would wait forever.
+    @Test func aQueryOnAConnectionThatHasClosedFailsRatherThanWaitingForever() async throws {
+        try await PostgresServer.with { server in
+            let store = try PostgresStore(url: try server.createDatabase(), logger: Self.logger)
+            try await store.run {
+                let started = ContinuousClock.now
+                await #expect(throws: PostgresStoreError.self) {
+                    try await store.client.withConnection { connection in
+                        try await connection.close()
+                        return try await connection.rows("SELECT 1", logger: Self.logger)
+                    }
+                }
+                #expect(started.duration(to: .now) < .seconds(5))
+                let rows = try await store.execute("SELECT 1")
+                #expect(rows.count == 1, "the pool connects again")
+            }
         }
     }
 }

@@ -91,7 +91,7 @@ struct ClusterTests {
             // Long enough for its lease loop, its uploads and its webhooks to have run a few times.
             try await Task.sleep(for: .seconds(Double(ClusterFixture.leaseSeconds)))
             #expect(try await requestJSON("GET", a.base + "/v1/browser_sessions/\(sessionID)").1["status"].string == "failed")
-            #expect(try await cluster.snapshot(run.id) == taken, "the run is as the taker stored it")
+            #expect(try await cluster.snapshot(sessionID: sessionID, runID: run.id) == taken, "as the taker stored them")
             #expect(try await cluster.receiver.requests().count == 1)
             #expect(try await cluster.node("a")?.activeSessions == 0)
         }
@@ -105,11 +105,13 @@ struct ClusterTests {
             let taken = try await cluster.waitForTakeover(sessionID: sessionID, runID: run.id)
 
             a.signal(SIGCONT)
+            let woken = Date()
             let status = try await a.exitStatus(within: Double(ClusterFixture.leaseSeconds))
+            print(String(format: "frozen node: exited %.1f s after it was woken", Date().timeIntervalSince(woken)))
             #expect(status != 0 && status != -1, "exits with an error on its own: \(status)")
             #expect(a.log.contains("lost its lease"), "\(a.log.suffix(2000))")
             #expect(try await cluster.session(sessionID, on: "b")["status"].string == "failed")
-            #expect(try await cluster.snapshot(run.id) == taken, "the run is as the taker stored it")
+            #expect(try await cluster.snapshot(sessionID: sessionID, runID: run.id) == taken, "as the taker stored them")
             try await Task.sleep(for: .seconds(2))
             #expect(try await cluster.receiver.requests().count == 1)
         }
@@ -127,9 +129,13 @@ struct ClusterTests {
             try await Task.sleep(for: .seconds(lease + 3))
             try cluster.postgres.start()
             let back = Date()
+            try await eventually("every node renews its lease", timeout: lease) {
+                try await cluster.store { try await $0.nodes() }.allSatisfy { $0.node.heartbeatAt > back }
+            }
+            let renewedAfter = Date().timeIntervalSince(back)
             try await cluster.step(run.id, "after an outage")
             // Every node gets a whole lease to renew once the database is back before any takes others over.
-            try await Task.sleep(for: .seconds(lease + 2 - Date().timeIntervalSince(back)))
+            try await Task.sleep(for: .seconds(max(0, lease + 2 - Date().timeIntervalSince(back))))
             for node in try await cluster.store { try await $0.nodes() } {
                 #expect(node.isAlive && node.node.lostAt == nil, "\(node)")
             }
@@ -155,6 +161,8 @@ struct ClusterTests {
             let duration = try #require(try ffprobe(file)["format"]["duration"].string.flatMap(Double.init))
             let length = try #require(ended["finished_at"].string.flatMap(parseISO)).timeIntervalSince(run.startedAt)
             #expect(abs(duration - length) < 0.5, "\(duration) s of video for a run of \(length) s")
+            print(String(format: "PostgreSQL down %.0f s: every node renewed its lease %.1f s after it was back; "
+                             + "%.2f s of video for a run of %.2f s", lease + 3, renewedAfter, duration, length))
 
             try await Task.sleep(for: .seconds(2))
             let requests = try await cluster.receiver.requests()
@@ -202,7 +210,7 @@ private final class ClusterFixture {
     func start(_ name: String) async throws -> ChildDaemon {
         let stateDir = try #require(stateDirs[name])
         let node = try await ChildDaemon.start(stateDir: stateDir, environment: [
-            "VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "debug",
+            "VIEWPORTD_API_KEY": keyA, "VIEWPORTD_ORGANIZATION_ID": "org_a", "VIEWPORTD_LOG_LEVEL": "info",
             "VIEWPORTD_CLUSTER_DATABASE_URL": databaseURL, "VIEWPORTD_CLUSTER_NODE_ID": name,
             "VIEWPORTD_CLUSTER_SECRET": Self.secret, "VIEWPORTD_CLUSTER_LEASE_SECONDS": "\(Self.leaseSeconds)",
             "VIEWPORTD_ARTIFACTS_STORE": "s3", "VIEWPORTD_S3_ENDPOINT": s3.endpoint, "VIEWPORTD_S3_BUCKET": s3.bucket,
@@ -243,10 +251,8 @@ private final class ClusterFixture {
     /// Marks a step of a run on a, trying again while a cannot reach the database.
     func step(_ runID: String, _ label: String) async throws {
         let a = try #require(nodes["a"])
-        var answer = (0, JSON.null)
         try await eventually("step \(label) is marked", timeout: 20) {
-            answer = try await requestJSON("POST", a.base + "/v1/runs/\(runID)/steps", json: ["label": label])
-            return answer.0 == 201
+            try await requestJSON("POST", a.base + "/v1/runs/\(runID)/steps", json: ["label": label]).0 == 201
         }
     }
 
@@ -260,17 +266,18 @@ private final class ClusterFixture {
         try await requestJSON("GET", try #require(nodes[name]).base + "/v1/runs/\(id)").1
     }
 
-    /// What the store holds of a run and its artifacts that nothing but a write changes.
-    func snapshot(_ runID: String) async throws -> String {
+    /// What the store holds of a session, its run and the run's artifacts and steps: only a write changes it.
+    func snapshot(sessionID: String, runID: String) async throws -> String {
         try await store { store in
+            let session = try #require(try await store.session(id: sessionID))
             let run = try #require(try await store.run(id: runID))
-            let artifacts = try await store.artifacts(runID: runID).map { "\($0.id) \($0.kind) \($0.checksum) \($0.objectKey ?? "")" }
-            return "\(run.status) \(run.finishedAt.map { "\($0.timeIntervalSince1970)" } ?? "") \(run.failureReason ?? "") "
-                + "\(run.stepCount) \(run.framesRecorded) \(run.recordingError ?? "") \(artifacts)"
+            let artifacts = try await store.artifacts(runID: runID).map { "\($0.id) \($0.checksum) \($0.objectKey ?? "")" }
+            let steps = try await store.steps(runID: runID).map { "\($0.index) \($0.label)" }
+            return "\(String(describing: session)) \(String(describing: run)) \(artifacts) \(steps)"
         }
     }
 
-    /// Waits until b or c took a's session and run over and the run's webhook is delivered; returns the run's
+    /// Waits until b or c took a's session and run over and the run's webhook is delivered; returns their
     /// snapshot then.
     func waitForTakeover(sessionID: String, runID: String) async throws -> String {
         try await eventually("the session is failed", timeout: Double(Self.leaseSeconds) + 10) {
@@ -281,7 +288,7 @@ private final class ClusterFixture {
             let delivered = try await receiver.requests().count == 1
             return ended && delivered
         }
-        return try await snapshot(runID)
+        return try await snapshot(sessionID: sessionID, runID: runID)
     }
 
     /// The node `id` as the database has it.
