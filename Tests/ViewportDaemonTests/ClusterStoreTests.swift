@@ -136,7 +136,7 @@ import ViewportCore
             let store = try PostgresStore(url: try server.createDatabase(), logger: Self.logger)
             try await store.run {
                 let started = ContinuousClock.now
-                await #expect(throws: PostgresStoreError.self) {
+                await #expect(throws: StoreFailure.self) {
                     try await store.client.withConnection { connection in
                         try await connection.close()
                         return try await connection.rows("SELECT 1", logger: Self.logger)
