@@ -6,10 +6,107 @@ import Testing
 @testable import ViewportDaemon
 
 /// Three viewportd nodes as separate hosts (network namespaces a, b and c) on one PostgreSQL database and one
-/// bucket, with a browser beside a: what a node does when another is lost, comes back, or is frozen, and when the
-/// database goes away for a while.
-@Suite("A three-node cluster: host loss, fencing and a PostgreSQL restart", .serialized)
+/// bucket, with a browser beside a: a's session through b and c, and what a node does when another is lost, comes
+/// back, or is frozen, and when the database goes away for a while.
+@Suite("A three-node cluster: any node answers, host loss, fencing and a PostgreSQL restart", .serialized)
 struct ClusterTests {
+    @Test func aSessionOnAIsReadRecordedWatchedByFiftyViewersEachControlledAndClosedThroughBAndC() async throws {
+        try await withCluster { cluster in
+            let (a, b, c) = try (cluster.daemon("a"), cluster.daemon("b"), cluster.daemon("c"))
+            let id = try await cluster.attachOnA()
+            for node in [b, c] {
+                let list = try await requestJSON("GET", node.base + "/v1/browser_sessions").1
+                #expect(list.array.map { $0["browser_session_id"].string } == [id], "\(list)")
+                #expect(try await requestJSON("GET", node.base + "/v1/browser_sessions/\(id)").1["status"].string == "running")
+            }
+            let (started, run) = try await requestJSON("POST", c.base + "/v1/browser_sessions/\(id)/runs", json: ["run_id": "wr_net"])
+            try #require(started == 201, "\(run)")
+            let startedAt = try #require(run["started_at"].string.flatMap(parseISO))
+
+            // 50 viewers through b and 50 through c, half of them JSON; c's come once b's have watched for a while.
+            func watch(_ node: ChildDaemon, seconds: Double, json: Bool) async throws -> [ViewerResult] {
+                let url = node.base.replacingOccurrences(of: "http://", with: "ws://") + "/stream/browser/\(id)"
+                return try await Client.watch(url + (json ? "?format=json" : ""), key: keyA, viewers: 25, seconds: seconds)
+            }
+            async let onBBinary = watch(b, seconds: 12, json: false)
+            async let onBJSON = watch(b, seconds: 12, json: true)
+            try await Task.sleep(for: .seconds(2))
+            async let onCBinary = watch(c, seconds: 22, json: false)
+            async let onCJSON = watch(c, seconds: 22, json: true)
+            try await eventually("100 viewers relayed", timeout: 20) {
+                let (onB, onC) = (try await gauge(b.base, "viewportd_relayed_viewers"), try await gauge(c.base, "viewportd_relayed_viewers"))
+                return onB == 50 && onC == 50
+            }
+            #expect(try await gauge(a.base, "viewportd_upstream_streams_served") == 2, "one stream per edge node")
+            #expect(try await gauge(a.base, "viewportd_viewers") == 0, "the edge nodes' streams are not viewers of a")
+            for node in [b, c] { #expect(try await gauge(node.base, "viewportd_upstream_streams") == 1) }
+            // b's viewers leave (c's watch on): b's stream closes after its linger, c's stays.
+            try await eventually("b's upstream stream closed", timeout: 20) {
+                let served = try await gauge(a.base, "viewportd_upstream_streams_served")
+                let (fromB, fromC) = (try await gauge(b.base, "viewportd_upstream_streams"), try await gauge(c.base, "viewportd_upstream_streams"))
+                return served == 1 && fromB == 0 && fromC == 1
+            }
+            #expect(try await gauge(c.base, "viewportd_relayed_viewers") == 50, "c's viewers still watch")
+            let (onB, onC) = (try await onBBinary + onBJSON, try await onCBinary + onCJSON)
+            for viewer in onB + onC {
+                #expect(viewer.handshakeStatus == 101 && viewer.hello?["browser_session_id"].string == id)
+                #expect(viewer.frameSequences.count >= 20, "an animated page: \(viewer.frameSequences.count) frames")
+                #expect(increasing(viewer.frameSequences))
+            }
+            #expect(onB.first?.pages.first?.hasSuffix("anim.html") == true, "the page URL is announced through the relay")
+            // The owner's numbering, kept by the edge nodes: c's stream goes on from where b's viewers were.
+            let (firstOnB, firstOnC) = (try #require(onB.first?.frameSequences.first), try #require(onC.first?.frameSequences.first))
+            #expect(firstOnC > firstOnB + 10, "c's first frame is numbered by a: \(firstOnB), \(firstOnC)")
+            try await eventually("c's upstream stream closed", timeout: 20) {
+                try await gauge(a.base, "viewportd_upstream_streams_served") == 0
+            }
+
+            // A control viewer through b clicks in a's browser.
+            let inA = try cluster.net.host("a").exec
+            _ = try await Client.cdp(cluster.browser, "Page.navigate", ["url": Fixtures.url("vnc.html")], page: "anim.html", launcher: inA)
+            try await eventually("a's browser shows the click page") {
+                (try? await Client.cdp(cluster.browser, "Runtime.evaluate", ["expression": "window.clicks", "returnByValue": true],
+                                     page: "vnc.html", launcher: inA))?["result"]["value"].int == 0
+            }
+            let click = ["mousePressed", "mouseReleased"].map {
+                #"{"type":"mouse","event":"\#($0)","x":200,"y":440,"button":"left","click_count":1}"#
+            }
+            let bStream = b.base.replacingOccurrences(of: "http://", with: "ws://") + "/stream/browser/\(id)"
+            let driver = try #require(try await Client.watch(bStream, key: keyA, seconds: 3, send: [#"{"type":"take-control"}"#] + click).first)
+            #expect(driver.texts("error").isEmpty, "\(driver.texts("error"))")
+            #expect(driver.texts("control").map { $0["controller"].string } == ["agent", "viewer"])
+            let clicks = try await Client.cdp(cluster.browser, "Runtime.evaluate", ["expression": "window.clicks", "returnByValue": true],
+                                              page: "vnc.html", launcher: inA)["result"]["value"]
+            #expect(clicks.int == 1, "the controller's click reached a's browser")
+
+            // The run started through c recorded on a: a step through b, completed through c, its recording in the bucket.
+            #expect(try await requestJSON("POST", b.base + "/v1/runs/wr_net/steps", json: ["label": "watched"]).0 == 201)
+            let (doneStatus, done) = try await requestJSON("POST", c.base + "/v1/runs/wr_net/complete", json: ["status": "completed"])
+            try #require(doneStatus == 200, "\(done)")
+            var ended = JSON.null
+            try await eventually("the recording is in the bucket", timeout: 30) {
+                ended = try await cluster.run("wr_net", on: "b")
+                return ended["recording_url"].string?.hasPrefix(cluster.s3.endpoint + "/") == true
+            }
+            #expect(ended["status"].string == "completed" && ended["step_count"].int == 1, "\(ended)")
+            let (videoStatus, video) = try await httpRaw("GET", try #require(ended["recording_url"].string))
+            try #require(videoStatus == 200)
+            let file = try temporaryFile("net.mp4", video)
+            let probe = try ffprobe(file)
+            #expect(probe["streams"][0]["codec_name"].string == "h264")
+            let duration = try #require(probe["format"]["duration"].string.flatMap(Double.init))
+            let length = try #require(ended["finished_at"].string.flatMap(parseISO)).timeIntervalSince(startedAt)
+            #expect(abs(duration - length) < 1, "\(duration) s of video for a run of \(length) s")
+
+            let (closeStatus, closed) = try await requestJSON("POST", c.base + "/v1/browser_sessions/\(id)/close")
+            #expect(closeStatus == 200 && closed["status"].string == "closed", "\(closed)")
+            for node in [a, b] {
+                #expect(try await requestJSON("GET", node.base + "/v1/browser_sessions/\(id)").1["status"].string == "closed")
+            }
+            #expect(try await requestJSON("GET", b.base + "/v1/browser_sessions").1.array.isEmpty)
+        }
+    }
+
     @Test func aKilledHostsSessionFailsOnTheOtherNodesAndItsRunEndsWithItsRecordingFromTheBucketAndOneWebhook()
         async throws
     {
@@ -219,6 +316,8 @@ private final class ClusterFixture {
             "AWS_ACCESS_KEY_ID": S3Server.accessKey, "AWS_SECRET_ACCESS_KEY": S3Server.secretKey,
             "VIEWPORTD_NETWORK_WEBHOOK_ALLOW": "[10.77.0.0/16]",
             "VIEWPORTD_WEBHOOKS_SECRETS": "[{organization_id: org_a, secret: \(webhookTestSecret)}]",
+            // The tests' viewers all connect from the bridge's address, 50 at once.
+            "VIEWPORTD_LIMITS_UNAUTHENTICATED_PER_ADDRESS": "200",
         ], on: try net.host(name))
         nodes[name] = node
         return node
@@ -227,14 +326,8 @@ private final class ClusterFixture {
     /// A session attached on a (created through a's API) and a run with the receiver's webhook recording there for
     /// `seconds`, its `steps` marked along the way.
     func recordOnA(runID: String, seconds: Double, steps: [String]) async throws -> (String, StartedRun) {
-        let a = try #require(nodes["a"])
-        let (status, created) = try await requestJSON("POST", a.base + "/v1/browser_sessions",
-                                                      json: ["browser_address": browser.address])
-        try #require(status == 201, "\(created)")
-        let sessionID = try #require(created["browser_session_id"].string)
-        try await eventually("the session is attached on a") {
-            try await requestJSON("GET", a.base + "/v1/browser_sessions/\(sessionID)").1["status"].string == "running"
-        }
+        let a = try daemon("a")
+        let sessionID = try await attachOnA()
         let (runStatus, run) = try await requestJSON("POST", a.base + "/v1/browser_sessions/\(sessionID)/runs",
                                                      json: ["run_id": runID, "webhook_url": receiver.url])
         try #require(runStatus == 201, "\(run)")
@@ -247,6 +340,22 @@ private final class ClusterFixture {
         try await Task.sleep(for: .seconds(pause))
         return (sessionID, StartedRun(id: runID, startedAt: startedAt))
     }
+
+    /// A session of the browser attached on a (created through a's API), once it runs.
+    func attachOnA() async throws -> String {
+        let a = try daemon("a")
+        let (status, created) = try await requestJSON("POST", a.base + "/v1/browser_sessions",
+                                                      json: ["browser_address": browser.address])
+        try #require(status == 201, "\(created)")
+        let sessionID = try #require(created["browser_session_id"].string)
+        try await eventually("the session is attached on a") {
+            try await requestJSON("GET", a.base + "/v1/browser_sessions/\(sessionID)").1["status"].string == "running"
+        }
+        return sessionID
+    }
+
+    /// The running node of host `name`.
+    func daemon(_ name: String) throws -> ChildDaemon { try #require(nodes[name], "node \(name) is not running") }
 
     /// Marks a step of a run on a, trying again while a cannot reach the database.
     func step(_ runID: String, _ label: String) async throws {

@@ -161,6 +161,13 @@ final class NotifySocket: @unchecked Sendable {
     }
 }
 
+/// The unlabelled sample of metric `name` in the `/metrics` of the daemon at `base`.
+func gauge(_ base: String, _ name: String) async throws -> Double? {
+    let (status, body) = try await httpRaw("GET", base + "/metrics")
+    try #require(status == 200)
+    return prometheusSamples(String(decoding: body, as: UTF8.self), name)[""]
+}
+
 /// Samples of one metric in a Prometheus text exposition, by their label set (`{consumer="viewer"}`, or "").
 func prometheusSamples(_ text: String, _ name: String) -> [String: Double] {
     var samples: [String: Double] = [:]

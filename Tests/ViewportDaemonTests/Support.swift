@@ -148,12 +148,13 @@ enum Client {
     }
 
     /// Sends one DevTools command to the browser (or to the page whose URL contains `page`).
-    static func cdp(_ browser: Chromium, _ method: String, _ params: [String: Any] = [:], page: String? = nil)
-        async throws -> JSON
+    /// `launcher` runs the client where the browser's DevTools port is, e.g. `ip netns exec <namespace>`.
+    static func cdp(_ browser: Chromium, _ method: String, _ params: [String: Any] = [:], page: String? = nil,
+                    launcher: [String] = []) async throws -> JSON
     {
         var arguments = ["cdp", browser.address, method, String(decoding: try JSONSerialization.data(withJSONObject: params), as: UTF8.self)]
         if let page { arguments += ["--page", page] }
-        return try JSONDecoder().decode(JSON.self, from: try await run(arguments))["result"]
+        return try JSONDecoder().decode(JSON.self, from: try await runScript("client.py", arguments, launcher: launcher))["result"]
     }
 
     /// Starts a viewer that completes the handshake and then never reads.
@@ -170,12 +171,13 @@ enum Client {
     static func run(_ arguments: [String]) async throws -> Data { try await runScript("client.py", arguments) }
 
     /// Runs a Python fixture to its end and returns what it printed; throws if it failed.
-    static func runScript(_ script: String, _ arguments: [String]) async throws -> Data {
+    static func runScript(_ script: String, _ arguments: [String], launcher: [String] = []) async throws -> Data {
         try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
+                let command = launcher + [python, Fixtures.directory.appendingPathComponent(script).path] + arguments
                 let process = Process()
-                process.executableURL = URL(fileURLWithPath: python)
-                process.arguments = [Fixtures.directory.appendingPathComponent(script).path] + arguments
+                process.executableURL = URL(fileURLWithPath: command[0])
+                process.arguments = Array(command.dropFirst())
                 let output = Pipe()
                 process.standardOutput = output
                 do { try process.run() } catch {
@@ -218,7 +220,18 @@ struct ViewerResult: Decodable {
 
     /// Status messages, in order.
     var statuses: [String] { texts.filter { $0["type"].string == "status" }.compactMap { $0["status"].string } }
+
+    /// The sequence numbers of its frames, binary or JSON.
+    var frameSequences: [UInt64] {
+        sequences.isEmpty ? jsonFrames.compactMap { $0["sequence"].int.map(UInt64.init) } : sequences
+    }
+
+    /// Its text messages of `type`, in order.
+    func texts(_ type: String) -> [JSON] { texts.filter { $0["type"].string == type } }
 }
+
+/// Whether every number is greater than the one before it.
+func increasing(_ numbers: [UInt64]) -> Bool { zip(numbers, numbers.dropFirst()).allSatisfy { $0 < $1 } }
 
 /// A decoded JSON value, for reading answers in tests.
 enum JSON: Decodable, Equatable, CustomStringConvertible {
