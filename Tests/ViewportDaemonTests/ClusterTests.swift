@@ -214,7 +214,7 @@ struct ClusterTests {
         }
     }
 
-    @Test func postgresqlRestartedAndThenDownLongerThanALeaseLosesNothingAndFailsNoNode() async throws {
+    @Test func postgresqlRestartedAndThenDownLongerThanALeaseIsA503MeanwhileLosesNothingAndFailsNoNode() async throws {
         try await withCluster { cluster in
             let (sessionID, run) = try await cluster.recordOnA(runID: "wr_pg", seconds: 2, steps: ["before"])
             let a = try #require(cluster.nodes["a"])
@@ -223,7 +223,13 @@ struct ClusterTests {
             try cluster.postgres.restart()
             try await cluster.step(run.id, "after a restart")
             try cluster.postgres.halt()
-            try await Task.sleep(for: .seconds(lease + 3))
+            let asked = Date()
+            for node in ["b", "c"] {
+                let (status, answer) = try await requestJSON("GET", try cluster.daemon(node).base + "/v1/browser_sessions/\(sessionID)")
+                #expect(status == 503 && answer["detail"].string != nil, "no answer made without the database: \(status) \(answer)")
+            }
+            #expect(Date().timeIntervalSince(asked) < 12, "503s within the connection wait, not a hang")
+            try await Task.sleep(for: .seconds(max(0, lease + 3 - Date().timeIntervalSince(asked))))
             try cluster.postgres.start()
             let back = Date()
             try await eventually("every node renews its lease", timeout: lease) {
