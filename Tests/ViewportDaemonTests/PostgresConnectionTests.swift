@@ -60,7 +60,7 @@ import Testing
         }
     }
 
-    @Test func aURLLibpqCannotUseIsRefusedUpFront() throws {
+    @Test func aURLThatIsNotPostgresOrHasAnUnknownSSLModeIsRefusedUpFront() throws {
         #expect(throws: PostgresStoreError.self) { try PostgresStore(url: "mysql://db/x", logger: Self.logger) }
         #expect(throws: PostgresStoreError.self) {
             try PostgresStore(url: "postgres://db/x?sslmode=sometimes", logger: Self.logger)
