@@ -21,7 +21,6 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
-        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         // C shims: one per C library, each imported by exactly one Swift module.
@@ -44,6 +43,7 @@ let package = Package(
             name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(
             name: "CSystemd", path: "Sources/CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CPostgres", path: "Sources/CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
 
         // Frames, the frame hub, its metrics and the session model. Imports nothing local.
         .target(
@@ -90,14 +90,11 @@ let package = Package(
             name: "Store",
             dependencies: ["ViewportCore", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: settings),
-        // The store in a PostgreSQL database nodes share (cluster.database_url). The only importer of PostgresNIO:
-        // a module of its own, so editing the store interface or SQLite does not recompile against SwiftNIO.
+        // The store in a PostgreSQL database nodes share (cluster.database_url), over libpq. The only importer of
+        // CPostgres.
         .target(
             name: "PostgresStore",
-            dependencies: [
-                "Store", "ViewportCore", .product(name: "PostgresNIO", package: "postgres-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            dependencies: ["Store", "ViewportCore", "CPostgres", .product(name: "Logging", package: "swift-log")],
             swiftSettings: settings),
         // Config, auth, REST, session lifecycle, metrics, systemd: the only module that wires sources and sinks.
         .target(

@@ -14,6 +14,7 @@ packages=(
   python3-venv ffmpeg                           # test clients; ffprobe checks recordings
   novnc                                         # the stock noVNC the VNC relay is tested with
   libvncserver-dev tigervnc-standalone-server tigervnc-tools   # VNC bridge and RFB source; Xvnc for the tests
+  libpq-dev                                     # cluster.database_url: PostgresStore's client library (libpq)
   postgresql-15                                 # cluster.database_url tests: each initdb's its own server (the
                                                 # `main` cluster Debian creates on 5432 is left alone, unused)
   iproute2                                      # cluster tests: each node a host in a network namespace (ip, tc)

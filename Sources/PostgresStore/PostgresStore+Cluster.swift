@@ -1,9 +1,7 @@
 public import Foundation
 public import Logging
-public import PostgresNIO
-public import Store
+import Store
 import Synchronization
-import ViewportCore
 
 /// A viewportd node of a cluster, as its row in the `node` table.
 public struct NodeRecord: Sendable, Equatable, Codable {
@@ -115,9 +113,8 @@ extension PostgresStore {
                 (SELECT COUNT(*) FROM "session" s WHERE s."nodeID" = n.id AND s.status = ANY(\(active)))
             FROM node n WHERE \(id)::text IS NULL OR n.id = \(id) ORDER BY n.id COLLATE "C"
             """).map { row in
-            let (json, expired, sessions) = try row.decode((String, Bool, Int).self)
-            return NodeStatus(node: try RowCoding.decode(NodeRecord.self, from: json), leaseExpired: expired,
-                              activeSessions: sessions)
+            NodeStatus(node: try RowCoding.decode(NodeRecord.self, from: try row.decode(String.self)),
+                       leaseExpired: try row.decode(Bool.self, column: 1), activeSessions: try row.decode(Int.self, column: 2))
         }
     }
 
@@ -159,83 +156,50 @@ extension PostgresStore {
     }
 }
 
-/// The connection a node renews its lease on: its own, not one of the store's pool. After an outage the pool waits
-/// longer and longer between its attempts to reconnect (up to a minute), which may be longer than a lease: other
-/// nodes, back sooner, would take this one over meanwhile. This connection is made again at every renewal that
-/// finds none, and dropped after any failure or a renewal that takes too long (a hung server, a cut network).
+/// The connection a node renews its lease on: its own, not one of the store's pool, where a renewal could wait for a
+/// connection behind the node's other queries. This connection is made again at every renewal that finds none, and
+/// dropped after any failure or a renewal that takes too long (a hung server, a cut network).
 public final class LeaseConnection: Sendable {
-    private let configuration: PostgresConnection.Configuration
+    private let parameters: [(keyword: String, value: String)]
     private let logger: Logger
-    private let current = Mutex<PostgresConnection?>(nil)
+    private let current = Mutex<Connection?>(nil)
 
     /// For the database at `url` (as ``PostgresStore/init(url:objectPrefix:nodeID:logger:)`` takes it); nothing
     /// connects until the first query.
     public init(url: String, logger: Logger) throws {
-        let pool = try PostgresStore.configuration(url: url)
-        let mode = URLComponents(string: url)?.queryItems?.last { $0.name == "sslmode" }?.value ?? "prefer"
-        let tls: PostgresConnection.Configuration.TLS = switch mode {
-        case "disable": .disable
-        case "require", "verify-ca", "verify-full": .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        default: .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        }
-        var configuration = PostgresConnection.Configuration(
-            host: pool.host ?? "", port: pool.port ?? 5432, username: pool.username, password: pool.password,
-            database: pool.database, tls: tls)
-        configuration.options.additionalStartupParameters = [("TimeZone", "UTC")]
-        self.configuration = configuration
+        parameters = try PostgresStore.connectionParameters(url: url)
         self.logger = logger
     }
 
-    deinit { current.withLock { $0 }?.close().whenComplete { _ in } }
-
-    /// Runs `query`, connecting first if needed; throws once `timeout` has passed, the connection then dropped.
-    func query(_ query: PostgresQuery, within timeout: Duration) async throws -> [PostgresRow] {
-        try await withThrowingTaskGroup(of: [PostgresRow]?.self) { group in
-            group.addTask {
-                let connection: PostgresConnection
-                do { connection = try await self.connection(within: timeout) } catch { throw Self.described(error) }
-                do { return try await connection.rows(query, logger: self.logger) } catch {
-                    await self.drop(connection)
-                    throw Self.described(error)
-                }
-            }
-            group.addTask {
-                try await Task.sleep(for: timeout)
+    /// Runs `query`, connecting first if needed; throws ``StoreFailure/unavailable(_:)`` once `timeout` has passed,
+    /// the connection then dropped.
+    func query(_ query: SQL, within timeout: Duration) async throws -> [Row] {
+        let deadline = Deadline(timeout)
+        // Taken out while it queries: one caller at a time.
+        let connection: Connection
+        if let kept = current.withLock({ $0.take() }) {
+            connection = kept
+        } else {
+            connection = try await Connection.open(parameters, until: deadline)
+        }
+        do {
+            let rows = try await connection.rows(query, until: deadline)
+            let spare = current.withLock { current -> Connection? in
+                guard current == nil else { return connection }
+                current = connection
                 return nil
             }
-            defer { group.cancelAll() }
-            guard let rows = try await group.next() ?? nil else {
-                // Closing fails the query still waiting on it, so that the group can end.
-                await close()
-                throw PostgresStoreError("no answer from PostgreSQL within \(timeout)")
-            }
+            spare?.close()
             return rows
+        } catch {
+            connection.close()
+            logger.debug("lease connection dropped", metadata: ["error": "\(error)"])
+            throw error
         }
     }
 
     /// Closes the connection, if there is one.
     public func close() async {
-        guard let connection = current.withLock({ let connection = $0; $0 = nil; return connection }) else { return }
-        try? await connection.close()
-    }
-
-    private func connection(within timeout: Duration) async throws -> PostgresConnection {
-        if let connection = current.withLock({ $0 }), !connection.isClosed { return connection }
-        var configuration = configuration
-        configuration.options.connectTimeout = .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000
-            + timeout.components.attoseconds / 1_000_000_000)
-        let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
-        if let replaced = current.withLock({ let old = $0; $0 = connection; return old }) { try? await replaced.close() }
-        return connection
-    }
-
-    /// PSQLError's description is deliberately empty; its details name nothing secret here (the lease's query).
-    private static func described(_ error: any Error) -> any Error {
-        error is PSQLError ? PostgresStoreError(String(reflecting: error)) : error
-    }
-
-    private func drop(_ connection: PostgresConnection) async {
-        current.withLock { if $0 === connection { $0 = nil } }
-        try? await connection.close()
+        current.withLock { $0.take() }?.close()
     }
 }

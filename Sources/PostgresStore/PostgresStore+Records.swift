@@ -1,5 +1,4 @@
 public import Foundation
-import PostgresNIO
 public import Store
 public import ViewportCore
 
@@ -58,8 +57,8 @@ extension PostgresStore {
             SELECT status, COUNT(*) FROM "session" WHERE (\(nodeID)::text IS NULL OR "nodeID" = \(nodeID)) GROUP BY status
             """)
         return Dictionary(uniqueKeysWithValues: try rows.compactMap { row in
-            let (status, count) = try row.decode((String, Int).self)
-            return SessionStatus(rawValue: status).map { ($0, count) }
+            let count = try row.decode(Int.self, column: 1)
+            return SessionStatus(rawValue: try row.decode(String.self)).map { ($0, count) }
         })
     }
 
@@ -119,7 +118,7 @@ extension PostgresStore {
     }
 
     /// Inserts `artifact` and, when artifacts go to a bucket and it is not there yet, its upload.
-    private func insert(_ artifact: ArtifactRecord, on connection: PostgresConnection) async throws {
+    private func insert(_ artifact: ArtifactRecord, on connection: Connection) async throws {
         try await insert(artifact, into: "artifact", on: connection)
         if artifact.objectKey == nil, let upload = upload(of: artifact) { try await insert([upload], on: connection) }
     }
@@ -145,7 +144,7 @@ extension PostgresStore {
     }
 
     /// A run's artifacts, oldest first.
-    private func artifacts(runID: String, on connection: PostgresConnection?) async throws -> [ArtifactRecord] {
+    private func artifacts(runID: String, on connection: Connection?) async throws -> [ArtifactRecord] {
         try await records(ArtifactRecord.self, """
             SELECT row_to_json(a)::text FROM artifact a WHERE "runID" = \(runID) ORDER BY "createdAt", id COLLATE "C"
             """, on: connection)
@@ -265,7 +264,7 @@ extension PostgresStore {
         try await transaction { try await insert(uploads, on: $0) }
     }
 
-    func insert(_ uploads: [UploadRecord], on connection: PostgresConnection) async throws {
+    func insert(_ uploads: [UploadRecord], on connection: Connection) async throws {
         for var upload in uploads {
             upload.nodeID = upload.nodeID ?? nodeID
             try await insert(upload, into: "upload", on: connection)
@@ -352,7 +351,7 @@ extension PostgresStore {
 
     public func segmentsWithSpentLiveParts(limit: Int) async throws -> [(segment: SegmentRecord, runIDs: [String])] {
         let rows = try await execute("""
-            SELECT row_to_json(segment)::text, ARRAY(SELECT id FROM run WHERE "segmentID" = segment.id)
+            SELECT row_to_json(segment)::text, to_json(ARRAY(SELECT id FROM run WHERE "segmentID" = segment.id))::text
             FROM segment WHERE finished AND NOT "livePartsDeleted" AND (\(nodeID)::text IS NULL OR "sessionID" IN (SELECT id FROM "session" WHERE "nodeID" = \(nodeID)))
             AND NOT EXISTS (SELECT 1 FROM run WHERE run."segmentID" = segment.id AND (run.status = 'running'
                 OR NOT EXISTS (SELECT 1 FROM artifact WHERE artifact."runID" = run.id AND artifact.kind = 'recording'
@@ -361,8 +360,8 @@ extension PostgresStore {
             LIMIT \(limit)
             """)
         return try rows.map { row in
-            let (json, runIDs) = try row.decode((String, [String]).self)
-            return (try RowCoding.decode(SegmentRecord.self, from: json), runIDs)
+            (try RowCoding.decode(SegmentRecord.self, from: try row.decode(String.self)),
+             try RowCoding.decode([String].self, from: try row.decode(String.self, column: 1)))
         }
     }
 

@@ -1,6 +1,5 @@
 import Foundation
 public import Logging
-import PostgresNIO
 public import Store
 import Synchronization
 import ViewportCore
@@ -12,7 +11,8 @@ import ViewportCore
 /// `json_populate_record` writes it and `row_to_json` reads it back. Timestamps are `timestamptz(3)`, kept to the
 /// millisecond as in SQLite.
 ///
-/// Usable only inside ``run(_:)`` (once per store): it runs the connection pool and applies the migrations first.
+/// Usable only inside ``run(_:)`` (once per store): it applies the migrations first, and closes the store's
+/// connections at its end. Queries go through libpq (``Connection``), at most ``maxConnections`` at once.
 ///
 /// A cluster node's store has the node's id: what concerns one host is then what this node owns, and once the node
 /// is registered (``register(advertiseURL:leaseSeconds:)``) every transaction is fenced by its epoch, so that a node
@@ -23,50 +23,43 @@ public final class PostgresStore: Store {
     public let nodeID: String?
     /// The epoch this node registered with; transactions check it is still the node's.
     let epoch = Mutex<Int64?>(nil)
-    let client: PostgresClient
+    let pool: ConnectionPool
     let logger: Logger
     /// Every table's columns in order, read once the schema is migrated.
     private let tableColumns = Mutex<[String: [String]]>([:])
 
     /// A store on the database at `url` (`postgres://user:password@host:port/database`, `?sslmode=disable`,
-    /// `prefer` (the default) or `require`). Nothing connects until ``run(_:)``.
+    /// `prefer` (the default) or `require`, as libpq takes them). Nothing connects until ``run(_:)``.
     public init(url: String, objectPrefix: String? = nil, nodeID: String? = nil, logger: Logger) throws {
         self.objectPrefix = objectPrefix
         self.nodeID = nodeID
         self.logger = logger
-        var configuration = try Self.configuration(url: url)
-        // Dates come back from row_to_json in the session's time zone: UTC keeps them uniform.
-        configuration.options.additionalStartupParameters = [("TimeZone", "UTC")]
-        client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        pool = ConnectionPool(parameters: try Self.connectionParameters(url: url), limit: Self.maxConnections)
     }
 
-    /// The client configuration of a `postgres://` or `postgresql://` URL.
-    static func configuration(url: String) throws -> PostgresClient.Configuration {
+    /// How many connections the store opens at most; more queries at once wait for one of them.
+    static let maxConnections = 8
+
+    /// libpq's connection parameters for a `postgres://` or `postgresql://` URL: the URL itself (libpq reads it),
+    /// user `postgres` unless it names one, and the session in UTF-8 and UTC.
+    static func connectionParameters(url: String) throws -> [(keyword: String, value: String)] {
         guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? ""),
               let host = components.host, !host.isEmpty
         else { throw PostgresStoreError("not a postgres:// URL with a host") }
-        let query = Dictionary((components.queryItems ?? []).map { ($0.name, $0.value ?? "") }) { $1 }
-        let tls: PostgresClient.Configuration.TLS
-        switch query["sslmode"] ?? "prefer" {
-        case "disable": tls = .disable
-        case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
-        case "require", "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
-        case let mode: throw PostgresStoreError("sslmode \(mode) is not one of disable, prefer or require")
+        let mode = components.queryItems?.last { $0.name == "sslmode" }?.value ?? "prefer"
+        guard ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"].contains(mode) else {
+            throw PostgresStoreError("sslmode \(mode) is not one of disable, prefer or require")
         }
-        let database = String(components.path.drop { $0 == "/" })
-        return PostgresClient.Configuration(
-            host: host, port: components.port ?? 5432, username: components.user ?? "postgres",
-            password: components.password, database: database.isEmpty ? nil : database, tls: tls)
+        // Later parameters override earlier ones, the URL's included: the user is a default, the rest is not.
+        // Dates come back from row_to_json in the session's time zone: UTC keeps them uniform.
+        return [("user", "postgres"), ("dbname", url), ("client_encoding", "UTF8"), ("options", "-c TimeZone=UTC")]
     }
 
-    /// Runs the connection pool for as long as `body` runs, with the schema migrated before it starts.
+    /// Runs `body` with the schema migrated before it starts; the store's connections are closed at its end.
     public func run(_ body: () async throws -> Void) async throws {
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { await self.client.run() }
-            defer { group.cancelAll() }
-            try await migrate()
-            try await body()
-        }
+        defer { pool.close() }
+        try await migrate()
+        try await body()
     }
 
     // MARK: - Queries
@@ -75,7 +68,7 @@ public final class PostgresStore: Store {
     /// error is rethrown as it is). Once the node is registered, `fenced` transactions first check, holding the
     /// node's row, that its epoch is still the one it registered with (a takeover locks that row to change it).
     @discardableResult
-    func transaction<Result: Sendable>(fenced: Bool = true, _ body: (PostgresConnection) async throws -> Result)
+    func transaction<Result: Sendable>(fenced: Bool = true, _ body: (Connection) async throws -> Result)
         async throws -> Result
     {
         let fence = fenced ? epoch.withLock { $0 }.flatMap { epoch in nodeID.map { ($0, epoch) } } : nil
@@ -100,88 +93,30 @@ public final class PostgresStore: Store {
 
     /// Runs `query` on `connection`, or on any connection of the pool.
     @discardableResult
-    func execute(_ query: PostgresQuery, on connection: PostgresConnection? = nil) async throws -> [PostgresRow] {
-        if let connection { return try await connection.rows(query, logger: logger) }
-        return try await withConnection { [logger] in try await $0.rows(query, logger: logger) }
+    func execute(_ query: SQL, on connection: Connection? = nil) async throws -> [Row] {
+        if let connection { return try await connection.rows(query) }
+        return try await withConnection { try await $0.rows(query) }
     }
 
-    /// How long a query waits for a connection: while PostgreSQL is down the pool keeps trying to connect for a
-    /// minute before it fails anything, and an API request must not wait that long.
+    /// How long a query waits for a connection (for one to come free, or to open one): while PostgreSQL is down,
+    /// an API request must not wait longer.
     static let connectionWait = Duration.seconds(5)
 
     /// Runs `body` on a connection of the pool. No connection within ``connectionWait``, a connection that cannot
     /// be made, or one the server drops is ``StoreFailure/unavailable(_:)``; `body` never starts once the wait is
     /// over, so a request answered "unavailable" wrote nothing. Other errors are rethrown as they are.
-    func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
-        let lease = Lease()
-        do {
-            return try await withoutActuallyEscaping(body) { body in
-                let work = Work(body: body)
-                return try await withThrowingTaskGroup(of: Result?.self) { group in
-                    group.addTask { [client] in
-                        try await client.withConnection { connection in
-                            guard lease.state.compareExchange(expected: 0, desired: 1, ordering: .relaxed).exchanged else {
-                                throw CancellationError()
-                            }
-                            return try await work.body(connection)
-                        }
-                    }
-                    group.addTask {
-                        try await Task.sleep(for: Self.connectionWait)
-                        return nil
-                    }
-                    while let result = try await group.next() {
-                        if let result {
-                            group.cancelAll()
-                            return result
-                        }
-                        if lease.state.compareExchange(expected: 0, desired: 2, ordering: .relaxed).exchanged {
-                            group.cancelAll()
-                            throw StoreFailure.unavailable("no connection to PostgreSQL within \(Self.connectionWait)")
-                        }
-                    }
-                    throw CancellationError()
-                }
-            }
-        } catch let error as PSQLError where lease.state.load(ordering: .relaxed) == 0 || Self.isConnectionFailure(error) {
-            throw StoreFailure.unavailable(Self.reason(error))
-        } catch where lease.state.load(ordering: .relaxed) == 0 && !(error is StoreFailure) && !Task.isCancelled {
-            throw StoreFailure.unavailable("\(error)")  // the pool gave up connecting (its circuit breaker)
-        }
-    }
-
-    /// Where ``withConnection(_:)`` is: 0 waiting for a connection, 1 leased, 2 the wait is over.
-    private final class Lease: Sendable {
-        let state = Atomic(0)
-    }
-
-    /// The body of ``withConnection(_:)``, run in a child task while the caller waits for it.
-    private struct Work<Result>: @unchecked Sendable {
-        let body: (PostgresConnection) async throws -> Result
-    }
-
-    /// Whether `error` is the connection failing rather than the server refusing a query: no connection, a
-    /// dropped one, or the server shutting down (SQLSTATE classes 08 and 57P).
-    static func isConnectionFailure(_ error: PSQLError) -> Bool {
-        if let state = error.serverInfo?[.sqlState] { return state.hasPrefix("08") || state.hasPrefix("57P") }
-        return [.connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown, .poolClosed,
-                .sslUnsupported, .failedToAddSSLHandler].contains(error.code)
-    }
-
-    /// What went wrong, without the query (PSQLError's own description is deliberately empty).
-    static func reason(_ error: PSQLError) -> String {
-        if let message = error.serverInfo?[.message] { return message }
-        return error.underlying.map { "\(error.code): \($0)" } ?? "\(error.code)"
+    func withConnection<Result: Sendable>(_ body: (Connection) async throws -> Result) async throws -> Result {
+        try await pool.withConnection(wait: Self.connectionWait, body)
     }
 
     /// The records of a query whose only column is `row_to_json(...)::text`.
-    func records<Record: Decodable>(_ type: Record.Type, _ query: PostgresQuery, on connection: PostgresConnection? = nil)
+    func records<Record: Decodable>(_ type: Record.Type, _ query: SQL, on connection: Connection? = nil)
         async throws -> [Record]
     {
         try await execute(query, on: connection).map { try RowCoding.decode(type, from: try $0.decode(String.self)) }
     }
 
-    func record<Record: Decodable>(_ type: Record.Type, _ query: PostgresQuery, on connection: PostgresConnection? = nil)
+    func record<Record: Decodable>(_ type: Record.Type, _ query: SQL, on connection: Connection? = nil)
         async throws -> Record?
     {
         try await records(type, query, on: connection).first
@@ -191,7 +126,7 @@ public final class PostgresStore: Store {
     /// nothing when its key is taken). Returns the rows of `returning` (SQL after RETURNING), if given.
     @discardableResult
     func insert(_ record: some Encodable, into table: String, onConflictDoNothing: Bool = false,
-                returning: String? = nil, on connection: PostgresConnection? = nil) async throws -> [PostgresRow]
+                returning: String? = nil, on connection: Connection? = nil) async throws -> [Row]
     {
         guard let connection else {
             return try await transaction {
@@ -212,7 +147,7 @@ public final class PostgresStore: Store {
     /// row is inserted if there is none. Returns whether a row was written.
     @discardableResult
     func update(_ record: some Encodable, in table: String, key: [String], upsert: Bool = false,
-                on connection: PostgresConnection? = nil) async throws -> Bool
+                on connection: Connection? = nil) async throws -> Bool
     {
         guard let connection else {
             return try await transaction { try await update(record, in: table, key: key, upsert: upsert, on: $0) }
@@ -236,9 +171,7 @@ public final class PostgresStore: Store {
                 FROM \(source) AS r WHERE \(match) RETURNING 1
                 """
         }
-        var binds = PostgresBindings()
-        binds.append(json)
-        return try await !execute(PostgresQuery(unsafeSQL: sql, binds: binds), on: connection).isEmpty
+        return try await !execute(SQL(unsafeSQL: sql, json), on: connection).isEmpty
     }
 
     private func columns(of table: String) throws -> [String] {
@@ -252,7 +185,7 @@ public final class PostgresStore: Store {
 
     /// Whether `error` is PostgreSQL refusing a duplicate key.
     static func isUniqueViolation(_ error: any Error) -> Bool {
-        (error as? PSQLError)?.serverInfo?[.sqlState] == "23505"
+        (error as? PostgresError)?.sqlState == "23505"
     }
 
     /// Runs `work` to its end from a thread outside the cooperative pool (the daemon's session writes, on their
@@ -282,7 +215,7 @@ public final class PostgresStore: Store {
             let applied = Set(try await execute("SELECT identifier FROM viewportd_migrations", on: connection)
                 .map { try $0.decode(String.self) })
             for (identifier, statements) in Self.migrations where !applied.contains(identifier) {
-                for statement in statements { try await execute(PostgresQuery(unsafeSQL: statement), on: connection) }
+                for statement in statements { try await execute(SQL(unsafeSQL: statement), on: connection) }
                 try await execute("INSERT INTO viewportd_migrations (identifier) VALUES (\(identifier))", on: connection)
                 logger.info("database migrated", metadata: ["migration": "\(identifier)"])
             }
@@ -291,7 +224,8 @@ public final class PostgresStore: Store {
             SELECT table_name::text, column_name::text FROM information_schema.columns
             WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position
             """)
-        let columns = Dictionary(grouping: try rows.map { try $0.decode((String, String).self) }, by: \.0)
+        let columns = Dictionary(grouping: try rows.map { (try $0.decode(String.self), try $0.decode(String.self, column: 1)) },
+                                 by: \.0)
             .mapValues { $0.map(\.1) }
         tableColumns.withLock { $0 = columns }
     }

@@ -5,6 +5,7 @@ import ObjectStore
 import ServiceLifecycle
 import Store
 import Synchronization
+import ViewportCore
 
 /// The bucket of `artifacts.store: s3`: the client, and the links handed out for stored objects.
 struct Bucket: Sendable {

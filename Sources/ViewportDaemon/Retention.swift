@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Store
+import ViewportCore
 
 /// Keeps artifacts from filling the disk: deletes those of closed sessions older than `retention.max_age_days`,
 /// then, while all artifacts take more than `retention.max_disk_gb`, whole closed sessions' artifacts, the oldest

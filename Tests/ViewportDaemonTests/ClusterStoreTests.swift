@@ -129,18 +129,24 @@ import ViewportCore
         }
     }
 
-    /// The pool may lease a connection the server has just closed (PostgreSQL restarting); PostgresNIO never
-    /// answers a query written to it, and the node's lease, uploads or webhooks would wait forever.
+    /// A connection the server has closed (PostgreSQL restarting, an administrator ending its backend) fails the
+    /// query written to it as the database unavailable, rather than the node's lease, uploads or webhooks waiting
+    /// for an answer that never comes; the pool then connects again.
     @Test func aQueryOnAConnectionThatHasClosedFailsRatherThanWaitingForever() async throws {
         try await PostgresServer.with { server in
             let store = try PostgresStore(url: try server.createDatabase(), logger: Self.logger)
             try await store.run {
                 let started = ContinuousClock.now
-                await #expect(throws: StoreFailure.self) {
-                    try await store.client.withConnection { connection in
-                        try await connection.close()
-                        return try await connection.rows("SELECT 1", logger: Self.logger)
+                await #expect {
+                    try await store.withConnection { connection in
+                        let backend = try #require(try await store.execute("SELECT pg_backend_pid()", on: connection).first)
+                        // From another connection, waiting until that backend has exited.
+                        try await store.execute("SELECT pg_terminate_backend(\(try backend.decode(Int.self))::int, 5000)")
+                        return try await store.execute("SELECT 1", on: connection)
                     }
+                } throws: { error in
+                    if case StoreFailure.unavailable = error { return true }
+                    return false
                 }
                 #expect(started.duration(to: .now) < .seconds(5))
                 let rows = try await store.execute("SELECT 1")

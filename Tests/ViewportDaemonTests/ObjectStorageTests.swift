@@ -5,6 +5,7 @@ import FoundationNetworking
 #endif
 import ObjectStore
 import Testing
+import ViewportCore
 @testable import ViewportDaemon
 
 /// The daemon's config for `artifacts.store: s3` against `server`, with short waits so the tests stay short.
