@@ -144,6 +144,7 @@ public enum ViewerEvent: Encodable, Sendable, Equatable {
 /// it. Times are ISO 8601 as the REST API writes them.
 public struct RunEvent: Codable, Sendable, Equatable {
     public var runID: String
+    /// `running`, or the final status (`completed`, `failed`, `terminated`...).
     public var status: String
     public var startedAt: String
     /// Absent while running.
@@ -155,6 +156,7 @@ public struct RunEvent: Codable, Sendable, Equatable {
         (self.runID, self.status, self.startedAt, self.finishedAt, self.replayURL) = (runID, status, startedAt, finishedAt, replayURL)
     }
 
+    /// Whether the run is open (it started; no final status yet).
     public var isRunning: Bool { status == "running" }
 
     private enum CodingKeys: String, CodingKey {
@@ -184,6 +186,7 @@ public struct RunEvent: Codable, Sendable, Equatable {
 /// A `step` message: a step of a run was marked (its index counts from 1 in the run).
 public struct StepEvent: Codable, Sendable, Equatable {
     public var runID: String
+    /// 1 for the run's first step.
     public var index: Int
     public var label: String
     /// When it was marked, ISO 8601.
