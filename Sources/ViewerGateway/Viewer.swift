@@ -23,10 +23,10 @@ public enum ViewerKind: Sendable {
 }
 
 /// The line that takes one relayed viewer's control messages to the node that owns its session, which decides on
-/// them as on its own viewers' (one controller at a time, across nodes). Its refusals come back through the
-/// callback it was opened with.
+/// them as on its own viewers' (one controller at a time, across nodes). Its answers (refusals, evaluation results)
+/// come back through the callback it was opened with.
 public protocol ControlLine: AnyObject {
-    /// Sends a control message (`take-control`, `cede-control`, input) as the viewer sent it.
+    /// Sends a control message (`take-control`, `cede-control`, input, `evaluate`) as the viewer sent it.
     func send(_ message: Data)
     /// The viewer left: the owner gives control back to the agent if this viewer held it.
     func close()
