@@ -40,19 +40,21 @@ final class CDPClient: WebSocketDelegate, @unchecked Sendable {
 
     /// Sends `command` to `session`; `reply` gets the result (nil when the browser answered with an error) and
     /// the reply's image, if it had one. Nothing is sent, and `reply` is never called, once the client closed.
+    /// Returns the command's id (for ``forget(_:)``), nil when nothing was sent.
+    @discardableResult
     func send<Command: CDPCommand>(_ command: Command, to session: CDPSession = .root,
-                                   reply: ((Command.Result?, FrameBytes?) -> Void)? = nil)
+                                   reply: ((Command.Result?, FrameBytes?) -> Void)? = nil) -> Int?
     {
-        guard !closed, let socket else { return }
+        guard !closed, let socket else { return nil }
         let id = nextID
         nextID += 1
-        guard let data = try? JSONEncoder().encode(CDPOutbound(id: id, sessionId: session.id, params: command)) else { return }
+        guard let data = try? JSONEncoder().encode(CDPOutbound(id: id, sessionId: session.id, params: command)) else { return nil }
         // A browser that sends frames and never reads our acknowledgements must not grow the daemon.
         guard outboxBytes + data.count <= Self.maxOutboxBytes else {
             closed = true
             metrics.peerLimited(.browserNotReading)
             socket.close(code: 1008, reason: "browser does not read its messages")
-            return
+            return nil
         }
         if let reply {
             replies[id] = { json, frame in
@@ -62,7 +64,11 @@ final class CDPClient: WebSocketDelegate, @unchecked Sendable {
         outboxBytes += data.count
         outbox.append(.text(Payload(copying: data)))
         socket.requestWrite()
+        return id
     }
+
+    /// Drops the reply handler of command `id`: its caller stopped waiting (a reply that may never come).
+    func forget(_ id: Int) { replies[id] = nil }
 
     // MARK: WebSocketDelegate
 

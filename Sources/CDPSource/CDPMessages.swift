@@ -253,3 +253,64 @@ struct SetDownloadBehavior: CDPCommand {
     var downloadPath: String
     var eventsEnabled = true
 }
+
+// MARK: - Evaluation
+
+/// A JavaScript value in the page: a primitive's `value` (or `unserializableValue`: NaN, -0, BigInt...), an
+/// object's `objectId`.
+struct RemoteObject: Decodable {
+    var type: String
+    var subtype: String?
+    var objectId: String?
+    var value: Primitive?
+    var unserializableValue: String?
+    var description: String?
+
+    /// A primitive `value` as CDP writes it.
+    enum Primitive: Decodable {
+        case null, bool(Bool), number(Double), string(String)
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if container.decodeNil() { self = .null }
+            else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+            else if let value = try? container.decode(Double.self) { self = .number(value) }
+            else { self = .string(try container.decode(String.self)) }
+        }
+    }
+}
+
+/// An exception a script threw (or its promise's rejection).
+struct ExceptionDetails: Decodable {
+    var text: String
+    var exception: RemoteObject?
+}
+
+struct Evaluate: CDPCommand {
+    static let method = "Runtime.evaluate"
+    struct Result: Decodable {
+        var result: RemoteObject
+        var exceptionDetails: ExceptionDetails?
+    }
+    var expression: String
+    var objectGroup: String
+    var awaitPromise = true
+    var returnByValue = false
+    /// Milliseconds after which the browser stops a script that does not yield (it then answers with an error).
+    var timeout: Double
+}
+
+struct CallFunctionOn: CDPCommand {
+    static let method = "Runtime.callFunctionOn"
+    typealias Result = Evaluate.Result
+    struct Argument: Encodable { var value: Int }
+    var functionDeclaration: String
+    var objectId: String
+    var arguments: [Argument]
+    var returnByValue = true
+}
+
+struct ReleaseObjectGroup: CDPCommand {
+    static let method = "Runtime.releaseObjectGroup"
+    var objectGroup: String
+}

@@ -19,7 +19,7 @@ import Foundation
 /// which screencast runs, ``DownloadTracker`` which downloads completed; `Connection` wires them to one socket.
 ///
 /// `@unchecked Sendable`: all state is confined to the event loop's service thread; public methods hop onto it.
-public final class CDPSource: FrameSource, @unchecked Sendable {
+public final class CDPSource: FrameSource, ScriptTarget, @unchecked Sendable {
     /// Screencast and reconnection settings.
     public struct Options: Sendable {
         /// JPEG quality, 0-100.
@@ -251,6 +251,34 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
         }
     }
 
+    // MARK: - Evaluation
+
+    /// Runs `expression` in the page being shown (``Evaluation``), on the service thread.
+    public func evaluate(_ expression: String, timeout: Double, maxResultBytes: Int) async -> Result<String, ScriptFailure> {
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        return await withCheckedContinuation { continuation in
+            loop.execute { self.evaluate(expression, until: deadline, maxResultBytes: maxResultBytes) { continuation.resume(returning: $0) } }
+        }
+    }
+
+    /// Starts the evaluation once the browser is attached and a page known: a viewer that evaluates as it connects
+    /// may come before the screencast found the page, or during a reconnect.
+    private func evaluate(_ expression: String, until deadline: ContinuousClock.Instant, maxResultBytes: Int,
+                          finish: @escaping @Sendable (Result<String, ScriptFailure>) -> Void)
+    {
+        guard !stopped else { return finish(.failure(.failed("the session's browser is gone"))) }
+        let remaining = Double((deadline - .now) / .milliseconds(1)) / 1000
+        guard let connection, let page = connection.scriptPage else {
+            guard remaining > 0.05 else { return finish(.failure(.timedOut)) }
+            return loop.schedule(after: 0.05) { [self] in
+                evaluate(expression, until: deadline, maxResultBytes: maxResultBytes, finish: finish)
+            }
+        }
+        let evaluation = Evaluation(client: connection.client, page: page, timeout: remaining, finish: finish)
+        loop.schedule(after: remaining) { evaluation.timedOut() }
+        evaluation.start(expression, maxResultBytes: maxResultBytes)
+    }
+
     // MARK: - One DevTools connection
 
     /// One WebSocket connection to the browser, replaced on reconnect: wires its client's events to the tab
@@ -375,6 +403,9 @@ public final class CDPSource: FrameSource, @unchecked Sendable {
                 break  // only for the frame at hand
             }
         }
+
+        /// Where scripts run: the page being shown, else the active one.
+        var scriptPage: CDPSession? { screencast.shown ?? tabs.activePage }
 
         /// Sends a command to the page being shown.
         func sendToShownPage<Command: CDPCommand>(_ command: Command) {

@@ -23,17 +23,18 @@ public enum ViewerKind: Sendable {
 }
 
 /// The line that takes one relayed viewer's control messages to the node that owns its session, which decides on
-/// them as on its own viewers' (one controller at a time, across nodes). Its refusals come back through the
-/// callback it was opened with.
+/// them as on its own viewers' (one controller at a time, across nodes). Its answers (refusals, evaluation results)
+/// come back through the callback it was opened with.
 public protocol ControlLine: AnyObject {
-    /// Sends a control message (`take-control`, `cede-control`, input) as the viewer sent it.
+    /// Sends a control message (`take-control`, `cede-control`, input, `evaluate`) as the viewer sent it.
     func send(_ message: Data)
     /// The viewer left: the owner gives control back to the agent if this viewer held it.
     func close()
 }
 
-/// Opens a relayed viewer's ``ControlLine``; its argument tells the viewer what the owner refused.
-public typealias ControlLineOpener = (_ refused: @escaping (String) -> Void) -> any ControlLine
+/// Opens a relayed viewer's ``ControlLine``; its argument hands the viewer the owner's answers (`error`,
+/// `evaluate_result`) and the line's own refusals.
+public typealias ControlLineOpener = (_ answer: @escaping (ViewerEvent) -> Void) -> any ControlLine
 
 /// Feeds WebSocket viewers from their sessions' frame hubs.
 ///
@@ -47,8 +48,13 @@ public final class ViewerGateway: @unchecked Sendable {
     public static let maxInboundMessageBytes = 64 * 1024
     /// A viewer with control permission may paste up to 1 MiB; its messages may be this large.
     public static let maxControlMessageBytes = 2 * 1024 * 1024
+    /// Evaluations one viewer may have running; it is answered an error beyond. Three results at the largest
+    /// cap stay within the default budget of unread replies.
+    public static let maxEvaluationsInFlight = 3
+    /// Steps of a session's open run kept to tell viewers who join (the newest).
+    public static let maxReplayedSteps = 200
 
-    private let loop: EventLoop
+    fileprivate let loop: EventLoop
     private let logger: Logger
     private let viewers = Mutex<[ObjectIdentifier: Viewer]>([:])
     private var jsonCache: [String: (sequence: UInt64, payload: Payload)] = [:]
@@ -57,15 +63,25 @@ public final class ViewerGateway: @unchecked Sendable {
     private var controllers: [String: ObjectIdentifier] = [:]
     /// Relayed sessions whose owner says a viewer is in control.
     private var relayedControlled: Set<String> = []
+    /// The open run of each session that has one, with its newest steps, for viewers who join.
+    private var openRuns: [String: (run: RunEvent, steps: [StepEvent])] = [:]
+    /// How long an `evaluate` may run, in seconds.
+    fileprivate let evaluateTimeout: Double
+    /// Largest JSON of an `evaluate`'s value.
+    fileprivate let maxEvaluateResultBytes: Int
     /// Bytes of replies (pongs, errors, statuses) one viewer may leave unread before it is closed with 1008.
     fileprivate let maxPendingBytes: Int
     private let metrics: StreamMetrics
 
-    public init(loop: EventLoop, logger: Logger, maxPendingBytes: Int = 1 << 20, metrics: StreamMetrics = .none) {
+    public init(loop: EventLoop, logger: Logger, maxPendingBytes: Int = 1 << 20, metrics: StreamMetrics = .none,
+                evaluateTimeout: Double = 5, maxEvaluateResultBytes: Int = 256 << 10)
+    {
         self.loop = loop
         self.logger = logger
         self.maxPendingBytes = maxPendingBytes
         self.metrics = metrics
+        self.evaluateTimeout = evaluateTimeout
+        self.maxEvaluateResultBytes = maxEvaluateResultBytes
     }
 
     /// Accepts an authenticated viewer of `hub`; call from the upgrade callback. With `control` permission and an
@@ -115,6 +131,49 @@ public final class ViewerGateway: @unchecked Sendable {
         guard (controller == .viewer) != relayedControlled.contains(sessionID) else { return }
         if controller == .viewer { relayedControlled.insert(sessionID) } else { relayedControlled.remove(sessionID) }
         controlChanged(sessionID)
+    }
+
+    /// Tells every viewer of `sessionID` that a run started or ended, and keeps the started one (with its steps) for
+    /// viewers who join until it ends. Call from any thread.
+    public func runChanged(_ run: RunEvent, sessionID: String) {
+        loop.execute { [self] in
+            if run.isRunning {
+                openRuns[sessionID] = (run, [])
+            } else if openRuns[sessionID]?.run.runID == run.runID {
+                openRuns[sessionID] = nil
+            }
+            broadcast(.run(run), to: sessionID)
+        }
+    }
+
+    /// Tells every viewer of `sessionID` that a step was marked, and keeps it with its open run. Call from any thread.
+    public func stepMarked(_ step: StepEvent, sessionID: String) {
+        loop.execute { [self] in
+            if openRuns[sessionID]?.run.runID == step.runID {
+                openRuns[sessionID]?.steps.append(step)
+                if let count = openRuns[sessionID]?.steps.count, count > Self.maxReplayedSteps {
+                    openRuns[sessionID]?.steps.removeFirst(count - Self.maxReplayedSteps)
+                }
+            }
+            broadcast(.step(step), to: sessionID)
+        }
+    }
+
+    /// Forgets the open run of a session this node no longer relays. Call on the service thread.
+    public func forgetRuns(of sessionID: String) { openRuns[sessionID] = nil }
+
+    /// The open run of `sessionID` and its steps, as a viewer who joins is told them.
+    fileprivate func openRunEvents(of sessionID: String) -> [ViewerEvent] {
+        guard let open = openRuns[sessionID] else { return [] }
+        return [.run(open.run)] + open.steps.map(ViewerEvent.step)
+    }
+
+    /// Sends `event`, encoded once, to every viewer of `sessionID` and every node's stream of it.
+    private func broadcast(_ event: ViewerEvent, to sessionID: String) {
+        let message = OutboundMessage.text(Payload(copying: event.viewerJSON()))
+        for viewer in viewers.withLock({ Array($0.values) }) where viewer.sessionID == sessionID && viewer.kind != .controlLine {
+            viewer.enqueue(message)
+        }
     }
 
     private func controlChanged(_ sessionID: String) {
@@ -201,6 +260,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     private var heldFrame: Frame?
     private var announcedURL: String?
     private var closeAfterControl: (code: UInt16, reason: String)?
+    /// Evaluations running for this viewer.
+    private var evaluations = 0
 
     init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int,
          mayControl: Bool, input: (any InputTarget)?, kind: ViewerKind, openControlLine: ControlLineOpener?)
@@ -229,6 +290,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         send(.hello(sessionID: sessionID, width: latest?.width ?? 0, height: latest?.height ?? 0, controlPermitted: mayControl))
         send(.control(gateway.controller(of: sessionID)))
         guard kind != .controlLine else { return }
+        for event in gateway.openRunEvents(of: sessionID) { send(event) }
         subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
     }
 
@@ -239,7 +301,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         }
         if request.isControl, let openControlLine {
             guard mayControl else { return refuse("this viewer has no control permission") }
-            let line = controlLine ?? openControlLine { [weak self] in self?.refuse($0) }
+            let line = controlLine ?? openControlLine { [weak self] in self?.send($0) }
             controlLine = line
             return line.send(message.data)
         }
@@ -265,8 +327,45 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
             case .failure(let refusal):
                 refuse(refusal.message)
             }
+        case .evaluate(let id, let expression):
+            guard mayControl else { return refuse("this viewer has no control permission") }
+            evaluate(expression, id: id)
         case .unknown(let type):
             refuse("unknown message type \"\(type.prefix(64))\"")
+        }
+    }
+
+    /// Runs an `evaluate` off the service thread; its answer is encoded there too.
+    private func evaluate(_ expression: String?, id: JSONValue) {
+        func answer(_ error: String) { send(.evaluateResult(id: id, .failure(EvaluationRefusal(error)))) }
+        guard let expression else { return answer("expression must be a string") }
+        guard let script = input as? any ScriptTarget else { return answer("evaluate needs a CDP session") }
+        guard evaluations < ViewerGateway.maxEvaluationsInFlight else {
+            return answer("\(ViewerGateway.maxEvaluationsInFlight) evaluations are running, the most one viewer may have; wait for an answer")
+        }
+        evaluations += 1
+        let (timeout, maxBytes, loop) = (gateway.evaluateTimeout, gateway.maxEvaluateResultBytes, gateway.loop)
+        let answered: @Sendable (OutboundMessage) -> Void = { [weak self] message in
+            guard let self else { return }
+            evaluations -= 1
+            enqueue(message)
+        }
+        Task {
+            let result: Result<JSONValue, EvaluationRefusal>
+            switch await script.evaluate(expression, timeout: timeout, maxResultBytes: maxBytes) {
+            case .success(let json):
+                do { result = .success(try JSONDecoder().decode(JSONValue.self, from: Data(json.utf8))) } catch {
+                    result = .failure(EvaluationRefusal("the value's JSON cannot be read: \(error)"))
+                }
+            case .failure(.threw(let text)): result = .failure(EvaluationRefusal(text))
+            case .failure(.timedOut):
+                result = .failure(EvaluationRefusal("timed out after \(String(format: "%g", timeout)) s (config viewer.evaluate_timeout_seconds)"))
+            case .failure(.tooLarge(let bytes)):
+                result = .failure(EvaluationRefusal("the value's JSON is \(bytes) bytes, over the cap of \(maxBytes) (config viewer.evaluate_max_result_kb)"))
+            case .failure(.failed(let reason)): result = .failure(EvaluationRefusal(reason))
+            }
+            let message = OutboundMessage.text(Payload(copying: ViewerEvent.evaluateResult(id: id, result).viewerJSON()))
+            loop.execute { answered(message) }
         }
     }
 
@@ -322,7 +421,12 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
 
     fileprivate func send(_ event: ViewerEvent) {
         guard !overBudget else { return }
-        let message = OutboundMessage.text(Payload(copying: event.viewerJSON()))
+        enqueue(.text(Payload(copying: event.viewerJSON())))
+    }
+
+    /// Queues a text message ahead of frames.
+    fileprivate func enqueue(_ message: OutboundMessage) {
+        guard !overBudget else { return }
         // A viewer that sends and never reads would grow the daemon by every reply: past its budget it goes.
         guard controlBytes + message.count <= gateway.maxPendingBytes else {
             overBudget = true

@@ -13,13 +13,17 @@ public enum ViewerRequest: Decodable, Sendable, Equatable {
     /// `mouse`, `wheel`, `key`, `navigate` or `paste`: the input, or why it is refused. Decoding never fails on a
     /// bad input message, so the viewer checks its permission before it reports what is wrong with the message.
     case input(Result<ViewerInput, InputRefusal>)
+    /// `{"type":"evaluate","id":ID,"expression":"…"}`: the id as sent (null when absent), the expression (nil when
+    /// it is not a string).
+    case evaluate(id: JSONValue, expression: String?)
     /// Any other `type`.
     case unknown(type: String)
 
-    /// True for the messages that drive the browser or ask to: `take-control`, `cede-control` and input.
+    /// True for the messages that need control permission and go to the session's owner: `take-control`,
+    /// `cede-control`, input and `evaluate`.
     public var isControl: Bool {
         switch self {
-        case .takeControl, .cedeControl, .input: true
+        case .takeControl, .cedeControl, .input, .evaluate: true
         case .ping, .unknown: false
         }
     }
@@ -42,7 +46,7 @@ public enum ViewerRequest: Decodable, Sendable, Equatable {
         }
     }
 
-    private enum CodingKeys: String, CodingKey { case type, t }
+    private enum CodingKeys: String, CodingKey { case type, t, id, expression }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -51,6 +55,9 @@ public enum ViewerRequest: Decodable, Sendable, Equatable {
         case "ping": self = .ping(t: try container.decodeIfPresent(JSONValue.self, forKey: .t) ?? .null)
         case "take-control": self = .takeControl
         case "cede-control": self = .cedeControl
+        case "evaluate":
+            self = .evaluate(id: try container.decodeIfPresent(JSONValue.self, forKey: .id) ?? .null,
+                             expression: try? container.decodeIfPresent(String.self, forKey: .expression))
         case _ where ViewerInput.types.contains(type):
             do { self = .input(.success(try ViewerInput(from: decoder))) } catch {
                 self = .input(.failure(error as? InputRefusal ?? InputRefusal("invalid \(type) message")))
@@ -74,16 +81,25 @@ public enum ViewerEvent: Encodable, Sendable, Equatable {
     case error(String)
     /// The page URL of the binary frames that follow.
     case page(url: String)
+    /// A run of the session started or ended.
+    case run(RunEvent)
+    /// A step of the session's run was marked.
+    case step(StepEvent)
+    /// The answer to an `evaluate`: the value as JSON, or why there is none.
+    case evaluateResult(id: JSONValue, Result<JSONValue, EvaluationRefusal>)
 
     public enum Controller: String, Encodable, Sendable { case agent, viewer }
 
     private enum CodingKeys: String, CodingKey {
         case type, browserSessionID = "browser_session_id", `protocol`, format, width, height
         case controlPermitted = "control_permitted", controller, status, reason, t, serverTimeMicros = "server_time_us"
-        case message, url
+        case message, url, id, value, error
     }
 
     public func encode(to encoder: any Encoder) throws {
+        // Runs and steps are messages of their own.
+        if case .run(let run) = self { return try run.encode(to: encoder) }
+        if case .step(let step) = self { return try step.encode(to: encoder) }
         var container = encoder.container(keyedBy: CodingKeys.self)
         switch self {
         case .hello(let sessionID, let width, let height, let controlPermitted):
@@ -111,8 +127,99 @@ public enum ViewerEvent: Encodable, Sendable, Equatable {
         case .page(let url):
             try container.encode("page", forKey: .type)
             try container.encode(url, forKey: .url)
+        case .run, .step:
+            break
+        case .evaluateResult(let id, let result):
+            try container.encode("evaluate_result", forKey: .type)
+            try container.encode(id, forKey: .id)
+            switch result {
+            case .success(let value): try container.encode(value, forKey: .value)
+            case .failure(let refusal): try container.encode(refusal.message, forKey: .error)
+            }
         }
     }
+}
+
+/// A `run` message: a run of the session started (`running`) or ended (its final status), as the REST API tells
+/// it. Times are ISO 8601 as the REST API writes them.
+public struct RunEvent: Codable, Sendable, Equatable {
+    public var runID: String
+    /// `running`, or the final status (`completed`, `failed`, `terminated`...).
+    public var status: String
+    public var startedAt: String
+    /// Absent while running.
+    public var finishedAt: String?
+    /// The run's replay page, once it ended: a URL that works without a key.
+    public var replayURL: String?
+
+    public init(runID: String, status: String, startedAt: String, finishedAt: String? = nil, replayURL: String? = nil) {
+        (self.runID, self.status, self.startedAt, self.finishedAt, self.replayURL) = (runID, status, startedAt, finishedAt, replayURL)
+    }
+
+    /// Whether the run is open (it started; no final status yet).
+    public var isRunning: Bool { status == "running" }
+
+    private enum CodingKeys: String, CodingKey {
+        case type, runID = "run_id", status, startedAt = "started_at", finishedAt = "finished_at", replayURL = "replay_url"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        runID = try container.decode(String.self, forKey: .runID)
+        status = try container.decode(String.self, forKey: .status)
+        startedAt = try container.decode(String.self, forKey: .startedAt)
+        finishedAt = try container.decodeIfPresent(String.self, forKey: .finishedAt)
+        replayURL = try container.decodeIfPresent(String.self, forKey: .replayURL)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode("run", forKey: .type)
+        try container.encode(runID, forKey: .runID)
+        try container.encode(status, forKey: .status)
+        try container.encode(startedAt, forKey: .startedAt)
+        try container.encodeIfPresent(finishedAt, forKey: .finishedAt)
+        try container.encodeIfPresent(replayURL, forKey: .replayURL)
+    }
+}
+
+/// A `step` message: a step of a run was marked (its index counts from 1 in the run).
+public struct StepEvent: Codable, Sendable, Equatable {
+    public var runID: String
+    /// 1 for the run's first step.
+    public var index: Int
+    public var label: String
+    /// When it was marked, ISO 8601.
+    public var at: String
+
+    public init(runID: String, index: Int, label: String, at: String) {
+        (self.runID, self.index, self.label, self.at) = (runID, index, label, at)
+    }
+
+    private enum CodingKeys: String, CodingKey { case type, runID = "run_id", index, label, at }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        runID = try container.decode(String.self, forKey: .runID)
+        index = try container.decode(Int.self, forKey: .index)
+        label = try container.decode(String.self, forKey: .label)
+        at = try container.decode(String.self, forKey: .at)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode("step", forKey: .type)
+        try container.encode(runID, forKey: .runID)
+        try container.encode(index, forKey: .index)
+        try container.encode(label, forKey: .label)
+        try container.encode(at, forKey: .at)
+    }
+}
+
+/// Why an `evaluate` gave no value (its `error`).
+public struct EvaluationRefusal: Error, Sendable, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
 }
 
 /// A session's state as a `status` message tells it.

@@ -116,6 +116,25 @@ public protocol InputTarget: AnyObject, Sendable {
     func deliver(_ input: RemoteInput)
 }
 
+/// A source that runs JavaScript in the session's page (the CDP source; a VNC source does not).
+public protocol ScriptTarget: AnyObject, Sendable {
+    /// Runs `expression` in the page being shown, awaiting the promise it returns, and gives its value as JSON
+    /// text (`JSON.stringify`'s; undefined is `null`) of at most `maxResultBytes`. Gives up after `timeout`
+    /// seconds; never blocks the caller's thread.
+    func evaluate(_ expression: String, timeout: Double, maxResultBytes: Int) async -> Result<String, ScriptFailure>
+}
+
+/// Why an evaluation gave no value.
+public enum ScriptFailure: Error, Sendable, Equatable {
+    /// The expression threw, or its promise rejected: the exception's text.
+    case threw(String)
+    case timedOut
+    /// The value's JSON is longer than the cap (`bytes` long, or at least that).
+    case tooLarge(bytes: Int)
+    /// The browser is not attached, has no page shown, or the value has no JSON form: why.
+    case failed(String)
+}
+
 /// What a source is doing, as reported to its owner.
 public enum SourceState: Sendable, Equatable {
     case connecting

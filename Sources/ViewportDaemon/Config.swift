@@ -98,6 +98,11 @@ public struct ViewerConfig: Codable, Sendable, Equatable {
     @Within<10, 86400> public var tokenTTLSeconds = 300
     /// Kilobytes of replies (pongs, errors, statuses) a viewer may leave unread; past it the viewer is closed with 1008.
     @Within<16, 65536> public var maxPendingKB = 1024
+    /// Seconds an `evaluate` from a viewer may run before it is answered with a timeout.
+    @WithinThousandths<100, 60_000> public var evaluateTimeoutSeconds = 5.0
+    /// Largest JSON of an `evaluate`'s value, in kilobytes. At most 500: the browser's answer carries it escaped, in
+    /// a message of at most 1 MiB.
+    @Within<1, 500> public var evaluateMaxResultKB = 256
 }
 
 /// Browser connections.

@@ -90,16 +90,17 @@ public final class Daemon: Sendable {
         sessions = Sessions(store: store, files: files, loop: loop, config: config, metrics: metrics.stream, logger: logger)
         webhooks = Webhooks(store: store, loop: loop, config: config, metrics: metrics, logger: logger)
         retention = Retention(store: store, files: files, bucket: bucket, config: config, logger: logger)
+        let gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
+                                    metrics: metrics.stream, evaluateTimeout: config.viewer.evaluateTimeoutSeconds,
+                                    maxEvaluateResultBytes: config.viewer.evaluateMaxResultKB << 10)
+        self.gateway = gateway
         let runs = Runs(store: store, sessions: sessions, files: files, auth: auth, webhooks: webhooks, config: config,
-                        bucket: bucket, logger: logger)
+                        bucket: bucket, gateway: gateway, logger: logger)
         self.runs = runs
         uploads = bucket.map { [files, logger] bucket in
             Uploads(store: store, files: files, bucket: bucket, logger: logger,
                     settled: { await runs.uploadSettled(artifactID: $0) })
         }
-        let gateway = ViewerGateway(loop: loop, logger: logger, maxPendingBytes: config.viewer.maxPendingKB << 10,
-                                    metrics: metrics.stream)
-        self.gateway = gateway
         let relayCounts = RelayCounts()
         let cluster: Cluster?
         do {

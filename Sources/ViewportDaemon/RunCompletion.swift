@@ -91,6 +91,7 @@ extension Runs {
             logger.error("cannot store the run", metadata: ["run_id": "\(id)", "error": "\(error)"])
         }
         open[id] = nil
+        tellViewers(record)
         logger.info("run completed", metadata: ["run_id": "\(id)", "status": "\(status)", "steps": "\(record.stepCount)",
                                                  "frames": "\(record.framesRecorded)", "dropped": "\(record.framesDropped)"])
         await notify(record)

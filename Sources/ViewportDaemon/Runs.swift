@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Recorder
 import Store
+import ViewerGateway
 import ViewportCore
 
 /// Why a request about a run failed.
@@ -101,6 +102,8 @@ actor Runs {
 
     private let sessions: Sessions
     private let auth: Auth
+    /// Told of runs starting and ending and of steps, for the sessions' viewers.
+    private let gateway: ViewerGateway
     /// Ids of runs being started (stored next), so that a second start of the same id is refused.
     private var starting: Set<String> = []
     /// Recordings no run holds any more, retired in order by ``retireRecordings()``.
@@ -108,8 +111,9 @@ actor Runs {
     private let retiring: AsyncStream<SessionRecording>.Continuation
 
     init(store: any Store, sessions: Sessions, files: ArtifactFiles, auth: Auth, webhooks: Webhooks, config: Config,
-         bucket: Bucket?, logger: Logger)
+         bucket: Bucket?, gateway: ViewerGateway, logger: Logger)
     {
+        self.gateway = gateway
         self.bucket = bucket
         self.store = store
         self.sessions = sessions
@@ -184,6 +188,7 @@ actor Runs {
         }
         open[id] = OpenRun(record: record, hub: hub, droppedAtStart: recording?.recorder.stats.framesDropped ?? 0)
         logger.info("run started", metadata: ["run_id": "\(id)", "browser_session_id": "\(sessionID)"])
+        tellViewers(record)
         // A session that ended while the run was being stored did not see it: the run ends with it here.
         if sessions.hub(id: sessionID) !== hub { await terminate([id], reason: "the browser session ended") }
         return record
@@ -210,6 +215,8 @@ actor Runs {
                                                     name: String(format: "step-%03d", index))
             try await store.insert(step, artifact: artifact)
             bucket?.queued.signal()
+            gateway.stepMarked(StepEvent(runID: runID, index: index, label: label, at: APIJSON.iso(step.createdAt)),
+                               sessionID: current.record.sessionID)
             return (step, artifact)
         } catch {
             open[runID]?.steps.removeAll { $0.index == index }
@@ -310,6 +317,21 @@ actor Runs {
         let (expires, signature) = auth.artifactSignature(
             artifactID: artifact.id, expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return "\(config.effectivePublicURL)/v1/artifacts/\(artifact.id)/content?expires=\(expires)&signature=\(signature)"
+    }
+
+    /// The run's replay page, with a token of the run valid for `artifacts.url_ttl_seconds`.
+    nonisolated func replayURL(runID: String) -> String {
+        let token = auth.viewerToken(sessionID: runID,
+                                     expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
+        return "\(config.effectivePublicURL)/replay/\(runID)?token=\(token)"
+    }
+
+    /// Tells the viewers of the run's session that it started or ended (with its replay page).
+    func tellViewers(_ run: RunRecord) {
+        gateway.runChanged(RunEvent(runID: run.id, status: run.status, startedAt: APIJSON.iso(run.startedAt ?? run.createdAt),
+                                    finishedAt: run.finishedAt.map(APIJSON.iso),
+                                    replayURL: run.isOpen ? nil : replayURL(runID: run.id)),
+                           sessionID: run.sessionID)
     }
 
     // MARK: - Recordings

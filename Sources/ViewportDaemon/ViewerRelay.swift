@@ -109,6 +109,7 @@ final class ViewerRelay: @unchecked Sendable {
         streams[stream.sessionID] = nil
         stream.end()
         gateway.setRelayedController(.agent, of: stream.sessionID)
+        gateway.forgetRuns(of: stream.sessionID)
     }
 
     /// Reads where session `id` is served and hands the answer to `then` on the service thread.
@@ -284,14 +285,20 @@ private final class UpstreamStream: WebSocketDelegate, @unchecked Sendable {
         var url: String?
     }
 
-    /// The owner's text messages: its status and controller go to the viewers here, a page URL to the next frames.
+    /// The owner's text messages: its status, controller, runs and steps go to the viewers here, a page URL to the
+    /// next frames.
     private func handle(_ data: Data) {
         guard let event = try? JSONDecoder().decode(Event.self, from: data) else { return }
+        let gateway = relay.gateway
         switch (event.type, event.status) {
         case ("hello", _):
             failures = 0
             hub.setStatus(.live)
-        case ("control", _): relay.gateway.setRelayedController(event.controller == "viewer" ? .viewer : .agent, of: sessionID)
+            // The owner tells its open run again after hello.
+            gateway.forgetRuns(of: sessionID)
+        case ("run", _): if let run = try? JSONDecoder().decode(RunEvent.self, from: data) { gateway.runChanged(run, sessionID: sessionID) }
+        case ("step", _): if let step = try? JSONDecoder().decode(StepEvent.self, from: data) { gateway.stepMarked(step, sessionID: sessionID) }
+        case ("control", _): gateway.setRelayedController(event.controller == "viewer" ? .viewer : .agent, of: sessionID)
         case ("page", _): pageURL = event.url
         case ("status", "running"): hub.setStatus(.live)
         // The owner restarts: this node reconnects once it is back.
@@ -334,7 +341,7 @@ private final class RelayedViewer: WebSocketDelegate, @unchecked Sendable {
         let upgrade = relay.gateway.accept(
             sessionID: sessionID, hub: stream.hub, format: format, queueFrames: relay.config.viewer.queueFrames,
             control: control, maxViewers: relay.config.limits.viewersPerSession,
-            controlLine: { refused in OwnerControlLine(stream: stream, refused: refused) })
+            controlLine: { answer in OwnerControlLine(stream: stream, answer: answer) })
         switch upgrade {
         case .accept(let viewer, _):
             self.viewer = viewer
@@ -374,26 +381,26 @@ private final class RelayedViewer: WebSocketDelegate, @unchecked Sendable {
 
 /// One relayed viewer's control line to its session's owner: a connection there with a control token, on which
 /// the owner's gateway takes it as the viewer (one controller at a time; control returns to the agent when it
-/// closes). Only the owner's `error` answers come back; who controls comes on the stream.
+/// closes). The owner's answers (`error`, `evaluate_result`) come back; who controls comes on the stream.
 private final class OwnerControlLine: ControlLine, WebSocketDelegate {
     /// Control messages waiting for the owner, at most (a paste may be 1 MiB).
     static let maxQueuedBytes = 4 << 20
     let stream: UpstreamStream
-    let refused: (String) -> Void
+    let answer: (ViewerEvent) -> Void
     private var socket: WebSocket?
     private var connecting = false
     private var queue: [Data] = []
     private var queuedBytes = 0
     private var closed = false
 
-    init(stream: UpstreamStream, refused: @escaping (String) -> Void) {
+    init(stream: UpstreamStream, answer: @escaping (ViewerEvent) -> Void) {
         self.stream = stream
-        self.refused = refused
+        self.answer = answer
     }
 
     func send(_ message: Data) {
         guard queuedBytes + message.count <= Self.maxQueuedBytes else {
-            return refused("too many control messages are waiting for the session's owner")
+            return answer(.error("too many control messages are waiting for the session's owner"))
         }
         queue.append(message)
         queuedBytes += message.count
@@ -418,7 +425,7 @@ private final class OwnerControlLine: ControlLine, WebSocketDelegate {
         guard !queue.isEmpty, !closed else { return }
         queue = []
         queuedBytes = 0
-        refused("the session's owner cannot be reached for control")
+        answer(.error("the session's owner cannot be reached for control"))
     }
 
     func webSocketDidOpen(_ socket: WebSocket) {
@@ -429,9 +436,20 @@ private final class OwnerControlLine: ControlLine, WebSocketDelegate {
     }
 
     func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
-        struct Answer: Decodable { var type: String; var message: String? }
-        guard let answer = try? JSONDecoder().decode(Answer.self, from: message.data), answer.type == "error" else { return }
-        refused(answer.message ?? "refused by the session's owner")
+        struct Answer: Decodable {
+            var type: String
+            var message: String?
+            var id: JSONValue?
+            var value: JSONValue?
+            var error: String?
+        }
+        guard let owner = try? JSONDecoder().decode(Answer.self, from: message.data) else { return }
+        switch owner.type {
+        case "error": answer(.error(owner.message ?? "refused by the session's owner"))
+        case "evaluate_result":
+            answer(.evaluateResult(id: owner.id ?? .null, owner.error.map { .failure(EvaluationRefusal($0)) } ?? .success(owner.value ?? .null)))
+        default: break
+        }
     }
 
     func nextMessage(for socket: WebSocket) -> OutboundMessage? {

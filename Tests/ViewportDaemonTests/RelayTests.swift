@@ -77,6 +77,32 @@ struct RelayTests {
         }
     }
 
+    @Test func aViewerThroughAnotherNodeEvaluatesInTheOwnersPageAndSeesItsRunsAndSteps() async throws {
+        try await withCluster(page: "vnc.html") { a, b, c, _, id in
+            async let watched = Client.watch(b.streamURL(id), key: keyA, seconds: 7, send: [
+                #"{"type":"evaluate","id":1,"expression":"document.title"}"#,
+                #"{"type":"evaluate","id":2,"expression":"Promise.reject(new Error('nope'))"}"#,
+            ])
+            try await eventually("relayed") { b.daemon.viewerCounts.relayedViewers == 1 }
+            let (status, run) = try await a.request("POST", "/v1/browser_sessions/\(id)/runs", json: [:])
+            try #require(status == 201, "\(run)")
+            let runID = try #require(run["run_id"].string)
+            let (marked, _) = try await a.request("POST", "/v1/runs/\(runID)/steps", json: ["label": "Look around"])
+            #expect(marked == 201)
+            // A viewer joining through c is told the open run and its step.
+            let joiner = try #require(try await Client.watch(c.streamURL(id), key: keyA, seconds: 2).first)
+            let viewer = try #require(try await watched.first)
+
+            let answers = viewer.texts("evaluate_result")
+            #expect(answers.first { $0["id"].int == 1 }?["value"].string == "vnc fixture", "\(viewer.texts)")
+            #expect(answers.first { $0["id"].int == 2 }?["error"].string?.contains("nope") == true, "\(viewer.texts)")
+            #expect(viewer.texts("run").map { $0["status"].string } == ["running"])
+            #expect(viewer.texts("step").map { $0["label"].string } == ["Look around"])
+            #expect(joiner.texts("run").map { $0["run_id"].string } == [runID], "\(joiner.texts)")
+            #expect(joiner.texts("step").map { $0["label"].string } == ["Look around"], "\(joiner.texts)")
+        }
+    }
+
     @Test func noVNCThroughAnotherNodeReachesTheOwnersScreen() async throws {
         try await withCluster(page: "vnc.html") { _, b, _, _, id in
             let url = b.streamURL(id).replacingOccurrences(of: "/stream/browser/", with: "/stream/vnc/browser/")

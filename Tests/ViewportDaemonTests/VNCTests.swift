@@ -300,8 +300,10 @@ struct RFBSourceTests {
             try await eventually("attached over RFB") {
                 try await daemon.request("GET", "/v1/browser_sessions/\(id)").1["status"].string == "running"
             }
-            let viewer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3).first)
+            let viewer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 3,
+                                                             send: [#"{"type":"evaluate","id":1,"expression":"1"}"#]).first)
             #expect(viewer.frames >= 1 && viewer.sizes.first == [1280, 720], "frames: \(viewer.frames) \(viewer.sizes.prefix(1))")
+            #expect(viewer.texts("evaluate_result").first?["error"].string == "evaluate needs a CDP session")
 
             // The bridge re-serves the RFB session, so a stock VNC client sees the page and drives it.
             let (_, minted) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/vnc", json: ["control": true])

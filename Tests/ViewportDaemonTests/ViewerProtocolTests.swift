@@ -94,4 +94,35 @@ struct ViewerProtocolTests {
         let page = ViewerEvent.page(url: "https://a.test/x")
         #expect(String(decoding: page.viewerJSON(), as: UTF8.self).contains("https://a.test/x"), "slashes unescaped")
     }
+
+    @Test func runStepAndEvaluateMessagesHaveTheDocumentedFields() throws {
+        let running = RunEvent(runID: "wr_1", status: "running", startedAt: "2026-01-02T03:04:05.678Z")
+        #expect(try object(ViewerEvent.run(running)) == .object([
+            "type": .string("run"), "run_id": .string("wr_1"), "status": .string("running"),
+            "started_at": .string("2026-01-02T03:04:05.678Z"),
+        ]), "no finished_at nor replay_url while running")
+        var ended = running
+        (ended.status, ended.finishedAt, ended.replayURL) = ("failed", "2026-01-02T03:05:00.000Z", "https://v.test/replay/wr_1?token=t")
+        #expect(try object(ViewerEvent.run(ended))["replay_url"] == .string("https://v.test/replay/wr_1?token=t"))
+        #expect(try JSONDecoder().decode(RunEvent.self, from: ViewerEvent.run(ended).viewerJSON()) == ended,
+                "a node reads its owner's run messages back")
+        let step = StepEvent(runID: "wr_1", index: 2, label: "Log in", at: "2026-01-02T03:04:06.000Z")
+        #expect(try object(ViewerEvent.step(step)) == .object([
+            "type": .string("step"), "run_id": .string("wr_1"), "index": .number(2), "label": .string("Log in"),
+            "at": .string("2026-01-02T03:04:06.000Z"),
+        ]))
+
+        #expect(try decode(#"{"type":"evaluate","id":"a","expression":"1+1"}"#) == .evaluate(id: .string("a"), expression: "1+1"))
+        #expect(try decode(#"{"type":"evaluate","expression":5}"#) == .evaluate(id: .null, expression: nil))
+        #expect(try decode(#"{"type":"evaluate"}"#).isControl, "needs control permission; relayed to the owner")
+        #expect(try object(ViewerEvent.evaluateResult(id: .int(7), .success(.array([.int(1), .null])))) == .object([
+            "type": .string("evaluate_result"), "id": .number(7), "value": .array([.number(1), .null]),
+        ]))
+        #expect(try object(ViewerEvent.evaluateResult(id: .int(7), .success(.null))) == .object([
+            "type": .string("evaluate_result"), "id": .number(7), "value": .null,
+        ]), "a null value is written, not left out")
+        #expect(try object(ViewerEvent.evaluateResult(id: .string("x"), .failure(EvaluationRefusal("boom")))) == .object([
+            "type": .string("evaluate_result"), "id": .string("x"), "error": .string("boom"),
+        ]))
+    }
 }

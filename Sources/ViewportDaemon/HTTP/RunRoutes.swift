@@ -72,13 +72,11 @@ struct RunRoutes {
 
     func view(_ run: RunRecord) async throws(RunError) -> RunView {
         let links = try await runs.links(run)
-        let token = auth.viewerToken(sessionID: run.id,
-                                     expiresAt: Date().addingTimeInterval(Double(config.artifacts.urlTTLSeconds)))
         return RunView(
             runID: run.id, browserSessionID: run.sessionID, status: run.status, title: run.title,
             createdAt: run.createdAt, startedAt: run.startedAt, finishedAt: run.finishedAt, stepCount: run.stepCount,
             failureReason: run.failureReason, recordingURL: links.recording, screenshotUrls: links.screenshots,
-            appURL: "\(config.effectivePublicURL)/replay/\(run.id)?token=\(token)", webhookURL: run.webhookURL,
+            appURL: runs.replayURL(runID: run.id), webhookURL: run.webhookURL,
             recordingFrames: run.framesRecorded, recordingDroppedFrames: run.framesDropped,
             recordingError: run.recordingError)
     }
