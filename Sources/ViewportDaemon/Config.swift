@@ -98,6 +98,10 @@ public struct ViewerConfig: Codable, Sendable, Equatable {
     @Within<10, 86400> public var tokenTTLSeconds = 300
     /// Kilobytes of replies (pongs, errors, statuses) a viewer may leave unread; past it the viewer is closed with 1008.
     @Within<16, 65536> public var maxPendingKB = 1024
+    /// H.264 pictures queued per `?codec=h264` viewer; one that falls further behind skips to the next key frame.
+    @Within<8, 600> public var h264QueueFrames = 60
+    /// Run a session's H.264 encoder for `?codec=h264` viewers while it is not recording (false: they get JPEG).
+    public var h264WithoutRecording = true
 }
 
 /// Browser connections.
