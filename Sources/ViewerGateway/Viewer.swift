@@ -215,6 +215,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     /// The configuration and source size an H.264 viewer was last told (`hello` or `config`).
     private var toldConfig: ViewerEvent?
     private var closeAfterControl: (code: UInt16, reason: String)?
+    /// Bytes of an H.264 viewer's pictures the kernel may hold unsent: about a key frame of a text page.
+    private static let unsentBytes = 64 << 10
 
     init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int,
          mayControl: Bool, input: (any InputTarget)?, kind: ViewerKind, openControlLine: ControlLineOpener?,
@@ -250,6 +252,8 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         send(.control(gateway.controller(of: sessionID)))
         guard kind != .controlLine else { return }
         if let packets {
+            // A picture waiting in the kernel cannot be skipped: keep the backlog in the queue.
+            socket.limitUnsentBytes(Self.unsentBytes)
             subscription = hub.subscribeToStatus(kind: .viewer) { [weak socket] in socket?.requestWrite() }
             encoded = packets.subscribe(capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
         } else {
