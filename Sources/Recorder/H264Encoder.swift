@@ -68,12 +68,6 @@ final class H264Encoder {
         try receive(write)
     }
 
-    /// Ends the stream; with this configuration there is nothing left to come out, but whatever is, is written.
-    func drain(write: (UnsafeMutablePointer<AVPacket>) throws(RecorderError) -> Void) throws(RecorderError) {
-        try check(avcodec_send_frame(context.pointer, nil), "avcodec_send_frame (drain)")
-        try receive(write)
-    }
-
     private func receive(_ write: (UnsafeMutablePointer<AVPacket>) throws(RecorderError) -> Void)
         throws(RecorderError)
     {

@@ -10,6 +10,9 @@ public enum ViewerFormat: String, Sendable {
     case binary
     /// Text messages shaped like the platform's existing viewer expects, with the JPEG in base64.
     case json
+    /// Binary messages: the 28-byte `VPH1` header, then an H.264 access unit from the session's one encode
+    /// (`?codec=h264`, docs/protocol.md).
+    case h264
 }
 
 /// What a WebSocket connection to a session's stream serves.
@@ -88,9 +91,10 @@ public final class ViewerGateway: @unchecked Sendable {
     /// `input` target, the viewer may take control of the browser. A viewer of a session another node owns has a
     /// `controlLine` instead: its control messages go to the owner, and ``setRelayedController(_:of:)`` says who
     /// controls. `maxViewers` counts the session's viewers of kind ``ViewerKind/viewer`` (the others are nodes').
+    /// An ``ViewerFormat/h264`` viewer reads `packets` (`queueFrames` pictures), the session's H.264.
     public func accept(sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int, control: Bool = false,
                        input: (any InputTarget)? = nil, maxViewers: Int = .max, kind: ViewerKind = .viewer,
-                       controlLine: ControlLineOpener? = nil) -> WebSocketUpgrade
+                       controlLine: ControlLineOpener? = nil, packets: EncodedHub? = nil) -> WebSocketUpgrade
     {
         guard !closingAll else {
             return .reject(.json(503, ["detail": "viewportd is shutting down"]))
@@ -100,7 +104,8 @@ public final class ViewerGateway: @unchecked Sendable {
             return .reject(.json(429, ["detail": "browser session \(sessionID) has \(maxViewers) viewers, the most it may have (config limits.viewers_per_session)"]))
         }
         let viewer = Viewer(gateway: self, sessionID: sessionID, hub: hub, format: format, queueFrames: queueFrames,
-                            mayControl: control, input: input, kind: kind, openControlLine: controlLine)
+                            mayControl: control, input: input, kind: kind, openControlLine: controlLine,
+                            packets: format == .h264 ? packets : nil)
         return .accept(viewer, maxMessageBytes: control ? Self.maxControlMessageBytes : Self.maxInboundMessageBytes)
     }
 
@@ -246,26 +251,39 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
     let kind: ViewerKind
     private let openControlLine: ControlLineOpener?
     private var controlLine: (any ControlLine)?
+    /// The hub's frames, or for an H.264 viewer only its status.
     private var subscription: FrameSubscription? {
-        didSet { subscriptionForStats.withLock { $0 = subscription } }
+        didSet { updateStats() }
+    }
+    /// An H.264 viewer's pictures.
+    private let packets: EncodedHub?
+    private var encoded: EncodedSubscription? {
+        didSet { updateStats() }
     }
     /// Read from other threads for statistics.
-    private let subscriptionForStats = Mutex<FrameSubscription?>(nil)
-    var stats: FrameSubscription.Stats? { subscriptionForStats.withLock { $0?.stats } }
+    private let statsSource = Mutex<(@Sendable () -> FrameSubscription.Stats)?>(nil)
+    var stats: FrameSubscription.Stats? { statsSource.withLock { $0 }?() }
     private weak var socket: WebSocket?
     private var control: [OutboundMessage] = []
     private var controlBytes = 0
     private var overBudget = false
     /// A frame held back while the `page` message announcing its new URL goes first.
     private var heldFrame: Frame?
+    private var heldPicture: EncodedFrame?
     private var announcedURL: String?
+    /// The configuration and source size an H.264 viewer was last told (`hello` or `config`).
+    private var toldConfig: ViewerEvent?
     private var closeAfterControl: (code: UInt16, reason: String)?
     /// Evaluations running for this viewer.
     private var evaluations = 0
+    /// Bytes of an H.264 viewer's pictures the kernel may hold unsent: about a key frame of a text page.
+    private static let unsentBytes = 64 << 10
 
     init(gateway: ViewerGateway, sessionID: String, hub: FrameHub, format: ViewerFormat, queueFrames: Int,
-         mayControl: Bool, input: (any InputTarget)?, kind: ViewerKind, openControlLine: ControlLineOpener?)
+         mayControl: Bool, input: (any InputTarget)?, kind: ViewerKind, openControlLine: ControlLineOpener?,
+         packets: EncodedHub?)
     {
+        self.packets = packets
         self.gateway = gateway
         self.sessionID = sessionID
         self.hub = hub
@@ -287,11 +305,28 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
         self.socket = socket
         gateway.opened(self)
         let latest = hub.latest
-        send(.hello(sessionID: sessionID, width: latest?.width ?? 0, height: latest?.height ?? 0, controlPermitted: mayControl))
+        let (width, height) = (latest?.width ?? 0, latest?.height ?? 0)
+        let config = packets?.config
+        send(.hello(sessionID: sessionID, width: width, height: height, controlPermitted: mayControl,
+                    format: format == .h264 ? .h264(config) : .jpeg))
+        toldConfig = config.map { .config($0, width: width, height: height) }
         send(.control(gateway.controller(of: sessionID)))
         guard kind != .controlLine else { return }
         for event in gateway.openRunEvents(of: sessionID) { send(event) }
-        subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
+        if let packets {
+            // A picture waiting in the kernel cannot be skipped: keep the backlog in the queue.
+            socket.limitUnsentBytes(Self.unsentBytes)
+            subscription = hub.subscribeToStatus(kind: .viewer) { [weak socket] in socket?.requestWrite() }
+            encoded = packets.subscribe(capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
+        } else {
+            subscription = hub.subscribe(kind: .viewer, capacity: queueFrames) { [weak socket] in socket?.requestWrite() }
+        }
+    }
+
+    private func updateStats() {
+        let source: (@Sendable () -> FrameSubscription.Stats)? =
+            if let encoded { { encoded.stats } } else if let subscription { { subscription.stats } } else { nil }
+        statsSource.withLock { $0 = source }
     }
 
     func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
@@ -382,6 +417,7 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
             socket.close(code: closing.code, reason: closing.reason)
             return nil
         }
+        if format == .h264 { return nextPicture() }
         guard let frame = heldFrame ?? subscription?.next() else { return nil }
         heldFrame = nil
         if format == .binary, let url = frame.url, url != announcedURL {
@@ -395,17 +431,42 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
                                    headroom: Frame.wireMessageHeadroom))
         case .json:
             return .text(gateway.jsonMessage(frame, sessionID: sessionID))
+        case .h264:
+            return nil
         }
     }
 
+    /// An H.264 viewer's next message: a picture, or the `page` or `config` message that must precede it.
+    private func nextPicture() -> OutboundMessage? {
+        guard let picture = heldPicture ?? encoded?.next() else { return nil }
+        heldPicture = nil
+        if let url = picture.url, url != announcedURL {
+            announcedURL = url
+            heldPicture = picture
+            return .text(Payload(copying: ViewerEvent.page(url: url).viewerJSON()))
+        }
+        let config = ViewerEvent.config(picture.config, width: picture.width, height: picture.height)
+        if config != toldConfig {
+            toldConfig = config
+            heldPicture = picture
+            return .text(Payload(copying: config.viewerJSON()))
+        }
+        return .binary(Payload(owner: picture.accessUnit, start: picture.wireMessage, count: picture.wireMessageCount,
+                               headroom: EncodedFrame.wireMessageHeadroom))
+    }
+
     func hasMessages(for socket: WebSocket) -> Bool {
-        !control.isEmpty || closeAfterControl != nil || heldFrame != nil || subscription?.hasFrames == true
+        if !control.isEmpty || closeAfterControl != nil { return true }
+        if format == .h264 { return heldPicture != nil || encoded?.hasFrames == true }
+        return heldFrame != nil || subscription?.hasFrames == true
     }
 
     func webSocketDidClose(_ socket: WebSocket, code: UInt16?, reason: String) {
-        let stats = subscription?.stats
+        let stats = self.stats
         subscription?.cancel()
         subscription = nil
+        encoded?.cancel()
+        encoded = nil
         controlLine?.close()
         gateway.closed(self, code: code, stats: stats)
     }

@@ -2,7 +2,7 @@ public import Foundation
 public import ViewportCore
 
 // The viewer WebSocket protocol's text messages (docs/protocol.md, a public contract: field names and values here
-// are the wire format). Binary frames are not here: they are the hub's prebuilt `VPF1` messages.
+// are the wire format). Binary frames are not here: they are the hubs' prebuilt `VPF1` and `VPH1` messages.
 
 /// A text message a viewer sends.
 public enum ViewerRequest: Decodable, Sendable, Equatable {
@@ -69,9 +69,12 @@ public enum ViewerRequest: Decodable, Sendable, Equatable {
 
 /// A text message the daemon sends a viewer.
 public enum ViewerEvent: Encodable, Sendable, Equatable {
-    /// The first message: the session, the size of its latest frame (0 without one) and whether this viewer may
-    /// take control.
-    case hello(sessionID: String, width: Int, height: Int, controlPermitted: Bool)
+    /// The first message: the session, the size of its latest frame (0 without one), whether this viewer may
+    /// take control, and what its frames are.
+    case hello(sessionID: String, width: Int, height: Int, controlPermitted: Bool, format: HelloFormat = .jpeg)
+    /// How the H.264 pictures that follow decode (sent before the first one whose configuration or source size
+    /// differs from what this viewer was last told).
+    case config(VideoConfig, width: Int, height: Int)
     /// Who drives the browser; sent after `hello` and to every viewer of the session on each change.
     case control(Controller)
     case status(ViewerStatus)
@@ -90,10 +93,23 @@ public enum ViewerEvent: Encodable, Sendable, Equatable {
 
     public enum Controller: String, Encodable, Sendable { case agent, viewer }
 
+    /// What a viewer's frames are: JPEG, or H.264 with its configuration once the encoder has one.
+    public enum HelloFormat: Sendable, Equatable {
+        case jpeg
+        case h264(VideoConfig?)
+    }
+
     private enum CodingKeys: String, CodingKey {
         case type, browserSessionID = "browser_session_id", `protocol`, format, width, height
         case controlPermitted = "control_permitted", controller, status, reason, t, serverTimeMicros = "server_time_us"
-        case message, url, id, value, error
+        case message, url, id, value, error, codec, description, codedWidth = "coded_width", codedHeight = "coded_height"
+    }
+
+    private func encode(_ config: VideoConfig, into container: inout KeyedEncodingContainer<CodingKeys>) throws {
+        try container.encode(config.codec, forKey: .codec)
+        try container.encode(config.avcC.base64EncodedString(), forKey: .description)
+        try container.encode(config.codedWidth, forKey: .codedWidth)
+        try container.encode(config.codedHeight, forKey: .codedHeight)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -102,14 +118,24 @@ public enum ViewerEvent: Encodable, Sendable, Equatable {
         if case .step(let step) = self { return try step.encode(to: encoder) }
         var container = encoder.container(keyedBy: CodingKeys.self)
         switch self {
-        case .hello(let sessionID, let width, let height, let controlPermitted):
+        case .hello(let sessionID, let width, let height, let controlPermitted, let format):
             try container.encode("hello", forKey: .type)
             try container.encode(sessionID, forKey: .browserSessionID)
             try container.encode(1, forKey: .protocol)
-            try container.encode("jpeg", forKey: .format)
+            switch format {
+            case .jpeg: try container.encode("jpeg", forKey: .format)
+            case .h264(let config):
+                try container.encode("h264", forKey: .format)
+                if let config { try encode(config, into: &container) }
+            }
             try container.encode(width, forKey: .width)
             try container.encode(height, forKey: .height)
             try container.encode(controlPermitted, forKey: .controlPermitted)
+        case .config(let config, let width, let height):
+            try container.encode("config", forKey: .type)
+            try encode(config, into: &container)
+            try container.encode(width, forKey: .width)
+            try container.encode(height, forKey: .height)
         case .control(let controller):
             try container.encode("control", forKey: .type)
             try container.encode(controller, forKey: .controller)

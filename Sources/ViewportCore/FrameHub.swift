@@ -97,6 +97,18 @@ public final class FrameHub: Sendable {
         return subscription
     }
 
+    /// Adds a consumer that takes no frames, only the stream's status (``FrameSubscription/statusChange()``; `wake`
+    /// is called on a change): an H.264 viewer, whose pictures come from the session's encoder.
+    public func subscribeToStatus(kind: ConsumerKind, wake: @escaping @Sendable () -> Void) -> FrameSubscription {
+        let subscription = FrameSubscription(hub: self, kind: kind, capacity: 0, maxBytes: 0, wake: wake)
+        let (demandStarted, handler) = state.withLock { s in
+            s.subscribers.append(subscription)
+            return (s.subscribers.count == 1, s.demandHandler)
+        }
+        if demandStarted { handler?(true) }
+        return subscription
+    }
+
     func remove(_ subscription: FrameSubscription) {
         let (demandEnded, handler) = state.withLock { s in
             let before = s.subscribers.count
@@ -186,7 +198,7 @@ public final class FrameSubscription: Sendable {
     fileprivate func push(_ frame: Frame) {
         let size = frame.byteCount
         let (accepted, dropped) = queue.withLock { q -> (Bool, Int) in
-            guard !q.cancelled else { return (false, 0) }
+            guard !q.cancelled, capacity > 0 else { return (false, 0) }
             var dropped = 0
             while !q.frames.isEmpty, q.frames.count >= capacity || q.bytes + size > maxBytes {
                 q.bytes -= q.frames.removeFirst().byteCount

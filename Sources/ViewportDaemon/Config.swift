@@ -103,6 +103,10 @@ public struct ViewerConfig: Codable, Sendable, Equatable {
     /// Largest JSON of an `evaluate`'s value, in kilobytes. At most 500: the browser's answer carries it escaped, in
     /// a message of at most 1 MiB.
     @Within<1, 500> public var evaluateMaxResultKB = 256
+    /// H.264 pictures queued per `?codec=h264` viewer; one that falls further behind skips to the next key frame.
+    @Within<8, 600> public var h264QueueFrames = 60
+    /// Run a session's H.264 encoder for `?codec=h264` viewers while it is not recording (false: they get JPEG).
+    public var h264WithoutRecording = true
 }
 
 /// Browser connections.

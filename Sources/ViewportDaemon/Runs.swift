@@ -144,7 +144,7 @@ actor Runs {
         do { session = try await sessions.openSession(id: sessionID, organizationID: organizationID) } catch {
             throw .session(error)
         }
-        guard let hub = sessions.hub(id: sessionID) else {
+        guard let hub = sessions.hub(id: sessionID), let encoder = sessions.encoder(id: sessionID) else {
             throw .session(.notOpen(id: sessionID, status: session.status))
         }
         let id = runID ?? "wr_\(Digest.randomBytes(12).hex)"
@@ -161,9 +161,9 @@ actor Runs {
                 throw .tooManyRecordings(organizationID: organizationID, limit: limit)
             }
             do {
-                recording = try SessionRecording(sessionID: sessionID, organizationID: organizationID, hub: hub,
-                                                 origin: start, files: files, config: config, bucket: bucket,
-                                                 store: store, logger: logger)
+                recording = try SessionRecording(sessionID: sessionID, organizationID: organizationID,
+                                                 encoder: encoder, origin: start, files: files, bucket: bucket,
+                                                 store: store)
             } catch {
                 logger.error("cannot start recording", metadata: ["browser_session_id": "\(sessionID)", "error": "\(error)"])
                 throw .storageFailed(what: "start the recording", error: "\(error)")

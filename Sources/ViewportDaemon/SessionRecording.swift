@@ -5,7 +5,21 @@ import Recorder
 import Store
 import ViewportCore
 
-/// A session's recording in progress: one encoder per session, whatever its runs, and the runs cut from it.
+extension Config {
+    /// The settings of each session's encoder (its recording's and its H.264 viewers').
+    var encoderSettings: EncoderSettings {
+        var settings = EncoderSettings()
+        settings.preset = recording.preset.rawValue
+        settings.crf = recording.crf
+        settings.threads = recording.threads
+        settings.queueFrames = recording.queueFrames
+        settings.queueBytes = recording.queueMB << 20
+        return settings
+    }
+}
+
+/// A session's recording in progress: written from the session's one encoder, whatever its runs, and the runs cut
+/// from it.
 struct SessionRecording: Sendable {
     let record: SegmentRecord
     let organizationID: String
@@ -17,8 +31,8 @@ struct SessionRecording: Sendable {
 
     /// Starts encoding the session's frames into a new segment file from `origin` (wall-clock µs); the segment's
     /// record is not stored yet.
-    init(sessionID: String, organizationID: String, hub: FrameHub, origin: UInt64, files: ArtifactFiles,
-         config: Config, bucket: Bucket?, store: any Store, logger: Logger) throws
+    init(sessionID: String, organizationID: String, encoder: SessionEncoder, origin: UInt64, files: ArtifactFiles,
+         bucket: Bucket?, store: any Store) throws
     {
         let id = "seg_\(Digest.randomBytes(8).hex)"
         try FileManager.default.createDirectory(at: files.url("\(organizationID)/\(sessionID)"),
@@ -26,14 +40,7 @@ struct SessionRecording: Sendable {
         record = SegmentRecord(id: id, sessionID: sessionID, path: "\(organizationID)/\(sessionID)/\(id).fmp4",
                                originMicros: origin)
         self.organizationID = organizationID
-        var settings = EncoderSettings()
-        settings.preset = config.recording.preset.rawValue
-        settings.crf = config.recording.crf
-        settings.threads = config.recording.threads
-        settings.queueFrames = config.recording.queueFrames
-        settings.queueBytes = config.recording.queueMB << 20
-        recorder = try SegmentRecorder(hub: hub, path: files.url(record.path).path, origin: origin, settings: settings,
-                                       logger: logger.with(sessionID: sessionID))
+        recorder = try SegmentRecorder(encoder: encoder, path: files.url(record.path).path, origin: origin)
         shipping = bucket.map { [record] bucket in
             Task { await Self.ship(record, organizationID: organizationID, to: bucket, store: store, files: files) }
         }

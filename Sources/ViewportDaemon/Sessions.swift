@@ -1,5 +1,6 @@
 import CDPSource
 import RFBSource
+import Recorder
 import Foundation
 import Logging
 import Store
@@ -59,14 +60,18 @@ final class Sessions: Sendable {
     private final class Open: @unchecked Sendable {
         var record: SessionRecord
         let hub: FrameHub
+        /// The session's one H.264 encode: its recording's and its H.264 viewers'.
+        let encoder: SessionEncoder
         let source: any FrameSource
         /// The session's VNC screen; nil when `vnc.enabled` is off or no port was free.
         let bridge: VNCBridge?
         /// No screen because the organization has `limits.vnc_screens_per_organization` already.
         let vncLimited: Bool
-        init(record: SessionRecord, hub: FrameHub, source: any FrameSource, bridge: VNCBridge?, vncLimited: Bool) {
+        init(record: SessionRecord, hub: FrameHub, encoder: SessionEncoder, source: any FrameSource, bridge: VNCBridge?,
+             vncLimited: Bool) {
             self.record = record
             self.hub = hub
+            self.encoder = encoder
             self.source = source
             self.bridge = bridge
             self.vncLimited = vncLimited
@@ -103,7 +108,8 @@ final class Sessions: Sendable {
 
     /// What a viewer of a session id finds.
     enum ViewerLookup {
-        case found(organizationID: String, hub: FrameHub)
+        /// `packets`: the session's H.264 (nil for a session that ended).
+        case found(organizationID: String, hub: FrameHub, packets: EncodedHub?)
         case notFound
     }
 
@@ -329,14 +335,17 @@ final class Sessions: Sendable {
     /// ``maxRememberedEnded``) gets a hub that says so. Runs on the service thread: memory only, no store read.
     func hubForViewer(id: String) -> ViewerLookup {
         let (open, ended) = state.withLock { state in
-            (state.open[id].map { ($0.record.organizationID, $0.hub) }, state.recentlyEnded[id])
+            (state.open[id].map { ($0.record.organizationID, $0.hub, $0.encoder.packets) }, state.recentlyEnded[id])
         }
-        if let (organization, hub) = open { return .found(organizationID: organization, hub: hub) }
+        if let (organization, hub, packets) = open { return .found(organizationID: organization, hub: hub, packets: packets) }
         guard let (organization, status) = ended else { return .notFound }
         let hub = FrameHub()
         hub.setStatus(status)
-        return .found(organizationID: organization, hub: hub)
+        return .found(organizationID: organization, hub: hub, packets: nil)
     }
+
+    /// The encoder of an open session.
+    func encoder(id: String) -> SessionEncoder? { state.withLock { $0.open[id]?.encoder } }
 
     /// The hub of an open session (benchmarks and tests publish into it or inspect it).
     func hub(id: String) -> FrameHub? { state.withLock { $0.open[id]?.hub } }
@@ -443,7 +452,9 @@ final class Sessions: Sendable {
                 logger.warning("session has no VNC screen", metadata: ["browser_session_id": "\(id)", "error": "\(error)"])
             }
         }
-        return Open(record: record, hub: hub, source: source, bridge: bridge, vncLimited: vncLimited)
+        let encoder = SessionEncoder(hub: hub, packets: EncodedHub(metrics: metrics), settings: config.encoderSettings,
+                                     viewersAlone: config.viewer.h264WithoutRecording, logger: logger.with(sessionID: id))
+        return Open(record: record, hub: hub, encoder: encoder, source: source, bridge: bridge, vncLimited: vncLimited)
     }
 
     /// Lists a file the session's browser downloaded among the session's files. Called on the service thread:

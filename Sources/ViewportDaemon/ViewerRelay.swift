@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Recorder
 import Synchronization
 import ViewerGateway
 import ViewportCore
@@ -185,6 +186,10 @@ private final class UpstreamStream: WebSocketDelegate, @unchecked Sendable {
     let relay: ViewerRelay
     let sessionID: String
     let hub: FrameHub
+    /// The H.264 of the stream's frames for this node's `?codec=h264` viewers, made when the first comes.
+    private(set) lazy var encoder = SessionEncoder(
+        hub: hub, packets: EncodedHub(metrics: hub.metrics), settings: relay.config.encoderSettings,
+        viewersAlone: relay.config.viewer.h264WithoutRecording, logger: relay.logger.with(sessionID: sessionID))
     var viewers: [ObjectIdentifier: RelayedViewer] = [:]
     /// Known once the store was read: viewers wait until then.
     private(set) var organizationID: String?
@@ -338,10 +343,13 @@ private final class RelayedViewer: WebSocketDelegate, @unchecked Sendable {
         guard organizationID == nil || organizationID == owner else {
             return refuse(socket, status: 404, detail: "browser session \(sessionID) not found")
         }
+        // H.264 is encoded here, from the stream's frames: the owner's one stream per session stays JPEG.
+        let packets = format == .h264 ? stream.encoder.packets : nil
+        let format = format == .h264 && packets?.servesViewers != true ? .binary : format
         let upgrade = relay.gateway.accept(
-            sessionID: sessionID, hub: stream.hub, format: format, queueFrames: relay.config.viewer.queueFrames,
+            sessionID: sessionID, hub: stream.hub, format: format, queueFrames: relay.config.queueFrames(format),
             control: control, maxViewers: relay.config.limits.viewersPerSession,
-            controlLine: { answer in OwnerControlLine(stream: stream, answer: answer) })
+            controlLine: { answer in OwnerControlLine(stream: stream, answer: answer) }, packets: packets)
         switch upgrade {
         case .accept(let viewer, _):
             self.viewer = viewer

@@ -66,6 +66,15 @@ public final class WebSocket: @unchecked Sendable {
         lws_callback_on_writable(wsi)
     }
 
+    /// Lets the kernel hold at most about `bytes` of this socket's data not yet sent (`TCP_NOTSENT_LOWAT`: the socket
+    /// is writable only below it), so that what a slow peer cannot take waits in the delegate's queue, which may skip
+    /// it, rather than in a kernel buffer that grows to megabytes. Service thread only, once open.
+    public func limitUnsentBytes(_ bytes: Int) {
+        guard let wsi else { return }
+        var value = Int32(clamping: bytes)
+        setsockopt(lws_get_socket_fd(wsi), Int32(IPPROTO_TCP), TCP_NOTSENT_LOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     func opened(_ wsi: OpaquePointer) {
         self.wsi = wsi
         isOpen = true

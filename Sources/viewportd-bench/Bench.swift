@@ -58,13 +58,15 @@ struct Capture: AsyncParsableCommand {
     @Option(help: "The page to open.") var page = "Tests/ViewportDaemonTests/Fixtures/anim.html"
     @Option(help: "Seconds per measured window.") var seconds = 15.0
     @Option(help: "Viewers in the many-viewer rows.") var viewers = 16
+    @Option(help: "The viewers' codec: jpeg, or h264 (the session's one encode, for viewers alone).") var codec = "jpeg"
 
     func run() async throws {
         raiseFileLimit()
         let (chromium, path) = try await launchChromium(page: page)
         defer { chromium.terminate() }
         try await Task.sleep(for: .seconds(2))
-        print("capture: \(path.lastPathComponent), \(Int(seconds)) s windows; Chromium CPU is all its processes, % of one core")
+        print("capture: \(path.lastPathComponent), \(Int(seconds)) s windows, \(codec) viewers; Chromium CPU is all its"
+              + " processes, % of one core")
         print("  row                                              Chromium CPU   frames/s each   viewportd CPU")
 
         func row(_ name: String, _ measure: () async throws -> (Double, Double?, Double?)) async throws {
@@ -79,7 +81,7 @@ struct Capture: AsyncParsableCommand {
         let daemon = try await DaemonProcess.start()
         defer { daemon.stop() }
         let session = try await daemon.createSession(browserAddress: chromium.address)
-        let url = try await daemon.viewerURL(session)
+        let url = try await daemon.viewerURL(session) + "&codec=\(codec)"
         try await Task.sleep(for: .seconds(1))
         try await row("viewportd session, nobody watching") {
             let start = daemon.cpuSeconds()

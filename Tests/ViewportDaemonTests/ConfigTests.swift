@@ -169,6 +169,7 @@ struct ConfigTests {
         (config.screencast.quality, config.screencast.maxWidth, config.screencast.maxHeight) = (55, 1024, 600)
         (config.viewer.queueFrames, config.viewer.tokenTTLSeconds, config.viewer.maxPendingKB) = (3, 90, 64)
         (config.viewer.evaluateTimeoutSeconds, config.viewer.evaluateMaxResultKB) = (2.5, 64)
+        (config.viewer.h264QueueFrames, config.viewer.h264WithoutRecording) = (30, false)
         (config.cdp.retrySeconds, config.cdp.maxMessageMB, config.cdp.timeoutSeconds) = (12, 8, 5)
         (config.recording.enabled, config.recording.preset, config.recording.crf) = (false, .faster, 30)
         (config.recording.threads, config.recording.queueFrames, config.recording.queueMB) = (2, 120, 32)

@@ -103,6 +103,22 @@ struct RelayTests {
         }
     }
 
+    @Test func anH264ViewerThroughAnotherNodeGetsPicturesEncodedThereFromTheOwnersOneStream() async throws {
+        try await withCluster { a, b, _, _, id in
+            async let direct = Client.watch(a.streamURL(id), key: keyA, seconds: 4)
+            let files = FileManager.default.temporaryDirectory.appendingPathComponent("relay-h264-\(UUID().uuidString)").path
+            let viewer = try #require(try await Client.watch(b.streamURL(id, query: "codec=h264"), key: keyA, seconds: 3,
+                                                             h264Out: files).first)
+            #expect(viewer.hello?["format"].string == "h264")
+            #expect(viewer.frames >= 30 && viewer.h264?.keys.first == true && viewer.h264?.errors.isEmpty == true)
+            let file = try #require(viewer.h264?.file)
+            #expect(try decodeErrors(file).isEmpty)
+            let owner = try #require(try await direct.first)
+            #expect(Set(owner.sequences).intersection(viewer.sequences).count >= 20, "the owner's sequence numbers")
+            #expect(a.daemon.sessions.encoder(id: id)?.isRunning == false, "the owner's stream to b stays JPEG")
+        }
+    }
+
     @Test func noVNCThroughAnotherNodeReachesTheOwnersScreen() async throws {
         try await withCluster(page: "vnc.html") { _, b, _, _, id in
             let url = b.streamURL(id).replacingOccurrences(of: "/stream/browser/", with: "/stream/vnc/browser/")

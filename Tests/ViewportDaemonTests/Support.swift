@@ -137,10 +137,14 @@ enum Client {
     }()
 
     /// Runs viewers (`client.py watch`) and returns what each saw.
+    /// H.264 viewers write their access units to `h264Out`.INDEX.h264 (Annex B); `pause` stops reading for a while.
     static func watch(_ url: String, key: String? = nil, viewers: Int = 1, seconds: Double = 3, frames: Int = 0,
-                      send: [String] = [], sendBytes: Int = 0) async throws -> [ViewerResult]
+                      send: [String] = [], sendBytes: Int = 0, h264Out: String? = nil,
+                      pause: (after: Double, for: Double)? = nil) async throws -> [ViewerResult]
     {
         var arguments = ["watch", url, "--viewers", "\(viewers)", "--seconds", "\(seconds)", "--frames", "\(frames)"]
+        if let h264Out { arguments += ["--h264-out", h264Out] }
+        if let pause { arguments += ["--pause-after", "\(pause.after)", "--pause-for", "\(pause.for)"] }
         if let key { arguments += ["--header", "x-api-key:\(key)"] }
         for message in send { arguments += ["--send", message] }
         if sendBytes > 0 { arguments += ["--send-bytes", "\(sendBytes)"] }
@@ -211,11 +215,29 @@ struct ViewerResult: Decodable {
     var closeCode: Int?
     var closeReason: String?
     var closedAfter: Double?
+    /// An H.264 viewer's pictures.
+    var h264: H264Result?
+
+    /// What `client.py` checked of an H.264 viewer's pictures.
+    struct H264Result: Decodable {
+        /// Per picture: a key frame.
+        var keys: [Bool]
+        /// Per picture: the index in `configs` of the configuration it came under.
+        var configIndex: [Int]
+        /// Header or NAL length errors.
+        var errors: [String]
+        /// Each configuration the viewer was given (`hello`, then `config` messages): codec, coded and source size.
+        var configs: [JSON]
+        /// The Annex B file of its pictures.
+        var file: String?
+
+        enum CodingKeys: String, CodingKey { case keys, configIndex = "config_index", errors, configs, file }
+    }
 
     enum CodingKeys: String, CodingKey {
         case handshakeStatus = "handshake_status", body, hello, texts, frames, sequences, sizes, pages
         case framesPerPage = "frames_per_page", jsonFrames = "json_frames", closeCode = "close_code"
-        case closeReason = "close_reason", closedAfter = "closed_after"
+        case closeReason = "close_reason", closedAfter = "closed_after", h264
     }
 
     /// Status messages, in order.

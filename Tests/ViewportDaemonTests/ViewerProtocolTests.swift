@@ -125,4 +125,20 @@ struct ViewerProtocolTests {
             "type": .string("evaluate_result"), "id": .string("x"), "error": .string("boom"),
         ]))
     }
+
+    @Test func h264HelloAndConfigCarryWhatAVideoDecoderNeeds() throws {
+        let config = VideoConfig(codec: "avc1.64001f", avcC: Data([1, 0x64, 0, 0x1f]), codedWidth: 1280, codedHeight: 576)
+        let hello = try object(ViewerEvent.hello(sessionID: "pbs_1", width: 1280, height: 577, controlPermitted: false,
+                                                 format: .h264(config)))
+        #expect(hello["format"] == .string("h264") && hello["codec"] == .string("avc1.64001f"))
+        #expect(hello["description"] == .string("AWQAHw==") && hello["coded_width"] == .number(1280)
+            && hello["coded_height"] == .number(576) && hello["width"] == .number(1280))
+        let early = try object(ViewerEvent.hello(sessionID: "pbs_1", width: 0, height: 0, controlPermitted: false,
+                                                 format: .h264(nil)))
+        #expect(early["format"] == .string("h264") && early["codec"] == .null, "no configuration before the first picture")
+        #expect(try object(ViewerEvent.config(config, width: 1280, height: 577)) == .object([
+            "type": .string("config"), "codec": .string("avc1.64001f"), "description": .string("AWQAHw=="),
+            "coded_width": .number(1280), "coded_height": .number(576), "width": .number(1280), "height": .number(577),
+        ]))
+    }
 }

@@ -42,9 +42,7 @@ struct ViewerRoutes {
             throw HTTPFailure(status: 404, detail: "not found: \(request.path)")
         }
         let id = path[path.count - 1]
-        guard let format = ViewerFormat(rawValue: request.query["format"] ?? "binary") else {
-            throw HTTPFailure(status: 400, detail: "format must be binary or json")
-        }
+        let format = try Self.format(request.query["format"], codec: request.query["codec"])
         // Another node's connection carries its credential; `relay` says what the owner serves it.
         let node = forwarding?.sender(of: request)
         let kind: ViewerKind
@@ -71,16 +69,17 @@ struct ViewerRoutes {
             throw HTTPFailure(status: 401, detail: "missing credentials: an x-api-key header or a ?token= viewer token")
         }
         switch sessions.hubForViewer(id: id) {
-        case .found(let owner, _) where rfb && (organization == nil || organization == owner):
+        case .found(let owner, _, _) where rfb && (organization == nil || organization == owner):
             guard let bridge = sessions.vncBridge(id: id) else {
                 throw HTTPFailure(status: 409, detail: "browser session \(id) has no VNC screen")
             }
             return .accept(WebSocketRelay(bridge: bridge, control: control, loop: loop, logger: logger.with(sessionID: id)),
                            maxMessageBytes: 1 << 20)
-        case .found(let owner, let hub) where organization == nil || organization == owner:
-            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.viewer.queueFrames,
+        case .found(let owner, let hub, let packets) where organization == nil || organization == owner:
+            let format = format == .h264 && packets?.servesViewers != true ? .binary : format
+            return gateway.accept(sessionID: id, hub: hub, format: format, queueFrames: config.queueFrames(format),
                                   control: control, input: sessions.inputTarget(id: id),
-                                  maxViewers: config.limits.viewersPerSession, kind: kind)
+                                  maxViewers: config.limits.viewersPerSession, kind: kind, packets: packets)
         case .notFound:
             // A node's connection is never relayed on: two nodes that disagreed about an owner would loop.
             guard let relay, node == nil else { throw HTTPFailure(status: 404, detail: "browser session \(id) not found") }
@@ -89,4 +88,24 @@ struct ViewerRoutes {
             throw HTTPFailure(status: 404, detail: "browser session \(id) not found")
         }
     }
+
+    /// The frames a viewer asked for: `format` binary (the default) or json, `codec` jpeg (the default) or h264
+    /// (binary only).
+    private static func format(_ format: String?, codec: String?) throws(HTTPFailure) -> ViewerFormat {
+        guard format == nil || format == "binary" || format == "json" else {
+            throw HTTPFailure(status: 400, detail: "format must be binary or json")
+        }
+        switch codec {
+        case nil, "jpeg": return format == "json" ? .json : .binary
+        case "h264":
+            guard format != "json" else { throw HTTPFailure(status: 400, detail: "codec=h264 frames are binary: leave format=json out") }
+            return .h264
+        default: throw HTTPFailure(status: 400, detail: "codec must be jpeg or h264")
+        }
+    }
+}
+
+extension Config {
+    /// The queue of a viewer that gets `format`.
+    func queueFrames(_ format: ViewerFormat) -> Int { format == .h264 ? viewer.h264QueueFrames : viewer.queueFrames }
 }

@@ -11,13 +11,80 @@ def headers_of(args):
     return dict(h.split(":", 1) for h in (args.header or []))
 
 
+def parameter_sets(avcc):
+    """The SPS and PPS of an avcC record, as Annex B (each after a start code)."""
+    assert avcc[0] == 1 and avcc[4] == 0xFF, "avcC: version 1, 4-byte NAL lengths"
+    units, offset = [], 5
+    for mask in (0x1F, 0xFF):  # the SPS count (low 5 bits), then the PPS count
+        count = avcc[offset] & mask
+        offset += 1
+        for _ in range(count):
+            length = struct.unpack(">H", avcc[offset:offset + 2])[0]
+            units.append(avcc[offset + 2:offset + 2 + length])
+            offset += 2 + length
+    return b"".join(b"\0\0\0\1" + unit for unit in units)
+
+
+class H264:
+    """Checks a VPH1 viewer's messages and writes its access units as an Annex B file ffmpeg can decode."""
+
+    def __init__(self, path):
+        self.file = open(path, "wb") if path else None
+        self.config = None  # the avcC's parameter sets, as Annex B
+        self.result = {"keys": [], "config_index": [], "errors": [], "configs": [], "bytes": 0, "file": path}
+
+    def configure(self, data):
+        if data.get("description"):
+            self.config = parameter_sets(base64.b64decode(data["description"]))
+            self.result["configs"].append({k: data.get(k) for k in
+                                           ("codec", "coded_width", "coded_height", "width", "height")})
+
+    def frame(self, message):
+        magic, seq, captured, w, h, flags = struct.unpack(">4sQQHHB", message[:25])
+        errors = self.result["errors"]
+        if magic != b"VPH1" or message[25:28] != b"\0\0\0":
+            errors.append(f"bad header {message[:28].hex()}")
+        if self.config is None:
+            errors.append(f"frame {seq} before any configuration")
+        key = bool(flags & 1)
+        self.result["keys"].append(key)
+        self.result["config_index"].append(len(self.result["configs"]) - 1)
+        self.result["bytes"] += len(message)
+        annexb, offset = bytearray(self.config or b"") if key else bytearray(), 28
+        while offset < len(message):
+            length = struct.unpack(">I", message[offset:offset + 4])[0]
+            if length == 0 or offset + 4 + length > len(message):
+                errors.append(f"frame {seq}: NAL length {length} past the message")
+                break
+            annexb += b"\0\0\0\1" + message[offset + 4:offset + 4 + length]
+            offset += 4 + length
+        if self.file:
+            self.file.write(annexb)
+        return seq, captured, w, h
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
 async def one_viewer(args, index):
     result = {"index": index, "handshake_status": 101, "hello": None, "texts": [], "frames": 0, "sequences": [],
               "sizes": [], "pages": [], "json_frames": [], "close_code": None, "close_reason": None,
-              "closed_after": None, "frames_per_page": []}
+              "closed_after": None, "frames_per_page": [], "receive_times": []}
+    h264 = H264(f"{args.h264_out}.{index}.h264" if args.h264_out else None)
     start = time.monotonic()
+    options = {}
+    if args.pause_for:
+        # A reader that pauses must back up to the server: a small socket buffer, and few messages buffered here.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        host, port = args.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        sock.connect((host, int(port)))
+        options = {"sock": sock, "max_queue": 2}
+    paused = False
     try:
-        async with connect(args.url, additional_headers=headers_of(args), max_size=None, open_timeout=10) as ws:
+        async with connect(args.url, additional_headers=headers_of(args), max_size=None, open_timeout=10,
+                           **options) as ws:
             for message in args.send or []:
                 await ws.send(message)
             if args.send_bytes:
@@ -27,10 +94,23 @@ async def one_viewer(args, index):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (args.frames and result["frames"] >= args.frames):
                     break
+                if args.pause_for and not paused and time.monotonic() - start >= args.pause_after:
+                    paused = True
+                    result["paused_after_frames"] = result["frames"]
+                    await asyncio.sleep(args.pause_for)
+                    continue
                 try:
                     message = await asyncio.wait_for(ws.recv(), remaining)
                 except asyncio.TimeoutError:
                     break
+                if isinstance(message, bytes) and message[:4] == b"VPH1":
+                    seq, captured, w, h = h264.frame(message)
+                    result["frames"] += 1
+                    result["sequences"].append(seq)
+                    result["sizes"].append([w, h])
+                    result["receive_times"].append(round(time.monotonic() - start, 3))
+                    result["latency_us"] = time.time() * 1e6 - captured
+                    continue
                 if isinstance(message, bytes):
                     magic, seq, captured, w, h = struct.unpack(">4sQQHH", message[:24])
                     assert magic == b"VPF1", magic
@@ -51,6 +131,9 @@ async def one_viewer(args, index):
                     continue
                 if data.get("type") == "hello" and result["hello"] is None:
                     result["hello"] = data
+                    h264.configure(data)
+                elif data.get("type") == "config":
+                    h264.configure(data)
                 elif data.get("type") == "page":
                     result["pages"].append(data["url"])
                     result["frames_per_page"].append(0)
@@ -61,6 +144,9 @@ async def one_viewer(args, index):
         return result
     except ConnectionClosed as error:
         pass
+    h264.close()
+    if result["hello"] and result["hello"].get("format") == "h264":
+        result["h264"] = h264.result
     if "ws" in locals():
         result["close_code"] = ws.close_code
         result["close_reason"] = ws.close_reason
@@ -159,6 +245,9 @@ def main():
     w.add_argument("--frames", type=int, default=0)
     w.add_argument("--send", action="append")
     w.add_argument("--send-bytes", type=int, default=0)
+    w.add_argument("--h264-out", help="write each H.264 viewer's access units to PREFIX.INDEX.h264 (Annex B)")
+    w.add_argument("--pause-after", type=float, default=0, help="stop reading this many seconds in...")
+    w.add_argument("--pause-for", type=float, default=0, help="...for this many seconds")
     s = sub.add_parser("stall")
     s.add_argument("url")
     s.add_argument("--header", action="append")
