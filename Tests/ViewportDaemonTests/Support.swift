@@ -153,11 +153,13 @@ enum Client {
 
     /// Sends one DevTools command to the browser (or to the page whose URL contains `page`).
     /// `launcher` runs the client where the browser's DevTools port is, e.g. `ip netns exec <namespace>`.
+    /// `onNewDocument`: first reload the page with this script run before the page's own.
     static func cdp(_ browser: Chromium, _ method: String, _ params: [String: Any] = [:], page: String? = nil,
-                    launcher: [String] = []) async throws -> JSON
+                    launcher: [String] = [], onNewDocument: String? = nil) async throws -> JSON
     {
         var arguments = ["cdp", browser.address, method, String(decoding: try JSONSerialization.data(withJSONObject: params), as: UTF8.self)]
         if let page { arguments += ["--page", page] }
+        if let onNewDocument { arguments += ["--on-new-document", onNewDocument] }
         return try JSONDecoder().decode(JSON.self, from: try await runScript("client.py", arguments, launcher: launcher))["result"]
     }
 

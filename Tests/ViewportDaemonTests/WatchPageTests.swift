@@ -58,6 +58,46 @@ private func watched(_ browser: Chromium, _ expression: String) async throws -> 
 
 @Suite("The watch page in a real Chromium", .serialized)
 struct WatchPageTests {
+    @Test func aBrowserWithWebCodecsDrawsTheSessionsColoursFromH264WithNoDecoderError() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, _, id in
+            try await withWatcher(daemon, id, control: false, query: "") { watcher in
+                try await eventually("the page decoded H.264 pictures", timeout: 20) {
+                    try await evaluate(watcher, "window.viewportd.stats.framesDecoded").int ?? 0 > 0
+                }
+                #expect(try await evaluate(watcher, "window.viewportd.codec").string == "h264")
+                #expect(try await evaluate(watcher, "document.getElementById('codec').textContent").string?.contains("H.264") == true,
+                        "the page says which codec it shows")
+                for (x, colour) in [(160, [255, 0, 0]), (480, [0, 255, 0]), (800, [0, 0, 255])] {
+                    let pixel = try await canvasPixel(watcher, x: x, y: 100)
+                    #expect(near(pixel, colour), "pixel (\(x), 100) is \(pixel), expected \(colour)")
+                }
+                let lastError = try await evaluate(watcher, "window.viewportd.stats.lastError")
+                #expect(try await evaluate(watcher, "window.viewportd.stats.decoderErrors").int == 0, "\(lastError)")
+            }
+        }
+    }
+
+    // A viewer whose queue overflows resumes at a key frame: H264ViewerTests, decoded by ffmpeg. A page cannot
+    // be made to fall behind here: its browser reads the socket whatever the page's own speed.
+
+    @Test func aBrowserWithoutWebCodecsFallsBackToJPEGAndSaysSo() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, _, id in
+            try await withWatcher(daemon, id, control: false, query: "") { watcher in
+                // WebCodecs switched off: the page loaded again without it.
+                _ = try await Client.cdp(watcher, "Runtime.evaluate", ["expression": "1"], page: "/watch/",
+                                         onNewDocument: "delete window.VideoDecoder; delete window.EncodedVideoChunk;")
+                try await eventually("the page drew frames") {
+                    try await evaluate(watcher, "window.viewportd.framesDrawn").int ?? 0 > 0
+                }
+                #expect(try await evaluate(watcher, "typeof VideoDecoder").string == "undefined", "WebCodecs is off")
+                #expect(try await evaluate(watcher, "window.viewportd.codec").string == "jpeg")
+                #expect(try await evaluate(watcher, "document.getElementById('codec').textContent").string?.contains("no WebCodecs") == true)
+                let pixel = try await canvasPixel(watcher, x: 160, y: 100)
+                #expect(near(pixel, [255, 0, 0]), "\(pixel)")
+            }
+        }
+    }
+
     @Test func aViewOnlyLinkDrawsTheSessionsColoursInJPEGAndOffersNoControl() async throws {
         try await withLiveSession(page: "vnc.html") { daemon, _, id in
             try await withWatcher(daemon, id, control: false) { watcher in

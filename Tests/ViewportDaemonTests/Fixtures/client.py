@@ -183,6 +183,14 @@ async def cdp(args):
         pages = json.load(urllib.request.urlopen(args.address + "/json/list"))
         url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page" and args.page in p["url"])
     async with connect(url, max_size=None) as ws:
+        if args.on_new_document:
+            # A script for every document of the page from now on, then the page loaded again with it.
+            for id, (method, params) in enumerate([("Page.enable", {}),
+                                                   ("Page.addScriptToEvaluateOnNewDocument", {"source": args.on_new_document}),
+                                                   ("Page.reload", {})], start=100):
+                await ws.send(json.dumps({"id": id, "method": method, "params": params}))
+            while json.loads(await ws.recv()).get("method") != "Page.loadEventFired":
+                pass
         await ws.send(json.dumps({"id": 1, "method": args.method, "params": json.loads(args.params)}))
         while True:
             reply = json.loads(await ws.recv())
@@ -257,6 +265,7 @@ def main():
     c.add_argument("method")
     c.add_argument("params", nargs="?", default="{}")
     c.add_argument("--page")
+    c.add_argument("--on-new-document", help="first reload the page with this script run before its own")
     r = sub.add_parser("rfb")
     r.add_argument("url")
     r.add_argument("--header", action="append")
