@@ -84,8 +84,11 @@ struct WatchPageTests {
         try await withLiveSession(page: "vnc.html") { daemon, _, id in
             try await withWatcher(daemon, id, control: false, query: "") { watcher in
                 // WebCodecs switched off: the page loaded again without it.
-                _ = try await Client.cdp(watcher, "Runtime.evaluate", ["expression": "1"], page: "/watch/",
-                                         onNewDocument: "delete window.VideoDecoder; delete window.EncodedVideoChunk;")
+                try await eventually("the page runs without WebCodecs", timeout: 30) {
+                    let answer = try? await Client.cdp(watcher, "Runtime.evaluate", ["expression": "typeof VideoDecoder", "returnByValue": true],
+                                                       page: "/watch/", onNewDocument: "delete window.VideoDecoder; delete window.EncodedVideoChunk;")
+                    return answer?["result"]["value"].string == "undefined"
+                }
                 try await eventually("the page drew frames") {
                     try await evaluate(watcher, "window.viewportd.framesDrawn").int ?? 0 > 0
                 }

@@ -189,14 +189,21 @@ async def cdp(args):
                                                    ("Page.addScriptToEvaluateOnNewDocument", {"source": args.on_new_document}),
                                                    ("Page.reload", {})], start=100):
                 await ws.send(json.dumps({"id": id, "method": method, "params": params}))
-            while json.loads(await ws.recv()).get("method") != "Page.loadEventFired":
-                pass
+            async def loaded():
+                while json.loads(await ws.recv()).get("method") != "Page.loadEventFired":
+                    pass
+            try:
+                await asyncio.wait_for(loaded(), 10)
+            except asyncio.TimeoutError:
+                pass  # the caller checks what it needs of the page
         await ws.send(json.dumps({"id": 1, "method": args.method, "params": json.loads(args.params)}))
-        while True:
-            reply = json.loads(await ws.recv())
-            if reply.get("id") == 1:
-                print(json.dumps(reply))
-                return
+
+        async def reply():
+            while True:
+                answer = json.loads(await ws.recv())
+                if answer.get("id") == 1:
+                    return answer
+        print(json.dumps(await asyncio.wait_for(reply(), 30)))
 
 
 async def rfb(args):
