@@ -87,7 +87,7 @@ const ctx = canvas.getContext("2d");
 const state = window.viewportd = {
   status: "connecting", codec: null, codecString: null, fallback: null,
   framesReceived: 0, framesDrawn: 0, lastSequence: 0, skipped: 0, fps: 0, bitrateKbps: 0,
-  latencyMs: null, clockOffsetMs: 0, width: 0, height: 0, url: null, closeCode: null,
+  latencyMs: null, latencySamples: [], clockOffsetMs: 0, width: 0, height: 0, url: null, closeCode: null,
   controlPermitted: false, controller: "agent", inControl: false, runs: [], currentStep: null,
   stats: { decoderErrors: 0, framesDecoded: 0, framesWaitingForKey: 0, lastError: null },
 };
@@ -110,6 +110,9 @@ function drew(capturedAtMs, width, height) {
   const now = performance.now();
   state.framesDrawn++;
   state.latencyMs = Math.max(0, Date.now() + state.clockOffsetMs - capturedAtMs);
+  // The last minute of latencies at 60 fps, for the live benchmark's percentiles.
+  state.latencySamples.push(state.latencyMs);
+  if (state.latencySamples.length > 3600) state.latencySamples.shift();
   drawnTimes.push(now);
   if (state.width !== width || state.height !== height) {
     state.width = width; state.height = height;
