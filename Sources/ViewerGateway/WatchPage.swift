@@ -186,6 +186,9 @@ function decoderFailed(error) {
   if (!useH264) return;
   useH264 = false;
   state.fallback = "decoder error: " + state.stats.lastError;
+  // The JPEG connection asks for control again, so a person in control stays so; for 5 s, while the daemon lets
+  // go of the old connection's.
+  retakeUntil = state.inControl ? Date.now() + 5000 : 0;
   if (decoder && decoder.state !== "closed") { try { decoder.close(); } catch {} }
   decoder = null;
   const old = ws;
@@ -213,7 +216,12 @@ function onFrame(buffer) {
 }
 
 // Control: who drives the browser. The server says "a viewer"; this page knows whether it asked.
-let takeRequested = false;
+let takeRequested = false, retakeUntil = 0;
+function retake() {
+  if (Date.now() > retakeUntil || !state.controlPermitted) return;
+  takeRequested = true;
+  send({ type: "take-control" });
+}
 function setController(who) {
   state.controller = who;
   state.inControl = who === "you";
@@ -401,11 +409,14 @@ function onText(text) {
       state.codec = "jpeg"; state.codecString = null;
     }
     send({ type: "ping", t: Date.now() });
+    retake();
     break;
   case "config": configure(message); break;
   case "control":
     if (message.controller === "agent") takeRequested = false;
     setController(message.controller === "agent" ? "agent" : takeRequested ? "you" : "viewer");
+    if (state.inControl) retakeUntil = 0;
+    else if (message.controller === "agent") retake();
     break;
   case "error":
     if (takeRequested && /another viewer is in control/.test(message.message || "")) {

@@ -101,6 +101,31 @@ struct WatchPageTests {
         }
     }
 
+    @Test func aPersonInControlWhenTheDecoderFailsKeepsControlOnTheJPEGFallback() async throws {
+        try await withLiveSession(page: "vnc.html") { daemon, _, id in
+            try await withWatcher(daemon, id, control: true, query: "") { watcher in
+                try await eventually("the page decoded H.264 pictures", timeout: 20) {
+                    try await evaluate(watcher, "window.viewportd.stats.framesDecoded").int ?? 0 > 0
+                }
+                _ = try await evaluate(watcher, "document.getElementById('take').click()")
+                try await eventually("the page is in control") {
+                    try await evaluate(watcher, "window.viewportd.controller").string == "you"
+                }
+                // The page's own handler for a VideoDecoder error.
+                _ = try await evaluate(watcher, "decoderFailed(new Error('injected decoder error'))")
+                try await eventually("the page shows JPEG and says why") {
+                    try await evaluate(watcher, "window.viewportd.codec === 'jpeg' && window.viewportd.framesDrawn > 0"
+                                       + " && window.viewportd.fallback.includes('injected')").bool == true
+                }
+                try await eventually("the daemon gave the new connection control") {
+                    try await evaluate(watcher, "window.viewportd.controller").string == "you"
+                }
+                let observer = try #require(try await Client.watch(daemon.streamURL(id), key: keyA, seconds: 1).first)
+                #expect(observer.texts("control").first?["controller"].string == "viewer", "\(observer.texts)")
+            }
+        }
+    }
+
     @Test func aViewOnlyLinkDrawsTheSessionsColoursInJPEGAndOffersNoControl() async throws {
         try await withLiveSession(page: "vnc.html") { daemon, _, id in
             try await withWatcher(daemon, id, control: false) { watcher in
