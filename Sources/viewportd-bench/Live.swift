@@ -114,7 +114,12 @@ struct Live: AsyncParsableCommand {
     /// Daemon CPU in windows: viewers alone (JPEG, then H.264 with no recording), then a recording alone and with
     /// H.264 viewers, which share its encode.
     private func cpu(daemon: DaemonProcess, session: String, url: String) async throws {
-        print("  daemon CPU, \(Int(cpuSeconds)) s windows (% of one core; frames/s is the median viewer's)")
+        print("  daemon CPU, \(Int(cpuSeconds)) s windows: % of one core, and ms per captured frame (the source's frame"
+              + " rate varies with the machine's load; the ratios use ms per frame)")
+        func captured() async throws -> Double {
+            try await daemon.metrics().split(separator: "\n").filter { $0.hasPrefix("viewportd_frames_captured_total") }
+                .reduce(0) { $0 + (Double($1.split(separator: " ").last ?? "") ?? 0) }
+        }
         func window(_ name: String, viewers count: Int, codec: String) async throws -> Double {
             var clients: ViewerClients?
             if count > 0 {
@@ -123,14 +128,18 @@ struct Live: AsyncParsableCommand {
             }
             try await Task.sleep(for: .seconds(2))
             clients?.reset()
-            let start = daemon.cpuSeconds()
+            let start = daemon.cpuSeconds(), framesBefore = try await captured()
             try await Task.sleep(for: .seconds(cpuSeconds))
-            let cpu = 100 * (daemon.cpuSeconds() - start) / cpuSeconds
+            let used = daemon.cpuSeconds() - start, frames = try await captured() - framesBefore
             let fps = clients.map { String(format: "%5.1f", Double($0.report().delivered.median) / cpuSeconds) } ?? "    –"
             clients?.close()
-            print("    \(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(String(format: "%5.0f %%", cpu))   \(fps) frames/s")
+            let perFrame = 1000 * used / max(frames, 1)
+            print("    \(name.padding(toLength: 40, withPad: " ", startingAt: 0))"
+                  + String(format: " %4.0f %%  ", 100 * used / cpuSeconds)
+                  + (frames > 0 ? String(format: "%5.2f", perFrame) : "    –") + " ms/frame"
+                  + String(format: "  source %4.1f frames/s, viewer ", frames / cpuSeconds) + fps)
             try await Task.sleep(for: .seconds(2))
-            return cpu
+            return perFrame
         }
         _ = try await window("nobody watching, no recording", viewers: 0, codec: "jpeg")
         _ = try await window("1 JPEG viewer", viewers: 1, codec: "jpeg")
