@@ -29,8 +29,9 @@ public enum ViewerKind: Sendable {
 /// them as on its own viewers' (one controller at a time, across nodes). Its answers (refusals, evaluation results)
 /// come back through the callback it was opened with.
 public protocol ControlLine: AnyObject {
-    /// Sends a control message (`take-control`, `cede-control`, input, `evaluate`) as the viewer sent it.
-    func send(_ message: Data)
+    /// Sends a control message (`take-control`, `cede-control`, input, `evaluate`) as the viewer sent it;
+    /// `evaluation` is an `evaluate`'s id, which the line answers itself when the owner cannot.
+    func send(_ message: Data, evaluation: JSONValue?)
     /// The viewer left: the owner gives control back to the agent if this viewer held it.
     func close()
 }
@@ -338,7 +339,9 @@ private final class Viewer: WebSocketDelegate, @unchecked Sendable {
             guard mayControl else { return refuse("this viewer has no control permission") }
             let line = controlLine ?? openControlLine { [weak self] in self?.send($0) }
             controlLine = line
-            return line.send(message.data)
+            var evaluation: JSONValue?
+            if case .evaluate(let id, _) = request { evaluation = id }
+            return line.send(message.data, evaluation: evaluation)
         }
         switch request {
         case .ping(let t):

@@ -400,16 +400,20 @@ private final class OwnerControlLine: ControlLine, WebSocketDelegate {
     private var queue: [Data] = []
     private var queuedBytes = 0
     private var closed = false
+    /// Evaluations sent and not yet answered: if the line drops, each is answered with an error here.
+    private var evaluations: [JSONValue] = []
 
     init(stream: UpstreamStream, answer: @escaping (ViewerEvent) -> Void) {
         self.stream = stream
         self.answer = answer
     }
 
-    func send(_ message: Data) {
+    func send(_ message: Data, evaluation: JSONValue?) {
         guard queuedBytes + message.count <= Self.maxQueuedBytes else {
-            return answer(.error("too many control messages are waiting for the session's owner"))
+            let refusal = "too many control messages are waiting for the session's owner"
+            return answer(evaluation.map { .evaluateResult(id: $0, .failure(EvaluationRefusal(refusal))) } ?? .error(refusal))
         }
+        if let evaluation { evaluations.append(evaluation) }
         queue.append(message)
         queuedBytes += message.count
         if let socket { return socket.requestWrite() }
@@ -426,14 +430,19 @@ private final class OwnerControlLine: ControlLine, WebSocketDelegate {
         socket?.close(code: 1000, reason: "viewer left")
     }
 
-    /// The owner cannot be reached: what waited is refused, and the next message tries again.
+    /// The owner cannot be reached: what waited is refused, evaluations get an error, and the next message tries
+    /// again.
     private func lost() {
         connecting = false
         socket = nil
-        guard !queue.isEmpty, !closed else { return }
+        let waited = !queue.isEmpty, unanswered = evaluations
         queue = []
         queuedBytes = 0
-        answer(.error("the session's owner cannot be reached for control"))
+        evaluations = []
+        guard !closed else { return }
+        let refusal = "the session's owner cannot be reached for control"
+        for id in unanswered { answer(.evaluateResult(id: id, .failure(EvaluationRefusal(refusal)))) }
+        if waited { answer(.error(refusal)) }
     }
 
     func webSocketDidOpen(_ socket: WebSocket) {
@@ -455,6 +464,7 @@ private final class OwnerControlLine: ControlLine, WebSocketDelegate {
         switch owner.type {
         case "error": answer(.error(owner.message ?? "refused by the session's owner"))
         case "evaluate_result":
+            if let index = evaluations.firstIndex(of: owner.id ?? .null) { evaluations.remove(at: index) }
             answer(.evaluateResult(id: owner.id ?? .null, owner.error.map { .failure(EvaluationRefusal($0)) } ?? .success(owner.value ?? .null)))
         default: break
         }

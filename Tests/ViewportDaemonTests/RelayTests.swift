@@ -137,7 +137,12 @@ struct RelayTests {
 
     @Test func viewersThroughAnotherNodeStayWhileTheOwnerRestartsAndWatchOnAfterwards() async throws {
         try await withCluster { a, b, _, _, id in
-            let watching = Task { try await Client.watch(b.streamURL(id), key: keyA, viewers: 2, seconds: 16) }
+            // An evaluation that never ends, in flight through b's control line when the owner goes.
+            let watching = Task {
+                try await Client.watch(b.streamURL(id), key: keyA, viewers: 2, seconds: 16, send: [
+                    #"{"type":"evaluate","id":"pending","expression":"new Promise(() => {})"}"#,
+                ])
+            }
             try await eventually("relayed") { b.daemon.viewerCounts.relayedViewers == 2 }
             try await Task.sleep(for: .seconds(1))
             await a.stop()
@@ -153,6 +158,8 @@ struct RelayTests {
                     #expect((viewer.closedAfter ?? 0) >= 15, "stayed connected (\(viewer.closeCode ?? 0) \(viewer.closeReason ?? ""))")
                     #expect(viewer.statuses == ["reconnecting", "running"], "reconnected after \(reconnected) s")
                     #expect(increasing(viewer.sequences), "numbers go on up though the owner's start again")
+                    let answers = viewer.texts("evaluate_result").filter { $0["id"].string == "pending" }
+                    #expect(answers.count == 1 && answers.first?["error"].string != nil, "answered once, with an error: \(answers)")
                 }
             }
         }
