@@ -63,7 +63,7 @@ struct LinkBench: AsyncParsableCommand {
             print("""
               source fps: frames the session captured (viewportd_frames_captured_total); fps: distinct frames a viewer got;
               link Mbit/s: bytes out of the daemon's side of the link (the viewer's stream with TCP/IP overhead);
-              latency: capture time in the frame header to the frame received, one clock
+              latency: capture time in the frame header (Chromium's screencast timestamp) to the frame received, one clock
             """)
         }
     }
@@ -96,7 +96,8 @@ final class LinkRecorder: @unchecked Sendable {
     private struct State {
         var sequences = Set<UInt64>()
         var bytes = 0
-        var latencies: [UInt64] = []
+        /// Signed: Chromium's capture times can be a few ms ahead of this clock.
+        var latencies: [Int64] = []
     }
 
     private let window: LinkWindow
@@ -129,7 +130,7 @@ final class LinkRecorder: @unchecked Sendable {
         }
         state.withLock { s in
             s.bytes += data.count
-            if s.sequences.insert(sequence).inserted { s.latencies.append(now > captured ? now - captured : 0) }
+            if s.sequences.insert(sequence).inserted { s.latencies.append(Int64(bitPattern: now &- captured)) }
         }
     }
 
