@@ -112,6 +112,8 @@ let package = Package(
             // The OpenAPI document served at /v1/openapi.yaml: a link to docs/openapi.yaml, compiled in.
             resources: [.embedInCode("Resources/openapi.yaml")],
             swiftSettings: settings),
+        // Hosts in network namespaces on a bridge, links cut or shaped: for the tests and the bench. Needs root.
+        .target(name: "NetworkNamespaces", swiftSettings: settings),
         .executableTarget(
             name: "viewportd",
             dependencies: ["ViewportDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],
@@ -120,6 +122,7 @@ let package = Package(
             name: "viewportd-bench",
             dependencies: [
                 "ViewportDaemon", "WebSocketIO", "ViewportCore", "Recorder", "RFBSource", "ObjectStore", "Digests",
+                "NetworkNamespaces",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -139,7 +142,7 @@ let package = Package(
             name: "ViewportDaemonTests",
             dependencies: [
                 "ViewportDaemon", "ViewportCore", "WebSocketIO", "Store", "PostgresStore", "VNCBridge", "JPEGCodec", "RFBSource",
-                "CDPSource", "Recorder", "ViewerGateway", "Digests", "ObjectStore",
+                "CDPSource", "Recorder", "ViewerGateway", "Digests", "ObjectStore", "NetworkNamespaces",
                 .product(name: "Yams", package: "Yams"), .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["Fixtures"],

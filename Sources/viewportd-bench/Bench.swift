@@ -8,7 +8,7 @@ struct Bench: AsyncParsableCommand {
         commandName: "viewportd-bench",
         abstract: "Benchmarks that print figures (not tests). Build with -c release.",
         subcommands: [Fanout.self, Capture.self, Record.self, RecordWorker.self, VNCBench.self, S3Bench.self,
-                      ClusterBench.self, Live.self])
+                      ClusterBench.self, Live.self, LinkBench.self])
 }
 
 struct Fanout: AsyncParsableCommand {

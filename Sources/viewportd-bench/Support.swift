@@ -20,20 +20,23 @@ func json(_ data: Data) -> [String: Any] { (try? JSONSerialization.jsonObject(wi
 /// `viewportd serve` as a child process on a free loopback port, configured through the environment.
 final class DaemonProcess: @unchecked Sendable {
     let process = Process()
+    /// The address it listens on.
+    let host: String
     let port: Int
     let apiKey = "bench-key-0123456789abcdef"
     private let stateDir: String
 
-    private init(port: Int, stateDir: String) {
+    private init(host: String, port: Int, stateDir: String) {
+        self.host = host
         self.port = port
         self.stateDir = stateDir
     }
 
-    /// A daemon with the bench's settings, and those of the config file `yaml` when given.
-    static func start(config yaml: String? = nil) async throws -> DaemonProcess {
+    /// A daemon with the bench's settings, and those of the config file `yaml` when given, listening on `host`.
+    static func start(config yaml: String? = nil, host: String = "127.0.0.1") async throws -> DaemonProcess {
         let port = try freeLoopbackPort()
         let stateDir = FileManager.default.temporaryDirectory.appendingPathComponent("viewportd-bench-\(UUID().uuidString)").path
-        let daemon = DaemonProcess(port: port, stateDir: stateDir)
+        let daemon = DaemonProcess(host: host, port: port, stateDir: stateDir)
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("viewportd")
         daemon.process.executableURL = binary
         daemon.process.arguments = ["serve"]
@@ -43,7 +46,7 @@ final class DaemonProcess: @unchecked Sendable {
             daemon.process.arguments? += ["--config", file]
         }
         var environment = ProcessInfo.processInfo.environment
-        environment["VIEWPORTD_LISTEN"] = "127.0.0.1:\(port)"
+        environment["VIEWPORTD_LISTEN"] = "\(host):\(port)"
         environment["VIEWPORTD_STATE_DIR"] = stateDir
         environment["VIEWPORTD_API_KEY"] = daemon.apiKey
         environment["VIEWPORTD_ORGANIZATION_ID"] = "org_bench"
@@ -54,7 +57,7 @@ final class DaemonProcess: @unchecked Sendable {
         daemon.process.environment = environment
         try daemon.process.run()
         for _ in 0..<200 {
-            if let (status, _) = try? await clientLoop.httpRequest("GET", "http://127.0.0.1:\(port)/healthz", timeout: 1),
+            if let (status, _) = try? await clientLoop.httpRequest("GET", "http://\(host):\(port)/healthz", timeout: 1),
                status == 200 { return daemon }
             try await Task.sleep(for: .milliseconds(50))
         }
@@ -70,7 +73,7 @@ final class DaemonProcess: @unchecked Sendable {
     func apiJSON(_ method: String, _ path: String, _ body: [String: Any] = [:]) async throws -> Any {
         let data = try JSONSerialization.data(withJSONObject: body)
         let (status, answer) = try await clientLoop.httpRequest(
-            method, "http://127.0.0.1:\(port)\(path)", headers: [("x-api-key", apiKey), ("content-type", "application/json")],
+            method, "http://\(host):\(port)\(path)", headers: [("x-api-key", apiKey), ("content-type", "application/json")],
             body: method == "POST" ? data : nil)
         guard (200..<300).contains(status) else {
             throw BenchError("\(method) \(path): \(status) \(String(decoding: answer, as: UTF8.self))")
@@ -92,7 +95,7 @@ final class DaemonProcess: @unchecked Sendable {
 
     func viewerURL(_ id: String) async throws -> String {
         let token = try await api("POST", "/v1/browser_sessions/\(id)/viewer_tokens", ["ttl_seconds": 3600])["token"] as? String
-        return "ws://127.0.0.1:\(port)/stream/browser/\(id)?token=\(token ?? "")"
+        return "ws://\(host):\(port)/stream/browser/\(id)?token=\(token ?? "")"
     }
 
     /// A view-only VNC password for the session's screen: (port, password).
@@ -106,7 +109,7 @@ final class DaemonProcess: @unchecked Sendable {
 
     /// The Prometheus text of /metrics.
     func metrics() async throws -> String {
-        let (_, body) = try await clientLoop.httpRequest("GET", "http://127.0.0.1:\(port)/metrics")
+        let (_, body) = try await clientLoop.httpRequest("GET", "http://\(host):\(port)/metrics")
         return String(decoding: body, as: UTF8.self)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import NetworkNamespaces
 import Testing
 @testable import ViewportDaemon
 

@@ -1,4 +1,5 @@
 import Foundation
+import NetworkNamespaces
 import Logging
 import PostgresStore
 import Store

@@ -1,4 +1,5 @@
 import Foundation
+import NetworkNamespaces
 import Testing
 @testable import ViewportDaemon
 
@@ -30,6 +31,39 @@ func runProcess(_ executable: String, _ arguments: [String], environment: [Strin
     let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
     process.waitUntilExit()
     return (process.terminationStatus, output)
+}
+
+/// Fixtures/proxy.py: a TCP proxy from a free loopback port to the host and port of `url`, whose connections can be
+/// dropped; run by `launcher` (e.g. inside a ``ClusterNet`` host, on its loopback).
+final class LoopbackProxy: Sendable {
+    let process: Process
+    let port: Int
+
+    init(to url: String, launcher: [String] = []) throws {
+        let target = try #require(URL(string: url))
+        let command = launcher + [Client.python, Fixtures.directory.appendingPathComponent("proxy.py").path,
+                                  "\(target.host ?? "127.0.0.1"):\(target.port ?? 0)"]
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        var line = Data()
+        var byte: UInt8 = 0
+        while read(output.fileHandleForReading.fileDescriptor, &byte, 1) == 1, byte != UInt8(ascii: "\n") { line.append(byte) }
+        port = Int(String(decoding: line, as: UTF8.self)) ?? 0
+        if port == 0 { kill(process.processIdentifier, SIGKILL) }
+        try #require(port > 0, "proxy.py did not say its port")
+    }
+
+    /// Aborts every connection it carries; new ones are accepted as before.
+    func drop() { kill(process.processIdentifier, SIGUSR1) }
+
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
 }
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.

@@ -21,9 +21,9 @@ final class TestDaemon: Sendable {
     let stateDir: String
     private let task: Task<Void, any Error>
 
-    var base: String { "http://127.0.0.1:\(daemon.port)" }
+    var base: String { "http://\(daemon.config.listen.host):\(daemon.port)" }
     func streamURL(_ id: String, query: String = "") -> String {
-        "ws://127.0.0.1:\(daemon.port)/stream/browser/\(id)\(query.isEmpty ? "" : "?" + query)"
+        "ws://\(daemon.config.listen.host):\(daemon.port)/stream/browser/\(id)\(query.isEmpty ? "" : "?" + query)"
     }
 
     static func start(stateDir: String? = nil, _ configure: (inout Config) -> Void = { _ in }) async throws -> TestDaemon {

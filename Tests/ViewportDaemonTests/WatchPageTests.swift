@@ -1,25 +1,27 @@
 import Foundation
+import NetworkNamespaces
 import Testing
 @testable import ViewportDaemon
 
 /// The watch page of session `id` opened in a second headless Chromium from a link with a token the API minted
-/// (`control` as given), JPEG unless `query` says otherwise.
+/// (`control` as given), JPEG unless `query` says otherwise; `launcher` runs that Chromium (e.g. in a namespace),
+/// which reaches the daemon at `base` (the daemon's own unless given).
 private func withWatcher(_ daemon: TestDaemon, _ id: String, control: Bool, query: String = "&codec=jpeg",
-                         _ body: (Chromium) async throws -> Void) async throws
+                         base: String? = nil, launcher: [String] = [], _ body: (Chromium) async throws -> Void) async throws
 {
     let (status, minted) = try await daemon.request("POST", "/v1/browser_sessions/\(id)/viewer_tokens",
                                                     json: ["control": control])
     try #require(status == 201, "mint a token: \(status) \(minted)")
     let token = try #require(minted["token"].string)
-    let watcher = try await Chromium.launch(url: "\(daemon.base)/watch/\(id)?token=\(token)\(query)")
+    let watcher = try await Chromium.launch(url: "\(base ?? daemon.base)/watch/\(id)?token=\(token)\(query)", launcher: launcher)
     defer { watcher.terminate() }
     try await body(watcher)
 }
 
-/// The value of `expression` in the watch page.
-private func evaluate(_ watcher: Chromium, _ expression: String) async throws -> JSON {
+/// The value of `expression` in the watch page (its browser run by `launcher`).
+private func evaluate(_ watcher: Chromium, _ expression: String, launcher: [String] = []) async throws -> JSON {
     try await Client.cdp(watcher, "Runtime.evaluate", ["expression": expression, "returnByValue": true],
-                         page: "/watch/")["result"]["value"]
+                         page: "/watch/", launcher: launcher)["result"]["value"]
 }
 
 /// Clicks the watch page at its CSS pixel (x, y) with real mouse events.
@@ -77,8 +79,43 @@ struct WatchPageTests {
         }
     }
 
-    // A viewer whose queue overflows resumes at a key frame: H264ViewerTests, decoded by ffmpeg. A page cannot
-    // be made to fall behind here: its browser reads the socket whatever the page's own speed.
+    @Test func aPageWhoseLinkSlowsDownSkipsToTheNextKeyFrameAndDrawsOnWithNoDecoderError() async throws {
+        // The watching browser on a host of its own. Its link first carries the H.264 stream of a scrolling page
+        // (about 0.4 Mbit/s), then slows to less than that: the daemon's queue for the page
+        // (viewer.h264_queue_frames, 60) overflows; then it is fast again.
+        try await ClusterNet.with(hosts: ["w"]) { net in
+            try net.shape("w", rateMbit: 10)
+            let inW = try net.host("w").exec
+            try await withLiveSession(page: "scroll.html", { $0.listen.host = net.rootAddress }) { daemon, _, id in
+                // WebCodecs only in a secure context, as from https or localhost: the page is loaded through a
+                // proxy on the watching host's loopback.
+                let proxy = try LoopbackProxy(to: daemon.base, launcher: inW)
+                defer { proxy.stop() }
+                try await withWatcher(daemon, id, control: false, query: "", base: "http://127.0.0.1:\(proxy.port)",
+                                      launcher: inW) { watcher in
+                    func page(_ expression: String) async throws -> JSON {
+                        try await evaluate(watcher, "window.viewportd." + expression, launcher: inW)
+                    }
+                    func dropped() -> UInt64 { daemon.daemon.viewerStats(sessionID: id).first?.dropped ?? 0 }
+                    try await eventually("the page decoded H.264 pictures") { try await page("stats.framesDecoded").int ?? 0 > 0 }
+
+                    try net.shape("w", rateMbit: 0.05)
+                    // An overflow drops the whole queue and the picture that did not fit.
+                    try await eventually("the page's queue overflowed", timeout: 15) { dropped() > 60 }
+                    try net.shape("w", rateMbit: 10)
+                    try await eventually("the page went on past the skip", timeout: 10) { try await page("skipped").int ?? 0 > 60 }
+                    let drawn = try await page("framesDrawn").int ?? 0
+                    try await eventually("the page drew on", timeout: 10) { try await page("framesDrawn").int ?? 0 >= drawn + 10 }
+
+                    let stats = try await page("stats")
+                    #expect(stats["decoderErrors"].int == 0, "\(stats)")
+                    #expect(stats["framesWaitingForKey"].int == 0, "the daemon resumed at a key frame: \(stats)")
+                    #expect(try await page("codec").string == "h264")
+                    #expect(try await page("fallback") == .null, "it did not fall back to JPEG")
+                }
+            }
+        }
+    }
 
     @Test func aBrowserWithoutWebCodecsFallsBackToJPEGAndSaysSo() async throws {
         try await withLiveSession(page: "vnc.html") { daemon, _, id in

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A TCP proxy from a free loopback port to TARGET (host:port) that aborts every connection it carries on SIGUSR1,
-and keeps accepting new ones: a DevTools connection that drops and can be made again. Prints its port, then runs
+and keeps accepting new ones: e.g. a DevTools connection that drops and can be made again. Prints its port, then runs
 until killed."""
 import asyncio, signal, sys
 

@@ -1,7 +1,7 @@
-import Foundation
-import Testing
+public import Foundation
 
-/// Hosts on one test network, each a network namespace of its own, for running viewportd nodes as separate machines.
+/// Hosts on one test network, each a network namespace of its own, for running viewportd nodes (or viewers) as
+/// separate machines, in the tests and in `viewportd-bench link`.
 /// A bridge in the root namespace has `rootAddress` (10.77.N.1/24, N unique among the harnesses alive on this
 /// machine); each host is a namespace whose `eth0` (10.77.N.(10+i)/24, `lo` up, default route via the bridge) is one
 /// end of a veth pair, the other end a port of the bridge. Servers the hosts share (PostgreSQL, S3) listen on
@@ -14,35 +14,35 @@ import Testing
 ///         let a = try await ChildDaemon.start(stateDir: dir, on: try net.host("a"))   // a.base: http://10.77.N.10:PORT
 ///         let browser = try await Chromium.launch(url: page, launcher: try net.host("a").exec)
 ///     }
-final class ClusterNet: Sendable {
-    static let ip = "/sbin/ip"
-    static let tc = "/sbin/tc"
+public final class ClusterNet: Sendable {
+    public static let ip = "/sbin/ip"
+    public static let tc = "/sbin/tc"
 
     /// One host of the network.
-    struct Host: Sendable {
-        let name: String
+    public struct Host: Sendable {
+        public let name: String
         /// Its network namespace (`ip netns` name).
-        let namespace: String
-        let address: String
+        public let namespace: String
+        public let address: String
         /// The end of its veth pair on the bridge, in the root namespace.
-        let link: String
+        public let link: String
         fileprivate let mac: String
 
         /// The command prefix that runs a command inside the host: `ip netns exec <namespace>`.
-        var exec: [String] { [ClusterNet.ip, "netns", "exec", namespace] }
+        public var exec: [String] { [ClusterNet.ip, "netns", "exec", namespace] }
     }
 
-    let hosts: [Host]
+    public let hosts: [Host]
     /// The bridge's address: where the hosts reach the root namespace.
-    let rootAddress: String
-    let bridge: String
+    public let rootAddress: String
+    public let bridge: String
     private let subnet: Int
     private let lock: Int32
 
     /// Builds the network, runs `body`, and tears it all down however `body` ends: every process in the
     /// namespaces is SIGKILLed, the namespaces, veths and bridge are deleted. Leftovers of an earlier run that was
     /// killed are deleted first. `hosts` are short lower-case names (letters and digits, at most 8).
-    static func with<T>(hosts: [String], _ body: (ClusterNet) async throws -> T) async throws -> T {
+    public static func with<T>(hosts: [String], _ body: (ClusterNet) async throws -> T) async throws -> T {
         let net = try ClusterNet(hosts: hosts)
         let result: T
         do { result = try await body(net) } catch {
@@ -54,10 +54,12 @@ final class ClusterNet: Sendable {
     }
 
     private init(hosts names: [String]) throws {
-        try #require(geteuid() == 0, "network namespaces need root")
-        try #require(Set(names).count == names.count && names.count <= 200, "distinct host names: \(names)")
-        for name in names {
-            try #require(name.range(of: "^[a-z0-9]{1,8}$", options: .regularExpression) != nil, "host name \(name)")
+        guard geteuid() == 0 else { throw ClusterNetError("network namespaces need root") }
+        guard Set(names).count == names.count && names.count <= 200 else {
+            throw ClusterNetError("distinct host names: \(names)")
+        }
+        for name in names where name.range(of: "^[a-z0-9]{1,8}$", options: .regularExpression) == nil {
+            throw ClusterNetError("host name \(name)")
         }
         let (subnet, lock) = try Self.claimSubnet()
         (self.subnet, self.lock) = (subnet, lock)
@@ -77,26 +79,29 @@ final class ClusterNet: Sendable {
     }
 
     /// The host named `name`.
-    func host(_ name: String) throws -> Host {
-        try #require(hosts.first { $0.name == name }, "no host \(name) in \(hosts.map(\.name))")
+    public func host(_ name: String) throws -> Host {
+        guard let host = hosts.first(where: { $0.name == name }) else {
+            throw ClusterNetError("no host \(name) in \(hosts.map(\.name))")
+        }
+        return host
     }
 
     /// The address of the host named `name`.
-    func address(of name: String) throws -> String { try host(name).address }
+    public func address(of name: String) throws -> String { try host(name).address }
 
     /// Takes the host off the network (its port on the bridge down): packets to and from it are lost, so
     /// connections time out; its processes keep running.
-    func cutLink(_ name: String) throws { try Self.run([Self.ip, "link", "set", try host(name).link, "down"]) }
+    public func cutLink(_ name: String) throws { try Self.run([Self.ip, "link", "set", try host(name).link, "down"]) }
 
     /// Puts the host back on the network; connections that had not timed out go on.
-    func restoreLink(_ name: String) throws { try Self.run([Self.ip, "link", "set", try host(name).link, "up"]) }
+    public func restoreLink(_ name: String) throws { try Self.run([Self.ip, "link", "set", try host(name).link, "up"]) }
 
     /// Kills every process in the host (SIGKILL), as a power loss would, and returns once they are gone.
-    func killAll(in name: String) throws { Self.killProcesses(inNamespace: try host(name).namespace) }
+    public func killAll(in name: String) throws { Self.killProcesses(inNamespace: try host(name).namespace) }
 
     /// Limits the host's traffic to `rateMbit` in each direction and, when `delayMs` > 0, delays it by `delayMs` in
     /// each direction (netem: the kernel needs sch_netem). `unshape` lifts it.
-    func shape(_ name: String, rateMbit: Double, delayMs: Double = 0) throws {
+    public func shape(_ name: String, rateMbit: Double, delayMs: Double = 0) throws {
         let host = try host(name)
         let burst = max(16_000, Int(rateMbit * 1_000_000 / 8 / 100))
         let qdisc = delayMs > 0
@@ -107,7 +112,7 @@ final class ClusterNet: Sendable {
     }
 
     /// Lifts `shape`.
-    func unshape(_ name: String) throws {
+    public func unshape(_ name: String) throws {
         let host = try host(name)
         try Self.run([Self.tc, "qdisc", "del", "dev", host.link, "root"])
         try Self.run([Self.tc, "-n", host.namespace, "qdisc", "del", "dev", "eth0", "root"])
@@ -115,42 +120,10 @@ final class ClusterNet: Sendable {
 
     /// Runs `executable` inside the host to its end; returns its exit status and its output (standard output and
     /// error together).
-    func run(in name: String, _ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    public func run(in name: String, _ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let command = try host(name).exec + [executable] + arguments
-        return try runProcess(command[0], Array(command.dropFirst()))
-    }
-
-    /// What an HTTP GET of a URL met.
-    enum Probe: Equatable {
-        case status(Int)
-        case timedOut
-        case refused
-        case failed(String)
-    }
-
-    /// GETs `url` from inside the host `from` (from the root namespace when nil), giving up after `timeout` seconds.
-    func probe(_ url: String, from name: String? = nil, timeout: Double = 4) async throws -> Probe {
-        let script = """
-            import sys, urllib.request, urllib.error
-            try:
-                print(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(sys.argv[1], timeout=float(sys.argv[2])).status)
-            except urllib.error.HTTPError as e:
-                print(e.code)
-            except Exception as e:
-                r = getattr(e, "reason", e)
-                print("timeout" if isinstance(r, TimeoutError) else "refused" if isinstance(r, ConnectionRefusedError) else "error %r" % (r,))
-            """
-        let command = (try name.map { try host($0).exec } ?? []) + [Client.python, "-c", script, url, "\(timeout)"]
-        let output = try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global().async {
-                continuation.resume(with: Result { try runProcess(command[0], Array(command.dropFirst())).output })
-            }
-        }.trimmingCharacters(in: .whitespacesAndNewlines)
-        switch output {
-        case "timeout": return .timedOut
-        case "refused": return .refused
-        default: return Int(output).map(Probe.status) ?? .failed(output)
-        }
+        let (status, output) = try Self.execute(command)
+        return (status, String(decoding: output, as: UTF8.self))
     }
 
     private func build() throws {
@@ -214,7 +187,7 @@ final class ClusterNet: Sendable {
     /// Removes namespaces and links named `vcN-` whose subnet no live harness holds (a killed run's).
     private static func removeLeftovers(ownSubnet: Int) {
         func names(_ arguments: [String], _ key: String) -> [String] {
-            let output = (try? runProcess(ip, arguments, stdout: true, stderr: false).output) ?? Data()
+            let output = (try? execute([ip] + arguments, stderr: false).output) ?? Data()
             let entries = (try? JSONSerialization.jsonObject(with: output)) as? [[String: Any]] ?? []
             return entries.compactMap { $0[key] as? String }
         }
@@ -235,17 +208,17 @@ final class ClusterNet: Sendable {
     private static func remove(namespaces: [String], links: [String]) {
         for namespace in namespaces {
             killProcesses(inNamespace: namespace)
-            _ = try? runProcess(ip, ["netns", "delete", namespace])
+            _ = try? execute([ip, "netns", "delete", namespace])
         }
         // Deleting a namespace frees its veth ends only once the kernel gets to it; deleting them here is at once.
-        for link in links { _ = try? runProcess(ip, ["link", "delete", link]) }
+        for link in links { _ = try? execute([ip, "link", "delete", link]) }
     }
 
     /// SIGKILLs every process in `namespace` until none is left (they may be forking), for at most 10 s.
     private static func killProcesses(inNamespace namespace: String) {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            let output = (try? runProcess(ip, ["netns", "pids", namespace]).output) ?? ""
+            let output = (try? execute([ip, "netns", "pids", namespace]).output).map { String(decoding: $0, as: UTF8.self) } ?? ""
             let pids = output.split(whereSeparator: \.isNewline).compactMap { pid_t($0) }
             if pids.isEmpty { return }
             for pid in pids { kill(pid, SIGKILL) }
@@ -256,13 +229,28 @@ final class ClusterNet: Sendable {
     /// Runs `command` to its end; throws with its output unless it succeeds.
     @discardableResult
     private static func run(_ command: [String]) throws -> String {
-        let (status, output) = try runProcess(command[0], Array(command.dropFirst()))
-        guard status == 0 else { throw ClusterNetError("\(command.joined(separator: " ")) exited \(status): \(output)") }
-        return output
+        let (status, output) = try execute(command)
+        let text = String(decoding: output, as: UTF8.self)
+        guard status == 0 else { throw ClusterNetError("\(command.joined(separator: " ")) exited \(status): \(text)") }
+        return text
+    }
+
+    /// Runs `command` to its end; returns its exit status and its standard output (and error, unless not `stderr`).
+    private static func execute(_ command: [String], stderr: Bool = true) throws -> (status: Int32, output: Data) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = stderr ? pipe : FileHandle.nullDevice
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, output)
     }
 }
 
-struct ClusterNetError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct ClusterNetError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
