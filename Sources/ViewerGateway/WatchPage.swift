@@ -486,7 +486,9 @@ async function start() {
     } catch {}
     if (!useH264) state.fallback = "this browser cannot decode H.264";
   } else {
-    state.fallback = params.get("codec") === "jpeg" ? "?codec=jpeg" : "no WebCodecs in this browser";
+    // Browsers offer WebCodecs only to https pages (and localhost): say so, it is the operator's fix.
+    state.fallback = params.get("codec") === "jpeg" ? "?codec=jpeg"
+                   : window.isSecureContext ? "no WebCodecs in this browser" : "H.264 needs an https link";
   }
   connect();
 }
