@@ -116,10 +116,7 @@ struct Live: AsyncParsableCommand {
     private func cpu(daemon: DaemonProcess, session: String, url: String) async throws {
         print("  daemon CPU, \(Int(cpuSeconds)) s windows: % of one core, and ms per captured frame (the source's frame"
               + " rate varies with the machine's load; the ratios use ms per frame)")
-        func captured() async throws -> Double {
-            try await daemon.metrics().split(separator: "\n").filter { $0.hasPrefix("viewportd_frames_captured_total") }
-                .reduce(0) { $0 + (Double($1.split(separator: " ").last ?? "") ?? 0) }
-        }
+        func captured() async throws -> Double { Double(try await daemon.capturedFrames()) }
         func window(_ name: String, viewers count: Int, codec: String) async throws -> Double {
             var clients: ViewerClients?
             if count > 0 {
