@@ -50,6 +50,33 @@ public final class SessionEncoder: Sendable {
 
     /// True while the encoder's thread runs.
     public var isRunning: Bool { mailbox.state.withLock { $0.loop != nil } }
+
+    /// Where the encoder's threads have spent their CPU so far, by stage.
+    public var cpu: EncoderCPU { mailbox.cpu.withLock { $0 } }
+}
+
+/// CPU time of an encoder's threads (`CLOCK_THREAD_CPUTIME_ID`, ns), by stage: what the record bench prints.
+public struct EncoderCPU: Sendable, Equatable, Codable {
+    /// Pictures encoded, repeated key frames included.
+    public var pictures: UInt64 = 0
+    /// Reading the JPEG headers and decoding them (or converting an RFB frame's pixels) into the encoder's picture.
+    public var decode: UInt64 = 0
+    /// x264, through libavcodec.
+    public var encode: UInt64 = 0
+    /// Writing packets into the recordings' fragments, cutting fragments, touching files.
+    public var mux: UInt64 = 0
+    /// Converting packets to AVC and publishing them to viewers.
+    public var publish: UInt64 = 0
+    /// All the threads' CPU, the stages and everything else (taking frames and commands, waking up).
+    public var total: UInt64 = 0
+    public init() {}
+}
+
+/// The calling thread's CPU time so far (ns).
+public func threadCPU() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &time)
+    return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
 }
 
 /// What callers hand the encoder thread.
@@ -93,6 +120,8 @@ final class EncoderMailbox: Sendable {
     }
 
     let state = Mutex(State())
+    /// The CPU of this encoder's threads, those stopped and the one running (updated after each picture and wake).
+    let cpu = Mutex(EncoderCPU())
     /// Key frames asked for by viewers, counted; the thread knows how many it has served.
     let keyRequests = Atomic<UInt64>(0)
     let frames: FrameHub
@@ -193,6 +222,9 @@ private final class EncoderWorker: @unchecked Sendable {
     /// When the latest key frame was encoded, and since when one is asked for (uptime ns).
     private var lastKeyAt: UInt64 = 0
     private var keyAskedAt: UInt64?
+    /// This thread's CPU by stage, added to the mailbox's at each wake.
+    private var cpu = EncoderCPU()
+    private var cpuPublished = EncoderCPU()
 
     /// How late a first frame may come and still be shown from a recording's start (µs).
     private static let firstFrameGrace: UInt64 = 2_000_000
@@ -204,6 +236,7 @@ private final class EncoderWorker: @unchecked Sendable {
     }
 
     func run() {
+        let cpuStart = threadCPU()
         do { decoder = try JPEGDecoder() } catch {
             mailbox.logger.error("encoder cannot start", metadata: ["error": "\(error)"])
         }
@@ -228,10 +261,33 @@ private final class EncoderWorker: @unchecked Sendable {
                 sinks.removeAll()
                 closeEncoder()
             }
-            housekeeping()
+            timed(\.mux) { housekeeping() }
+            cpu.total = threadCPU() - cpuStart
+            publishCPU()
             if sinks.isEmpty, held == nil, commands.isEmpty, mailbox.mayStop(subscription) { break }
         }
         subscription.cancel()
+    }
+
+    /// Runs `body`, adding this thread's CPU in it to `stage`.
+    private func timed<T, E>(_ stage: WritableKeyPath<EncoderCPU, UInt64>, _ body: () throws(E) -> T) throws(E) -> T {
+        let start = threadCPU()
+        defer { cpu[keyPath: stage] += threadCPU() - start }
+        return try body()
+    }
+
+    /// Adds what this thread spent since the last call to the mailbox's figures.
+    private func publishCPU() {
+        let (now, before) = (cpu, cpuPublished)
+        cpuPublished = now
+        mailbox.cpu.withLock { c in
+            c.pictures += now.pictures - before.pictures
+            c.decode += now.decode - before.decode
+            c.encode += now.encode - before.encode
+            c.mux += now.mux - before.mux
+            c.publish += now.publish - before.publish
+            c.total += now.total - before.total
+        }
     }
 
     private func handle(_ command: EncoderMailbox.Command) throws(RecorderError) {
@@ -305,7 +361,9 @@ private final class EncoderWorker: @unchecked Sendable {
                 return
             }
             try encode(frame)
-            for sink in sinks { sinkDo(sink) { () throws(RecorderError) in try sink.cutFragmentIfDue() } }
+            timed(\.mux) {
+                for sink in sinks { sinkDo(sink) { () throws(RecorderError) in try sink.cutFragmentIfDue() } }
+            }
         }
     }
 
@@ -318,7 +376,9 @@ private final class EncoderWorker: @unchecked Sendable {
         // A frame with its own pixels (an RFB source) is encoded from them; a screencast frame from its JPEG.
         var header: JPEGHeader?
         if frame.pixels == nil {
-            do { header = try decoder.header(jpeg) } catch { return skip(frame, RecorderError("\(error)")) }
+            do { header = try timed(\.decode) { () throws(JPEGError) in try decoder.header(jpeg) } } catch {
+                return skip(frame, RecorderError("\(error)"))
+            }
         }
         let (width, height) = header.map { (Int32($0.width), Int32($0.height)) } ?? (Int32(frame.width), Int32(frame.height))
         // Without a recording, a new size is a new encoder (viewers get its configuration before its first picture).
@@ -337,10 +397,12 @@ private final class EncoderWorker: @unchecked Sendable {
         guard let picture else { return }
         let started = DispatchTime.now().uptimeNanoseconds
         do {
-            if let pixels = frame.pixels {
-                try picture.load(rgbx: pixels.payload, width: width, height: height)
-            } else if let header {
-                try picture.load(jpeg, header, decoder: decoder)
+            try timed(\.decode) { () throws(RecorderError) in
+                if let pixels = frame.pixels {
+                    try picture.load(rgbx: pixels.payload, width: width, height: height)
+                } else if let header {
+                    try picture.load(jpeg, header, decoder: decoder)
+                }
             }
         } catch { return skip(frame, error) }
         try encode(picture, at: max(time, encoderOrigin), keyframe: keyframeDue(started), showing: frame)
@@ -367,17 +429,25 @@ private final class EncoderWorker: @unchecked Sendable {
         guard let encoder else { return }
         let requests = mailbox.keyRequests.load(ordering: .acquiring)
         lastPTS = max(Self.ticks(time, since: encoderOrigin), lastPTS + 1)
+        // x264's own time: the whole call less the packet's handling, which is timed as its own stages.
+        let (start, handled) = (threadCPU(), cpu.mux + cpu.publish)
+        defer { cpu.encode += threadCPU() - start - (cpu.mux + cpu.publish - handled) }
+        cpu.pictures += 1
         try encoder.encode(picture.frame, pts: lastPTS, keyframe: keyframe) { packet throws(RecorderError) in
             let isKey = packet.pointee.flags & AV_PKT_FLAG_KEY != 0
             if let config, mailbox.packets.hasSubscribers {
-                let accessUnit = AVCFormat.accessUnit(UnsafeRawBufferPointer(start: packet.pointee.data,
-                                                                             count: Int(packet.pointee.size)))
-                mailbox.packets.publish(EncodedFrame(
-                    sequence: frame.sequence, captureTime: frame.captureTime, width: frame.width, height: frame.height,
-                    isKey: isKey, url: frame.url, config: config, accessUnit: accessUnit))
+                timed(\.publish) {
+                    let accessUnit = AVCFormat.accessUnit(UnsafeRawBufferPointer(start: packet.pointee.data,
+                                                                                 count: Int(packet.pointee.size)))
+                    mailbox.packets.publish(EncodedFrame(
+                        sequence: frame.sequence, captureTime: frame.captureTime, width: frame.width,
+                        height: frame.height, isKey: isKey, url: frame.url, config: config, accessUnit: accessUnit))
+                }
             }
-            for sink in sinks where sink.isStarted {
-                sinkDo(sink) { () throws(RecorderError) in try sink.write(packet, at: time) }
+            timed(\.mux) {
+                for sink in sinks where sink.isStarted {
+                    sinkDo(sink) { () throws(RecorderError) in try sink.write(packet, at: time) }
+                }
             }
             if isKey {
                 lastKeyAt = DispatchTime.now().uptimeNanoseconds

@@ -78,6 +78,7 @@ struct Record: AsyncParsableCommand {
         }
 
         let ours = try? rows[0].result.get(), x264 = try? rows[1].result.get(), playwright = try? rows[2].result.get()
+        if let ours, let stages = ours.stages { printStages(stages, cpu: ours.cpu, frames: ours.frames, seconds: seconds) }
         func verdict(_ met: Bool) -> String { met ? "yes" : "NO" }
         if let ours, let x264 {
             let cpu = ours.cpu / x264.cpu, bytes = Double(ours.bytes) / Double(x264.bytes), ssim = ours.ssim - x264.ssim
@@ -94,6 +95,29 @@ struct Record: AsyncParsableCommand {
           perf-anchors.md (another run): CPU s/min ffmpeg x264 VFR anim 22, scroll 39; Playwright anim 11, scroll 21;
             scroll SSIM 0.980 and 0.883 (0.788 as produced), MB/min 3.1 and 7.5
         """)
+    }
+
+    /// Prints where the recorder's CPU (`cpu` s, all of its process's) went, stage by stage.
+    private func printStages(_ stages: RecorderCPU, cpu: Double, frames: Int, seconds: Double) {
+        let e = stages.encoder
+        func cpuSeconds(_ ns: UInt64) -> Double { Double(ns) / 1e9 }
+        let rest: UInt64 = e.total - e.decode - e.encode - e.mux - e.publish
+        let rows: [(String, Double)] = [
+            ("JPEG decode into the encoder's YUV 4:2:0 picture", cpuSeconds(e.decode)),
+            ("x264 encode", cpuSeconds(e.encode)),
+            ("mux: packets into the fragmented MP4", cpuSeconds(e.mux)),
+            ("encoder thread, the rest (queues, wake-ups, x264 open)", cpuSeconds(rest)),
+            ("MP4Cut: the final MP4 from the fragmented one", cpuSeconds(stages.cut)),
+            ("the rest of the process (reading the frames, start-up)", cpu - cpuSeconds(e.total + stages.cut)),
+        ]
+        print(String(format: "  viewportd recorder's CPU by stage (thread CPU; %d pictures encoded):", e.pictures))
+        print("    stage                                                     µs/frame   CPU s/min   share")
+        for (name, value) in rows + [("all (wait4)", cpu)] {
+            print("    " + name.padding(toLength: 56, withPad: " ", startingAt: 0)
+                  + String(format: " %9.0f   %9.2f   %4.0f %%", value / Double(frames) * 1e6, value / seconds * 60,
+                           value / cpu * 100))
+        }
+        print("    perf-anchors.md (another run): JPEG decode alone (ffmpeg), anim 10 CPU s/min, scroll 13")
     }
 
     private func temporary(_ name: String) -> URL {
@@ -122,14 +146,16 @@ struct RecordWorker: AsyncParsableCommand {
         shouldDisplay: false)
     @Option(help: "A capture saved by `record`.") var framesDir: String
     @Option(help: "The MP4 to write.") var output: String
+    @Option(help: "Where to write the CPU by stage (JSON).") var cpuReport: String
 
     func run() async throws {
         let frames = try CapturedFrames.load(URL(fileURLWithPath: framesDir))
         let hub = FrameHub()
         let settings = EncoderSettings()
         let fragmented = output + ".fragmented.mp4"
-        let recorder = try SegmentRecorder(hub: hub, path: fragmented, origin: frames.times[0], settings: settings,
-                                           logger: Logger(label: "record-worker"))
+        let encoder = SessionEncoder(hub: hub, settings: settings, viewersAlone: false,
+                                     logger: Logger(label: "record-worker"))
+        let recorder = try SegmentRecorder(encoder: encoder, path: fragmented, origin: frames.times[0])
         for index in 0..<frames.count {
             // Frames not encoded yet are in the recorder's queue or its encoder: keep the queue from overflowing.
             while index - Int(recorder.stats.framesEncoded + recorder.stats.framesDropped) >= settings.queueFrames - 8 {
@@ -143,6 +169,17 @@ struct RecordWorker: AsyncParsableCommand {
         }
         let stats = await recorder.finish()
         guard stats.framesDropped == 0 else { throw BenchError("the recorder dropped \(stats.framesDropped) frames") }
+        let cutStart = threadCPU()
         _ = try MP4Cut.cut(fragmented: fragmented, output: output, from: frames.times[0], to: frames.end, chapters: [])
+        let report = RecorderCPU(encoder: encoder.cpu, cut: threadCPU() - cutStart)
+        try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: cpuReport))
     }
+}
+
+/// Where the recorder row's CPU went (thread CPU, ns), as `record-worker` measured it.
+struct RecorderCPU: Codable {
+    /// The encoder thread's, by stage.
+    var encoder: EncoderCPU
+    /// MP4Cut's, writing the final file from the fragmented one (as the daemon does when a run ends).
+    var cut: UInt64
 }

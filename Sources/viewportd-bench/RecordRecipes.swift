@@ -10,6 +10,8 @@ struct Recording {
     var ssim: Double
     /// The SSIM of the file as it plays, when its frames are not where the recipe meant them.
     var ssimAsProduced: Double?
+    /// Where the CPU went, for viewportd's recorder.
+    var stages: RecorderCPU?
 
     /// Measures `file`, whose frames are meant to be shown at `times` (µs from its start).
     init(_ file: URL, video: VideoInfo, times: [UInt64], cpu: Double, frames: CapturedFrames) throws {
@@ -30,11 +32,14 @@ struct Recipes {
 
     /// viewportd's Recorder, fed the frames through a frame hub in a `record-worker` child process.
     func viewportd() throws -> Recording {
-        let file = work.appendingPathComponent("viewportd.mp4")
+        let file = work.appendingPathComponent("viewportd.mp4"), stages = work.appendingPathComponent("cpu.json")
         let cpu = try runMeasured("record-worker", ["/proc/self/exe", "record-worker", "--frames-dir",
-                                                    frames.directory.path, "--output", file.path], log: log("viewportd")).cpu
+                                                    frames.directory.path, "--output", file.path,
+                                                    "--cpu-report", stages.path], log: log("viewportd")).cpu
         let video = try VideoInfo(file)
-        return try Recording(file, video: video, times: video.times, cpu: cpu, frames: frames)
+        var recording = try Recording(file, video: video, times: video.times, cpu: cpu, frames: frames)
+        recording.stages = try JSONDecoder().decode(RecorderCPU.self, from: Data(contentsOf: stages))
+        return recording
     }
 
     /// ffmpeg's CLI fed the JPEGs, every frame at its capture time, to libx264 with its default threads (cropped to
