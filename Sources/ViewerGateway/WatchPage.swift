@@ -87,7 +87,7 @@ const ctx = canvas.getContext("2d");
 const state = window.viewportd = {
   status: "connecting", codec: null, codecString: null, fallback: null,
   framesReceived: 0, framesDrawn: 0, lastSequence: 0, skipped: 0, fps: 0, bitrateKbps: 0,
-  latencyMs: null, latencySamples: [], clockOffsetMs: 0, width: 0, height: 0, url: null, closeCode: null,
+  latencyMs: null, latencySamples: [], pageSamples: [], clockOffsetMs: 0, width: 0, height: 0, url: null, closeCode: null,
   controlPermitted: false, controller: "agent", inControl: false, runs: [], currentStep: null,
   stats: { decoderErrors: 0, framesDecoded: 0, framesWaitingForKey: 0, lastError: null },
 };
@@ -106,13 +106,16 @@ function send(message) {
 }
 
 // A frame reached the screen: frame rate and capture-to-screen latency (the server's clock, from ping/pong).
-function drew(capturedAtMs, width, height) {
+function drew(capturedAtMs, width, height, arrivedAt) {
   const now = performance.now();
   state.framesDrawn++;
   state.latencyMs = Math.max(0, Date.now() + state.clockOffsetMs - capturedAtMs);
   // The last minute of latencies at 60 fps, for the live benchmark's percentiles.
   state.latencySamples.push(state.latencyMs);
   if (state.latencySamples.length > 3600) state.latencySamples.shift();
+  // And the page's own share: from the message's arrival to the picture drawn (decode and draw).
+  state.pageSamples.push(now - arrivedAt);
+  if (state.pageSamples.length > 3600) state.pageSamples.shift();
   drawnTimes.push(now);
   if (state.width !== width || state.height !== height) {
     state.width = width; state.height = height;
@@ -133,7 +136,7 @@ function drawJPEG(frame) {
   createImageBitmap(frame.blob).then((bitmap) => {
     fitCanvas(bitmap.width, bitmap.height);
     ctx.drawImage(bitmap, 0, 0);
-    drew(frame.capturedAtMs, bitmap.width, bitmap.height);
+    drew(frame.capturedAtMs, bitmap.width, bitmap.height, frame.arrivedAt);
     bitmap.close();
   }).catch(() => {}).finally(() => {
     decodingJPEG = false;
@@ -143,6 +146,7 @@ function drawJPEG(frame) {
 
 // H.264 with WebCodecs: configured from hello or config, fed each access unit; a key frame starts the chain.
 let decoder = null, needKey = true;
+const arrivals = new Map();  // capture time (µs) of each picture given to the decoder → when it arrived
 function configure(message) {
   if (!message.codec || !message.description) return;
   const description = Uint8Array.from(atob(message.description), (c) => c.charCodeAt(0));
@@ -163,9 +167,11 @@ function decodeH264(view, buffer) {
   const key = (view.getUint8(24) & 1) === 1;
   if (needKey && !key) { state.stats.framesWaitingForKey++; return; }
   needKey = false;
+  const timestamp = Number(view.getBigUint64(12));
+  arrivals.set(timestamp, performance.now());
+  if (arrivals.size > 120) arrivals.delete(arrivals.keys().next().value);  // pictures the decoder never gave back
   try {
-    decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp: Number(view.getBigUint64(12)),
-                                           data: new Uint8Array(buffer, 28) }));
+    decoder.decode(new EncodedVideoChunk({ type: key ? "key" : "delta", timestamp, data: new Uint8Array(buffer, 28) }));
   } catch (error) {
     decoderFailed(error);
   }
@@ -175,7 +181,9 @@ function decoded(frame) {
   fitCanvas(frame.displayWidth, frame.displayHeight);
   ctx.drawImage(frame, 0, 0, canvas.width, canvas.height);
   state.stats.framesDecoded++;
-  drew(frame.timestamp / 1000, frame.displayWidth, frame.displayHeight);
+  const arrivedAt = arrivals.get(frame.timestamp);
+  arrivals.delete(frame.timestamp);
+  drew(frame.timestamp / 1000, frame.displayWidth, frame.displayHeight, arrivedAt ?? performance.now());
   frame.close();
 }
 
@@ -208,7 +216,7 @@ function onFrame(buffer) {
   state.framesReceived++;
   if (magic === 0x56504631) {  // "VPF1": a JPEG
     const frame = { blob: new Blob([new Uint8Array(buffer, 24)], { type: "image/jpeg" }),
-                    capturedAtMs: Number(view.getBigUint64(12)) / 1000 };
+                    capturedAtMs: Number(view.getBigUint64(12)) / 1000, arrivedAt: performance.now() };
     if (decodingJPEG) pendingJPEG = frame; else drawJPEG(frame);
   } else if (magic === 0x56504831 && buffer.byteLength > 28) {  // "VPH1": an H.264 access unit
     decodeH264(view, buffer);

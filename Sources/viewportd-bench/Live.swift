@@ -170,9 +170,9 @@ struct Live: AsyncParsableCommand {
                 guard Date() < deadline else { throw BenchError("the watch page drew no \(codec) frames in 20 s") }
                 try await Task.sleep(for: .milliseconds(200))
             }
-            _ = try await page.evaluate("window.viewportd.latencySamples.length = 0; window.viewportd.framesDrawn = 0; window.viewportd.framesReceived = 0")
+            _ = try await page.evaluate("window.viewportd.latencySamples.length = 0; window.viewportd.pageSamples.length = 0; window.viewportd.framesDrawn = 0; window.viewportd.framesReceived = 0")
             try await Task.sleep(for: .seconds(latencySeconds))
-            let state = try await page.evaluate("JSON.stringify({samples: window.viewportd.latencySamples,"
+            let state = try await page.evaluate("JSON.stringify({samples: window.viewportd.latencySamples, page: window.viewportd.pageSamples,"
                                                 + " drawn: window.viewportd.framesDrawn, errors: window.viewportd.stats.decoderErrors,"
                                                 + " received: window.viewportd.framesReceived,"
                                                 + " queue: typeof decoder === 'object' && decoder ? decoder.decodeQueueSize : null,"
@@ -180,7 +180,11 @@ struct Live: AsyncParsableCommand {
             let object = json(Data(state.utf8))
             let samples = ((object["samples"] as? [Double]) ?? []).sorted()
             guard !samples.isEmpty else { throw BenchError("the watch page reported no latency: \(state)") }
-            func quantile(_ q: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * q))] }
+            func quantile(_ q: Double, _ values: [Double]? = nil) -> Double {
+                let values = values ?? samples
+                return values.isEmpty ? .nan : values[min(values.count - 1, Int(Double(values.count) * q))]
+            }
+            let inPage = ((object["page"] as? [Double]) ?? []).sorted()
             let fps = Double(object["drawn"] as? Int ?? 0) / latencySeconds
             let arrived = Double(object["received"] as? Int ?? 0) / latencySeconds
             medians[codec] = (quantile(0.5), quantile(0.99), fps)
@@ -188,6 +192,8 @@ struct Live: AsyncParsableCommand {
                          codec == "jpeg" ? "JPEG" : "H.264", quantile(0.5), quantile(0.99), fps, arrived,
                          object["errors"] as? Int ?? -1,
                          (object["queue"] as? Int).map { "  decode queue at the end \($0)" } ?? ""))
+            print(String(format: "           of which in the page (message arrived -> drawn: decode and draw) p50 %4.1f ms  p99 %4.1f ms",
+                         quantile(0.5, inPage), quantile(0.99, inPage)))
         }
         if let j = medians["jpeg"], let h = medians["h264"] {
             print(String(format: "    H.264 - JPEG: p50 %+.0f ms, p99 %+.0f ms (target: within one frame interval, %.0f ms at"
