@@ -90,6 +90,10 @@ struct ClusterNetTests {
                 sleeper.executableURL = URL(fileURLWithPath: a.exec[0])
                 sleeper.arguments = Array(a.exec.dropFirst()) + ["/bin/sleep", "600"]
                 try sleeper.run()
+                // Inside once `ip netns exec` has entered the namespace: a teardown before that has nothing to kill.
+                try await eventually("the process is inside", timeout: 5) {
+                    !(try runProcess(ClusterNet.ip, ["netns", "pids", a.namespace]).output.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+                }
                 throw CancellationError()
             }
         }
