@@ -123,11 +123,7 @@ final class LinkRecorder: @unchecked Sendable {
 
     fileprivate func received(_ data: Data) {
         let now = wallClockMicros()
-        guard now >= window.from, now < window.until, data.count >= 24 else { return }
-        let (sequence, captured) = data.withUnsafeBytes { p in
-            (UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt64.self)),
-             UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt64.self)))
-        }
+        guard now >= window.from, now < window.until, let (sequence, captured) = frameHeader(data) else { return }
         state.withLock { s in
             s.bytes += data.count
             if s.sequences.insert(sequence).inserted { s.latencies.append(Int64(bitPattern: now &- captured)) }

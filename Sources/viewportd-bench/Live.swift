@@ -284,11 +284,9 @@ final class StreamCapture: @unchecked Sendable {
             let data = message.data
             let h264 = data.starts(with: Array("VPH1".utf8))
             let headerBytes = h264 ? 28 : 24
-            guard data.count > headerBytes else { return }
-            let header = [UInt8](data.prefix(headerBytes))
-            func u64(_ at: Int) -> UInt64 { header[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) } }
-            let key = !h264 || header[24] & 1 == 1
-            s.frames.append(Frame(sequence: u64(4), captured: u64(12), key: key, description: key ? s.description : nil,
+            guard data.count > headerBytes, let (sequence, captured) = frameHeader(data) else { return }
+            let key = !h264 || data[data.startIndex + 24] & 1 == 1
+            s.frames.append(Frame(sequence: sequence, captured: captured, key: key, description: key ? s.description : nil,
                                   picture: Data(data.dropFirst(headerBytes)), counted: s.counting))
         }
     }
@@ -316,9 +314,7 @@ final class DevToolsPage: @unchecked Sendable {
     private var socket: WebSocket!
 
     init(browser: String) async throws {
-        let (_, body) = try await clientLoop.httpRequest("GET", browser + "/json/list")
-        let pages = (try JSONSerialization.jsonObject(with: body) as? [[String: Any]] ?? []).filter { $0["type"] as? String == "page" }
-        guard let url = pages.first?["webSocketDebuggerUrl"] as? String else { throw BenchError("no page target") }
+        let url = try await pageTarget(of: browser)
         socket = try clientLoop.connectWebSocket(to: url, delegate: Delegate(owner: self), maxMessageBytes: 64 << 20)
         for _ in 0..<500 where !state.withLock({ $0.open }) { try await Task.sleep(for: .milliseconds(20)) }
     }

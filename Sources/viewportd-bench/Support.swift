@@ -15,6 +15,24 @@ struct BenchError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// The sequence number and capture time (µs) in a binary viewer message's header (`VPF1` JPEG or `VPH1` H.264: the
+/// same offsets), or nil for a message too short to hold one.
+func frameHeader(_ data: Data) -> (sequence: UInt64, captured: UInt64)? {
+    guard data.count >= 24 else { return nil }
+    return data.withUnsafeBytes { p in
+        (UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt64.self)),
+         UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt64.self)))
+    }
+}
+
+/// The DevTools WebSocket URL of the first page target of the Chromium whose DevTools answer at `browser`.
+func pageTarget(of browser: String) async throws -> String {
+    let (_, body) = try await clientLoop.httpRequest("GET", browser + "/json/list")
+    let pages = (try JSONSerialization.jsonObject(with: body) as? [[String: Any]] ?? []).filter { $0["type"] as? String == "page" }
+    guard let url = pages.first?["webSocketDebuggerUrl"] as? String else { throw BenchError("no page target") }
+    return url
+}
+
 func json(_ data: Data) -> [String: Any] { (try? JSONSerialization.jsonObject(with: data) as? [String: Any]) ?? [:] }
 
 /// `viewportd serve` as a child process on a free loopback port, configured through the environment.
@@ -274,12 +292,8 @@ final class ViewerClients: @unchecked Sendable {
         func webSocketDidOpen(_ socket: WebSocket) { clients.opened() }
         func webSocket(_ socket: WebSocket, didReceive message: InboundMessage) {
             let now = wallClockMicros()
-            guard message.isBinary, message.data.count >= 24 else { return }
-            message.data.withUnsafeBytes { p in
-                let sequence = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt64.self))
-                let captured = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt64.self))
-                clients.received(index, sequence: sequence, latency: now > captured ? now - captured : 0)
-            }
+            guard message.isBinary, let (sequence, captured) = frameHeader(message.data) else { return }
+            clients.received(index, sequence: sequence, latency: now > captured ? now - captured : 0)
         }
         func nextMessage(for socket: WebSocket) -> OutboundMessage? { nil }
         func hasMessages(for socket: WebSocket) -> Bool { false }
@@ -294,9 +308,7 @@ final class DirectScreencasts: @unchecked Sendable {
 
     init(count: Int, browser: String) async throws {
         frames = Mutex(Array(repeating: 0, count: count))
-        let (_, body) = try await clientLoop.httpRequest("GET", browser + "/json/list")
-        let pages = (try JSONSerialization.jsonObject(with: body) as? [[String: Any]] ?? []).filter { $0["type"] as? String == "page" }
-        guard let url = pages.first?["webSocketDebuggerUrl"] as? String else { throw BenchError("no page target") }
+        let url = try await pageTarget(of: browser)
         for index in 0..<count {
             sockets.append(try clientLoop.connectWebSocket(to: url, delegate: Subscriber(owner: self, index: index),
                                                            maxMessageBytes: 64 << 20))
