@@ -113,7 +113,7 @@ let package = Package(
             resources: [.embedInCode("Resources/openapi.yaml")],
             swiftSettings: settings),
         // Hosts in network namespaces on a bridge, links cut or shaped: for the tests and the bench. Needs root.
-        .target(name: "NetworkNamespaces", swiftSettings: settings),
+        .target(name: "NetworkNamespaces", dependencies: ["ViewportCore"], swiftSettings: settings),
         .executableTarget(
             name: "viewportd",
             dependencies: ["ViewportDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],

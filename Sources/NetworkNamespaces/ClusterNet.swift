@@ -1,4 +1,5 @@
 public import Foundation
+import ViewportCore
 
 /// Hosts on one test network, each a network namespace of its own, for running viewportd nodes (or viewers) as
 /// separate machines, in the tests and in `viewportd-bench link`.
@@ -245,7 +246,7 @@ public final class ClusterNet: Sendable {
         process.standardError = stderr ? pipe : FileHandle.nullDevice
         try process.run()
         let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        process.waitUntilExited()
         return (process.terminationStatus, output)
     }
 }

@@ -85,7 +85,7 @@ extension DaemonProcess {
         process.standardError = FileHandle.nullDevice
         guard (try? process.run()) != nil else { return 0 }
         let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
+        process.waitUntilExited()
         return output.split(whereSeparator: \.isWhitespace).reduce(0) { sum, field in
             field.hasPrefix("bytes_acked:") ? sum + (Int(field.dropFirst(12)) ?? 0) : sum
         }

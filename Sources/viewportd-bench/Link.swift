@@ -186,7 +186,7 @@ struct LinkViewer: AsyncParsableCommand {
             let data = await withCheckedContinuation { continuation in
                 DispatchQueue.global().async { continuation.resume(returning: output.fileHandleForReading.readDataToEndOfFile()) }
             }
-            process.waitUntilExit()
+            process.waitUntilExited()
             guard process.terminationStatus == 0, let figures = try? JSONDecoder().decode(LinkFigures.self, from: data) else {
                 throw BenchError("the viewer in the namespace exited \(process.terminationStatus): \(String(decoding: data, as: UTF8.self))")
             }

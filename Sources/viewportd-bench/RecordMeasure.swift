@@ -86,7 +86,7 @@ private func standardOutput(of arguments: [String]) throws -> Data {
     process.standardOutput = pipe
     try process.run()
     let output = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
+    process.waitUntilExited()
     guard process.terminationStatus == 0 else { throw BenchError("\(arguments.joined(separator: " ")) failed") }
     return output
 }
@@ -117,7 +117,7 @@ private final class GrayFrames {
     /// Reads the frames nobody asked for, so ffmpeg can finish (it outlives a SIGTERM while blocked on the pipe).
     deinit {
         while read(at: 0) > 0 {}
-        process.waitUntilExit()
+        process.waitUntilExited()
     }
 
     /// Reads the next frame into ``pixels``.

@@ -359,6 +359,6 @@ final class WeedServer {
     func stop() {
         guard process.isRunning else { return }
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.waitUntilExited()
     }
 }

@@ -138,7 +138,7 @@ final class DaemonProcess: @unchecked Sendable {
     func stop() {
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
+            process.waitUntilExited()
         }
         try? FileManager.default.removeItem(atPath: stateDir)
         try? FileManager.default.removeItem(atPath: stateDir + ".yaml")

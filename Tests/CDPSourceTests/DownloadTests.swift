@@ -64,7 +64,7 @@ private final class HeadlessChromium {
     func kill() {
         if process.isRunning {
             Foundation.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.waitUntilExited()
         }
         try? FileManager.default.removeItem(at: profile)
     }

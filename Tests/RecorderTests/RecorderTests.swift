@@ -345,7 +345,7 @@ struct RecorderTests {
             (try? topLevelBoxes(fragmented).filter { $0.type == "moof" }.count) ?? 0 >= 3
         }
         kill(child.processIdentifier, SIGKILL)
-        child.waitUntilExit()
+        child.waitUntilExited()
         #expect(fragments)
         #expect(child.terminationReason == .uncaughtSignal)
 

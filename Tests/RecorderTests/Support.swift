@@ -40,7 +40,7 @@ func run(_ arguments: [String]) throws -> (out: String, err: String) {
     process.standardError = try FileHandle(forWritingTo: errorFile)
     try process.run()
     let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
+    process.waitUntilExited()
     let stderr = try String(contentsOf: errorFile, encoding: .utf8)
     guard process.terminationStatus == 0 else {
         throw ToolError(description: "\(arguments.joined(separator: " ")) exited \(process.terminationStatus): "

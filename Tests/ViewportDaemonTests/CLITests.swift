@@ -79,7 +79,7 @@ struct CLITests {
             process.environment = ProcessInfo.processInfo.environment.merging(["DESTDIR": root]) { $1 }
             process.standardOutput = FileHandle.nullDevice
             try process.run()
-            process.waitUntilExit()
+            process.waitUntilExited()
             return process.terminationStatus
         }
         #expect(try install() == 0)
@@ -125,10 +125,10 @@ struct CrashRecoveryTests {
         try await Task.sleep(for: .seconds(4))
         first.signal(SIGKILL)
         let killedAfter = Date().timeIntervalSince(started)
-        first.process.waitUntilExit()
+        first.process.waitUntilExited()
 
         let second = try await ChildDaemon.start(port: first.port, stateDir: stateDir, environment: environment)
-        defer { second.signal(SIGKILL); second.process.waitUntilExit() }
+        defer { second.signal(SIGKILL); second.process.waitUntilExited() }
         let (_, recovered) = try await requestJSON("GET", base + "/v1/runs/wr_crash")
         #expect(recovered["status"].string == "terminated")
         #expect(recovered["failure_reason"].string?.contains("stopped") == true)

@@ -150,7 +150,7 @@ struct ClusterNetTests {
             try server.run()
             defer {
                 kill(server.processIdentifier, SIGKILL)
-                server.waitUntilExit()
+                server.waitUntilExited()
             }
             _ = ready.fileHandleForReading.availableData
             func secondsToSendOneMegabyte() throws -> Double {

@@ -29,7 +29,7 @@ private final class HostilePeer: Sendable {
     deinit {
         // SIGKILL: a child of the test runner may inherit a mask that blocks SIGTERM.
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.waitUntilExited()
     }
 }
 

@@ -239,7 +239,7 @@ struct ObjectStorageRecoveryTests {
         #expect(step["step"].int == 1)
         try await Task.sleep(for: .seconds(30))
         host.signal(SIGKILL)
-        host.process.waitUntilExit()
+        host.process.waitUntilExited()
         let killed = Date()
         try FileManager.default.removeItem(atPath: lostDir)
         let started = try #require(run["started_at"].string.flatMap(parseISO))
@@ -344,7 +344,7 @@ func redirectLocation(_ url: String, key: String?) async throws -> String? {
     process.standardOutput = output
     try process.run()
     let data = output.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
+    process.waitUntilExited()
     let parts = String(decoding: data, as: UTF8.self).split(separator: " ", maxSplits: 1).map(String.init)
     return parts.first == "302" && parts.count == 2 ? parts[1] : nil
 }

@@ -31,7 +31,7 @@ struct OperationsTests {
             #expect(body["detail"].string?.hasPrefix("the store does not take writes") == true, "\(body)")
             #expect(try await daemon.request("GET", "/healthz", key: nil).0 == 200, "the process still answers")
             kill(holder.processIdentifier, SIGKILL)
-            holder.waitUntilExit()
+            holder.waitUntilExited()
             #expect(try await daemon.request("GET", "/readyz", key: nil).0 == 200)
         }
     }

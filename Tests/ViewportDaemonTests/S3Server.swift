@@ -83,7 +83,7 @@ final class S3Server: Sendable {
         process.withLock { process in
             guard let running = process else { return }
             if running.isRunning { kill(running.processIdentifier, SIGKILL) }
-            running.waitUntilExit()
+            running.waitUntilExited()
             process = nil
         }
     }

@@ -29,7 +29,7 @@ func runProcess(_ executable: String, _ arguments: [String], environment: [Strin
     process.standardError = stderr ? pipe : FileHandle.nullDevice
     try process.run()
     let output = readToEnd(pipe.fileHandleForReading.fileDescriptor)
-    process.waitUntilExit()
+    process.waitUntilExited()
     return (process.terminationStatus, output)
 }
 
@@ -62,7 +62,7 @@ final class LoopbackProxy: Sendable {
 
     func stop() {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.waitUntilExited()
     }
 }
 
@@ -136,7 +136,7 @@ final class ChildDaemon: Sendable {
         while process.isRunning {
             if Date() > deadline {
                 signal(SIGKILL)
-                process.waitUntilExit()
+                process.waitUntilExited()
                 Issue.record("viewportd did not exit within \(timeout) s")
                 return -1
             }

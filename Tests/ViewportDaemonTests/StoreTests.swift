@@ -110,7 +110,7 @@ import ViewportCore
             loader.arguments = ["-c", "import sqlite3, sys; sqlite3.connect(sys.argv[1]).executescript(open(sys.argv[2]).read())",
                                 path, Fixtures.directory.appendingPathComponent("store-v6.sql").path]
             try loader.run()
-            loader.waitUntilExit()
+            loader.waitUntilExited()
             try #require(loader.terminationStatus == 0)
         }) { store in
             var closed = SessionRecord(id: "bs_closed", organizationID: "org-a", status: .closed, createdAt: Self.t0,

@@ -91,7 +91,7 @@ func withChildSession(page: String, environment: [String: String] = [:],
     ].merging(environment) { $1 })
     defer {
         daemon.signal(SIGKILL)
-        daemon.process.waitUntilExit()
+        daemon.process.waitUntilExited()
     }
     let (status, created) = try await requestJSON("POST", daemon.base + "/v1/browser_sessions", key: keyA,
                                                   json: ["browser_address": browser.address])
@@ -485,7 +485,7 @@ struct VNCHostilePeerTests {
                                                              seconds: 4).first)
             let healthz = await healthzSeconds(daemon.base)
             let data = readToEnd(output.fileHandleForReading.fileDescriptor)
-            flood.waitUntilExit()
+            flood.waitUntilExited()
             sampler.cancel()
             let peak = await sampler.value
             let result = try #require(try? JSONDecoder().decode(JSON.self, from: data), "\(String(decoding: data, as: UTF8.self))")

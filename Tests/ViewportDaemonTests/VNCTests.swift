@@ -257,7 +257,7 @@ final class XvncBrowser {
         hashed.executableURL = URL(fileURLWithPath: "/bin/sh")
         hashed.arguments = ["-c", "echo '\(password)' | vncpasswd -f > '\(passwordFile)'"]
         try hashed.run()
-        hashed.waitUntilExit()
+        hashed.waitUntilExited()
         try #require(hashed.terminationStatus == 0, "vncpasswd -f (tigervnc-tools)")
 
         let port = try freeLoopbackPort()
@@ -281,7 +281,7 @@ final class XvncBrowser {
         browser.terminate()
         // SIGKILL: a child of the test runner inherits its blocked SIGTERM.
         kill(xvnc.processIdentifier, SIGKILL)
-        xvnc.waitUntilExit()
+        xvnc.waitUntilExited()
         try? FileManager.default.removeItem(at: directory)
     }
 }

@@ -278,7 +278,7 @@ final class Receiver {
     /// SIGKILL: children of the test process inherit a mask that blocks SIGTERM.
     func stop() {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.waitUntilExited()
     }
 }
 
