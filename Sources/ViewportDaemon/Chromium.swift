@@ -67,11 +67,14 @@ public final class Chromium: Sendable {
     /// The process id of the browser.
     public var pid: Int32 { process.processIdentifier }
 
-    /// Stops the browser and removes its profile.
+    /// Stops the browser (SIGTERM, then SIGKILL if it still runs 5 s later) and removes its profile.
     public func terminate() {
         if process.isRunning {
             process.terminate()
-            process.waitUntilExit()
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning, Date() < deadline { usleep(20_000) }
+            if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExited()
         }
         try? FileManager.default.removeItem(at: profile)
     }
@@ -80,7 +83,7 @@ public final class Chromium: Sendable {
     public func kill() {
         if process.isRunning {
             Foundation.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            process.waitUntilExited()
         }
     }
 

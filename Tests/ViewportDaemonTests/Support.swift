@@ -176,9 +176,11 @@ enum Client {
 
     static func run(_ arguments: [String]) async throws -> Data { try await runScript("client.py", arguments) }
 
-    /// Runs a Python fixture to its end and returns what it printed; throws if it failed.
+    /// Runs a Python fixture to its end and returns what it printed; throws if it failed, or if it still runs after
+    /// 300 s (then it is killed: a client that hangs fails its test instead of hanging the run).
     static func runScript(_ script: String, _ arguments: [String], launcher: [String] = []) async throws -> Data {
-        try await withCheckedThrowingContinuation { continuation in
+        let limit = 300.0
+        return try await withCheckedThrowingContinuation { continuation in
             DispatchQueue.global().async {
                 let command = launcher + [python, Fixtures.directory.appendingPathComponent(script).path] + arguments
                 let process = Process()
@@ -190,9 +192,14 @@ enum Client {
                     continuation.resume(throwing: error)
                     return
                 }
+                let overdue = DispatchWorkItem { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+                DispatchQueue.global().asyncAfter(deadline: .now() + limit, execute: overdue)
                 let data = readToEnd(output.fileHandleForReading.fileDescriptor)
-                process.waitUntilExit()
-                if process.terminationStatus != 0 {
+                process.waitUntilExited()
+                overdue.cancel()
+                if process.terminationReason == .uncaughtSignal, process.terminationStatus == SIGKILL {
+                    continuation.resume(throwing: DaemonError("\(script) \(arguments.first ?? "") still ran after \(limit) s"))
+                } else if process.terminationStatus != 0 {
                     continuation.resume(throwing: DaemonError("\(script) \(arguments.first ?? "") exited with \(process.terminationStatus)"))
                 } else {
                     continuation.resume(returning: data)

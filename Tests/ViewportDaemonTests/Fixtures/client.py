@@ -177,10 +177,10 @@ def stall(args):
 
 async def cdp(args):
     """Sends one command to the browser endpoint (or to the page whose URL contains --page)."""
-    version = json.load(urllib.request.urlopen(args.address + "/json/version"))
+    version = json.load(urllib.request.urlopen(args.address + "/json/version", timeout=10))
     url = version["webSocketDebuggerUrl"]
     if args.page:
-        pages = json.load(urllib.request.urlopen(args.address + "/json/list"))
+        pages = json.load(urllib.request.urlopen(args.address + "/json/list", timeout=10))
         url = next(p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page" and args.page in p["url"])
     async with connect(url, max_size=None) as ws:
         if args.on_new_document:
