@@ -298,7 +298,8 @@ private final class ClusterFixture {
     let receiver: Receiver
     let browser: Chromium
     private(set) var nodes: [String: ChildDaemon] = [:]
-    private let stateDirs: [String: String]
+    /// Each node's state directory, by host name (its log is the directory's path + ".log").
+    let stateDirs: [String: String]
 
     init(net: ClusterNet, postgres: PostgresServer, s3: S3Server, receiver: Receiver, browser: Chromium) throws {
         (self.net, self.postgres, self.s3, self.receiver, self.browser) = (net, postgres, s3, receiver, browser)
@@ -423,8 +424,12 @@ private final class ClusterFixture {
     }
 }
 
-/// Builds the cluster, starts a, b and c, runs `body`, and tears it all down.
+/// Builds the cluster, starts a, b and c, runs `body`, and tears it all down, the nodes' state and logs included.
 private func withCluster(_ body: (ClusterFixture) async throws -> Void) async throws {
+    var stateDirs: [String] = []
+    defer {
+        for dir in stateDirs { for path in [dir, dir + ".log"] { try? FileManager.default.removeItem(atPath: path) } }
+    }
     try await ClusterNet.with(hosts: ["a", "b", "c"]) { net in
         try await PostgresServer.with(host: net.rootAddress) { postgres in
             let s3 = try await S3Server.start(host: net.rootAddress)
@@ -434,6 +439,7 @@ private func withCluster(_ body: (ClusterFixture) async throws -> Void) async th
             let browser = try await Chromium.launch(url: Fixtures.url("anim.html"), launcher: try net.host("a").exec)
             defer { browser.kill() }
             let cluster = try ClusterFixture(net: net, postgres: postgres, s3: s3, receiver: receiver, browser: browser)
+            stateDirs = Array(cluster.stateDirs.values)
             for name in ["a", "b", "c"] { try await cluster.start(name) }
             do { try await body(cluster) } catch {
                 for (name, node) in cluster.nodes.sorted(by: { $0.key < $1.key }) {
