@@ -71,10 +71,10 @@ public final class Chromium: Sendable {
     public func terminate() {
         if process.isRunning {
             process.terminate()
-            let deadline = Date().addingTimeInterval(5)
-            while process.isRunning, Date() < deadline { usleep(20_000) }
-            if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExited()
+            if !process.waitUntilExited(within: 5) {
+                Foundation.kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExited()
+            }
         }
         try? FileManager.default.removeItem(at: profile)
     }
