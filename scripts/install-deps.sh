@@ -18,6 +18,7 @@ packages=(
   postgresql-15                                 # cluster.database_url tests: each initdb's its own server (the
                                                 # `main` cluster Debian creates on 5432 is left alone, unused)
   iproute2                                      # cluster tests: each node a host in a network namespace (ip, tc)
+  gdb                                           # test.sh prints the thread stacks of a test run that hangs
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -23,14 +23,12 @@ run_tests() {
     local all runner
     all=$(descendants "$pid")
     runner=$(for p in $all; do grep -qa xctest "/proc/$p/cmdline" 2>/dev/null && echo "$p"; done | head -n 1)
-    if [ -n "$runner" ] && command -v gdb > /dev/null; then
+    if [ -n "$runner" ]; then
       # Idle Dispatch threads left out.
       gdb -p "$runner" -batch -ex "thread apply all bt 30" 2>&1 | grep -E '^(Thread|#)' |
         awk -v idle='_dispatch_sema4_timedwait|_dispatch_mgr_thread|_dispatch_sig_thread' '
           /^Thread/ { if (b !~ idle) printf "%s", b; b = "" } { b = b $0 "\n" } END { if (b !~ idle) printf "%s", b }' |
         head -n 600
-    elif [ -n "$runner" ]; then
-      lldb --batch -p "$runner" -o "thread backtrace all -c 30" 2>&1 | head -n 600
     fi
     kill -KILL $all "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
