@@ -4,7 +4,8 @@ extension Process {
     /// Blocks until the process has exited, or until `seconds` have passed when given; true if it exited.
     /// It checks every 5 ms and, unlike `waitUntilExit()`, runs no run loop: swift-corelibs-foundation's
     /// `waitUntilExit()` runs the calling thread's, which has been seen to hang off the main thread after many
-    /// processes (cai-layer/cai#49), as a test run that never finished did here.
+    /// processes (cai-layer/cai#49): the likeliest cause, not a confirmed one, of a CI test run here that never
+    /// finished.
     @discardableResult
     public func waitUntilExited(within seconds: Double? = nil) -> Bool {
         let deadline = seconds.map { Date().addingTimeInterval($0) }
